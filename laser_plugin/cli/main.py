@@ -1,0 +1,41 @@
+"""Entry point of the ``laser`` command: a tyro app with one subcommand per module."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Union
+
+import tyro
+
+from laser_plugin.cli.run import Demo, Run
+from laser_plugin.errors import LaserError
+
+# name -> dataclass with a ``main()`` method. Each subcommand lives in its own module and imports
+# heavy or optional packages (integrations, nerfstudio, ray) inside ``main()`` only.
+COMMANDS: dict[str, type] = {
+    "demo": Demo,
+    "run": Run,
+}
+
+
+def _command_union():
+    items = tuple(Annotated[cls, tyro.conf.subcommand(name=name)] for name, cls in COMMANDS.items())
+    return Union[items]  # noqa: UP007 - tyro needs a runtime Union of the annotated types
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen subcommand; user errors become one line and exit 2."""
+    try:
+        command = tyro.cli(_command_union(), args=argv)
+        result = command.main()
+    except LaserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted: partial results were kept", file=sys.stderr)
+        raise SystemExit(130) from None
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""Engine configuration (a tyro-friendly dataclass: each field's docstring becomes ``--help``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from laser_plugin.errors import ConfigError
+
+
+@dataclass
+class LaserConfig:
+    """Settings of the streaming LASER engine."""
+
+    window_size: int = 20
+    """Frames per window (L). The paper's best is 20."""
+    overlap: int = 5
+    """Frames shared by consecutive windows (O); must be in [1, window_size)."""
+    iou_threshold: float = 0.3
+    """Mask IoU above which two depth layers are linked (tau; robust over 0.2-0.6)."""
+    layer_alignment: bool = True
+    """Layer-wise scale alignment (LSA). False = plain Sim(3) stitching (VGGT-Long style)."""
+    intra_edges: bool = True
+    """Intra-window edges between adjacent frames. False = the paper's 'w/o E_intra' ablation:
+    frames outside the overlap are matched straight to the last overlap frame, without a chain."""
+    intra_warp: bool = True
+    """Warp layer masks into the next frame with the window's own geometry before matching."""
+    top_conf_fraction: float = 0.5
+    """Fraction of most confident overlap pixels used for registration (the official code: 0.5)."""
+    huber_delta: float = 0.05
+    """Huber threshold on relative depth residuals in the IRLS scale fits."""
+    irls_iterations: int = 10
+    """IRLS iterations for the scale fits."""
+    registration: Literal["cameras", "points", "both"] = "cameras"
+    """Correspondences for R, t: overlap cameras (centre + view/up axis points), same-pixel world
+    points, or both. Chosen on the accuracy benchmark (see benchmarks/NOTES.md)."""
+    max_layers: int = 24
+    """Most depth layers per frame; the largest are kept."""
+    min_layer_fraction: float = 0.004
+    """Segments smaller than this fraction of the frame are left without a layer."""
+    depth_jump: float = 0.04
+    """Relative depth step between neighbouring (strided) pixels that cuts a layer."""
+    crease: float = 0.012
+    """Relative second difference of inverse depth that cuts a layer at a surface crease
+    (inverse depth is affine in pixels on a plane, so this is ~0 on planes)."""
+    segment_stride: int = 2
+    """Segment at 1/stride resolution (labels are upsampled); 2 keeps 518x294 fast."""
+    min_layer_pixels: int = 32
+    """Shared pixels an inter-window edge needs before its scale is trusted."""
+    device: str = "cpu"
+    """Device for the alignment (the model chooses its own)."""
+
+    def validate(self) -> LaserConfig:
+        """Raise :class:`ConfigError` with a one-line message for an invalid setting."""
+        if self.window_size < 2:
+            raise ConfigError(f"window_size must be at least 2, got {self.window_size}")
+        if not 1 <= self.overlap < self.window_size:
+            raise ConfigError(
+                f"overlap must be in [1, window_size) = [1, {self.window_size}), got {self.overlap}"
+            )
+        positive = {
+            "iou_threshold": self.iou_threshold,
+            "top_conf_fraction": self.top_conf_fraction,
+            "huber_delta": self.huber_delta,
+            "depth_jump": self.depth_jump,
+            "crease": self.crease,
+            "min_layer_fraction": self.min_layer_fraction,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        if self.iou_threshold >= 1:
+            raise ConfigError(f"iou_threshold must be below 1, got {self.iou_threshold}")
+        if self.top_conf_fraction > 1:
+            raise ConfigError(f"top_conf_fraction must be at most 1, got {self.top_conf_fraction}")
+        for name in ("irls_iterations", "max_layers", "segment_stride", "min_layer_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.registration not in ("cameras", "points", "both"):
+            raise ConfigError(f"registration must be cameras, points or both, got {self.registration!r}")
+        return self
+
+    @property
+    def stride(self) -> int:
+        """New frames per window (L - O)."""
+        return self.window_size - self.overlap
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

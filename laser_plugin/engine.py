@@ -1,0 +1,354 @@
+"""The streaming engine: windows -> model -> Sim(3) -> layers -> layer scales -> final frames.
+
+Memory does not grow with the stream: the scheduler holds at most one window of images and the
+engine caches the final estimates of the last L-1 frames, the only ones a later window can
+overlap.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from laser_plugin.config import LaserConfig
+from laser_plugin.errors import ConfigError
+from laser_plugin.geometry.layers import segment_depth_layers, upsample_labels
+from laser_plugin.geometry.lsa import align_layers
+from laser_plugin.geometry.sanitize import sanitize_prediction
+from laser_plugin.geometry.sim3 import RegistrationResult, Sim3, register_overlap, weighted_procrustes
+from laser_plugin.sources import SourceFrame, open_source
+from laser_plugin.types import ReconstructedFrame, ReconstructionModel, WindowPrediction, WindowStats
+from laser_plugin.windows import Window, schedule_windows
+
+
+@dataclass
+class _Item:
+    """A frame waiting in the window buffer."""
+
+    index: int
+    timestamp: float
+    tensor: Tensor  # (3, H, W) float32 in [0, 1], model size
+    image: np.ndarray  # (H, W, 3) uint8, model size
+    source: np.ndarray | None  # (H0, W0, 3) uint8
+
+
+@dataclass
+class _Final:
+    """Final estimate of a frame, kept while a later window may overlap it."""
+
+    index: int
+    depth: Tensor  # (H, W), 0 = invalid
+    confident: Tensor  # (H, W) bool
+    cam_to_world: Tensor  # (4, 4)
+    intrinsics: Tensor  # (3, 3)
+    labels: Tensor | None  # (h, w) strided layer labels
+    depth_strided: Tensor | None  # (h, w)
+
+
+def rank_normalise(conf: Tensor, valid: Tensor, samples: int = 65536) -> Tensor:
+    """Map confidences to their approximate rank in [0, 1] within the window (0 where invalid).
+
+    Only the order of a model's confidence is meaningful (π³: logits, VGGT: 1 + exp), so ranks make
+    thresholds comparable across models. Quantiles come from a strided sample, so this is O(N).
+    """
+    flat = conf[valid]
+    if flat.numel() == 0:
+        return torch.zeros_like(conf)
+    step = max(1, flat.numel() // samples)
+    q = torch.quantile(flat[::step].float(), torch.linspace(0, 1, 257, device=conf.device))
+    rank = torch.searchsorted(q.contiguous(), conf.contiguous().float()).float() / 257.0
+    return torch.where(valid, rank.clamp(0, 1), torch.zeros_like(rank)).to(conf.dtype)
+
+
+class StreamingReconstructor:
+    """Turns a frozen window model into a streaming reconstructor (LASER)."""
+
+    def __init__(
+        self,
+        model: ReconstructionModel,
+        config: LaserConfig | None = None,
+        *,
+        keep_source_images: bool = True,
+        input_size: tuple[int, int] | None = None,
+    ):
+        if not callable(model):
+            raise ConfigError(f"model must be callable, got {type(model).__name__}")
+        self.model = model
+        self.config = (config or LaserConfig()).validate()
+        self.keep_source_images = keep_source_images
+        self.input_size = input_size
+        self.device = torch.device(self.config.device)
+        self.timings: dict[str, float] = {}
+        self.window_stats: deque[WindowStats] = deque(maxlen=64)
+        self.num_frames = 0
+        self.num_windows = 0
+        self.warnings: list[str] = []
+
+    # -- public ------------------------------------------------------------------------------
+    def run(
+        self,
+        source: str | Path | Iterable,
+        sinks: Sequence = (),
+        *,
+        max_frames: int | None = None,
+        fps: float = 30.0,
+        stride: int = 1,
+    ) -> Iterator[ReconstructedFrame]:
+        """Reconstruct a stream; yields each frame once it is final and passes it to ``sinks``.
+
+        ``source``: a video file, an image folder, or an iterable of HxWx3 uint8 arrays.
+        Sinks are closed at the end; if the run stops early they first get ``on_interrupt``.
+        """
+        live = list(sinks)
+        self._cache: deque[_Final] = deque(maxlen=self.config.window_size - 1)
+        self._model_size: tuple[int, int] | None = None
+        self._sizes_warned = False
+        ok = False
+        try:
+            frames = self._prepared(open_source(source, fps=fps, stride=stride, max_frames=max_frames))
+            for window in schedule_windows(frames, self.config.window_size, self.config.overlap):
+                finals, stats = self.process_window(window)
+                for frame in finals:
+                    live = self._emit(live, "on_frame", frame)
+                    yield frame
+                live = self._emit(live, "on_window", stats)
+            ok = True
+        except BaseException as exc:
+            self._emit(live, "on_interrupt", exc)
+            raise
+        finally:
+            for sink in live:
+                try:
+                    sink.close()
+                except Exception as exc:  # a sink failing must not lose the others' files
+                    self._warn(f"sink {type(sink).__name__} failed to close: {exc}")
+            if ok and self.num_frames == 0:
+                self._warn("the stream had no frames")
+
+    def reconstruct(self, source, sinks: Sequence = (), **kw) -> list[ReconstructedFrame]:
+        """Run to completion and return all frames (for short streams; ``run`` streams)."""
+        return list(self.run(source, sinks, **kw))
+
+    # -- stages ------------------------------------------------------------------------------
+    def _prepared(self, frames: Iterator[SourceFrame]) -> Iterator[_Item]:
+        for i, f in enumerate(frames):
+            h0, w0 = f.image.shape[:2]
+            if self._model_size is None:
+                size = self.input_size
+                if size is None and hasattr(self.model, "input_size"):
+                    size = tuple(self.model.input_size(h0, w0))
+                self._model_size = size or (h0, w0)
+                self._first_source_size = (h0, w0)
+            elif (h0, w0) != self._first_source_size and not self._sizes_warned:
+                self._warn(
+                    f"frame {i} is {w0}x{h0} but the stream started at "
+                    f"{self._first_source_size[1]}x{self._first_source_size[0]}; resizing every frame to the model size"
+                )
+                self._sizes_warned = True
+            t = torch.from_numpy(f.image).permute(2, 0, 1).float().div_(255.0)
+            h, w = self._model_size
+            if (h0, w0) != (h, w):
+                t = F.interpolate(t[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
+                t = t.clamp_(0, 1)
+            image = (t.permute(1, 2, 0) * 255.0 + 0.5).to(torch.uint8).numpy()
+            src = f.image if self.keep_source_images else None
+            yield _Item(i, f.timestamp, t, image, src)
+
+    def _timed(self, name: str, start: float, stats: dict) -> float:
+        now = time.perf_counter()
+        stats[name] = stats.get(name, 0.0) + now - start
+        self.timings[name] = self.timings.get(name, 0.0) + now - start
+        return now
+
+    def process_window(self, window: Window[_Item]) -> tuple[list[ReconstructedFrame], WindowStats]:
+        """Predict, register and layer-align one window; return its final frames."""
+        cfg = self.config
+        times: dict[str, float] = {}
+        warns: list[str] = []
+        t0 = time.perf_counter()
+        images = torch.stack([it.tensor for it in window.items])
+        with torch.inference_mode():
+            pred = self.model(images)
+        if not isinstance(pred, WindowPrediction):
+            raise TypeError(f"model returned {type(pred).__name__}, expected WindowPrediction")
+        pred.validate(len(window.items))
+        pred = pred.to(self.device)
+        t = self._timed("model", t0, times)
+
+        with torch.inference_mode():
+            depth, conf, poses, intr, fixes = sanitize_prediction(pred)
+            warns += [f"window {window.index}: {m}" for m in fixes]
+            valid = depth > 0
+            conf_n = rank_normalise(conf, valid)
+            confident = valid & (conf_n >= 1.0 - cfg.top_conf_fraction)
+            n_o = window.num_overlap
+            prev = list(self._cache)[-n_o:] if n_o else []
+            if n_o and (len(prev) != n_o or prev[0].index != window.items[0].index):
+                raise RuntimeError("internal error: overlap cache out of step")  # pragma: no cover
+            reg = self._register(prev, depth, poses, intr, confident, warns, window.index)
+            sim3 = reg.sim3
+            depth = depth * sim3.scale
+            poses = sim3.apply_poses(poses)
+            t = self._timed("registration", t, times)
+
+            labels_full = None
+            node_scale = None
+            num_layers = torch.zeros(len(window.items))
+            spread = 0.0
+            n_inter = n_intra = 0
+            layers = None
+            if cfg.layer_alignment:
+                layers = segment_depth_layers(
+                    depth, cfg.segment_stride, cfg.crease, cfg.depth_jump, cfg.max_layers, cfg.min_layer_fraction
+                )
+                num_layers = layers.num_layers
+                t = self._timed("segmentation", t, times)
+                if n_o and all(p.labels is not None for p in prev):
+                    k_s = intr.clone()
+                    k_s[:, :2] /= cfg.segment_stride
+                    la = align_layers(
+                        layers.labels, layers.depth,
+                        torch.stack([p.labels for p in prev]), torch.stack([p.depth_strided for p in prev]),
+                        poses, k_s, cfg.iou_threshold, cfg.intra_edges, cfg.intra_warp,
+                        cfg.huber_delta, cfg.irls_iterations, cfg.min_layer_pixels,
+                    )
+                    t = self._timed("layer_graph", t, times)
+                    h, w = depth.shape[-2:]
+                    pix = upsample_labels(la.pixel_scale, cfg.segment_stride, h, w) if cfg.segment_stride > 1 else la.pixel_scale
+                    scale_map = torch.ones_like(depth)
+                    scale_map[n_o:] = pix[n_o:]
+                    depth = depth * scale_map
+                    layers = layers._replace(depth=torch.cat([layers.depth[:n_o], layers.depth[n_o:] * la.pixel_scale[n_o:]]))
+                    node_scale = la.node_scale
+                    n_inter, n_intra = la.num_inter_edges, la.num_intra_edges
+                    new_reached = la.reached[n_o:]
+                    if new_reached.any():
+                        spread = float(torch.log(la.node_scale[n_o:][new_reached]).std(unbiased=False))
+                    t = self._timed("layer_scaling", t, times)
+                h, w = depth.shape[-2:]
+                labels_full = upsample_labels(layers.labels, cfg.segment_stride, h, w)
+
+            finals = self._finalise(window, depth, conf_n, confident, poses, intr, labels_full, node_scale, layers)
+            self._timed("finalise", t, times)
+
+        stats = WindowStats(
+            window=window.index,
+            frame_indices=[it.index for it in window.items],
+            new_frame_indices=[f.index for f in finals],
+            scale=float(sim3.scale),
+            depth_residual=reg.depth_residual,
+            pose_residual=reg.pose_residual,
+            overlap_pixels=reg.num_pixels,
+            num_layers=float(num_layers.float().mean()),
+            layer_scale_spread=spread,
+            num_inter_edges=n_inter,
+            num_intra_edges=n_intra,
+            timings=times,
+            warnings=warns,
+        )
+        for m in warns:
+            self._warn(m)
+        self.num_windows += 1
+        self.num_frames += len(finals)
+        self.window_stats.append(stats)
+        return finals, stats
+
+    def _register(self, prev, depth, poses, intr, confident, warns, k) -> RegistrationResult:
+        cfg = self.config
+        n_o = len(prev)
+        if n_o == 0:
+            # The global frame is the first frame's camera (its pose becomes the identity).
+            r0, t0 = poses[0, :3, :3], poses[0, :3, 3]
+            sim3 = Sim3(torch.ones((), dtype=depth.dtype, device=depth.device), r0.T, -r0.T @ t0)
+            return RegistrationResult(sim3, 0.0, 0.0, 0, False)
+        reg = register_overlap(
+            torch.stack([p.depth for p in prev]), torch.stack([p.cam_to_world for p in prev]),
+            torch.stack([p.intrinsics for p in prev]), torch.stack([p.confident for p in prev]),
+            depth[:n_o], poses[:n_o], intr[:n_o], confident[:n_o],
+            method=cfg.registration, huber_delta=cfg.huber_delta, iterations=cfg.irls_iterations,
+        )
+        if reg.num_pixels == 0:
+            # No depth to compare: fall back to the overlap cameras' centres (scale from baseline).
+            centres_prev = torch.stack([p.cam_to_world[:3, 3] for p in prev])
+            fit = weighted_procrustes(poses[:n_o, :3, 3], centres_prev)
+            if not torch.isfinite(fit.scale) or fit.scale <= 0 or n_o < 2:
+                fit = Sim3(torch.ones((), dtype=depth.dtype), fit.rotation, fit.translation)
+            warns.append("no valid overlap depth; registered on camera centres only")
+            reg = RegistrationResult(fit, float("nan"), 0.0, 0, True)
+        elif reg.degenerate:
+            warns.append(f"only {reg.num_pixels} usable overlap pixels after the confidence cut; used all valid pixels")
+        return reg
+
+    def _finalise(self, window, depth, conf_n, confident, poses, intr, labels_full, node_scale, layers):
+        n_o = window.num_overlap
+        finals = []
+        for j in range(n_o, len(window.items)):
+            it = window.items[j]
+            labels = None
+            layer_scales = None
+            if labels_full is not None:
+                labels = labels_full[j].to(torch.int16).cpu().numpy()
+                m = int(layers.num_layers[j])
+                layer_scales = (
+                    node_scale[j, :m].float().cpu().numpy() if node_scale is not None else np.ones(m, np.float32)
+                )
+            frame = ReconstructedFrame(
+                index=it.index,
+                timestamp=float(it.timestamp),
+                image=it.image,
+                cam_to_world=poses[j].double().cpu().numpy(),
+                intrinsics=intr[j].double().cpu().numpy(),
+                depth=depth[j].float().cpu().numpy(),
+                conf=conf_n[j].float().cpu().numpy(),
+                window=window.index,
+                layers=labels,
+                layer_scales=layer_scales,
+                source_image=it.source,
+            )
+            finals.append(frame)
+            self._cache.append(
+                _Final(
+                    it.index, depth[j], confident[j], poses[j], intr[j],
+                    None if layers is None else layers.labels[j],
+                    None if layers is None else layers.depth[j],
+                )
+            )
+        return finals
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _emit(self, sinks: list, method: str, *args) -> list:
+        """Call ``method`` on every sink; a sink that raises is warned about once and dropped."""
+        alive = []
+        for sink in sinks:
+            fn = getattr(sink, method, None)
+            if fn is None:
+                alive.append(sink)
+                continue
+            try:
+                fn(*args)
+                alive.append(sink)
+            except Exception as exc:
+                if method == "on_interrupt":
+                    alive.append(sink)
+                    continue
+                self._warn(f"sink {type(sink).__name__} failed in {method} and was detached: {exc}")
+                try:
+                    sink.close()
+                except Exception:
+                    pass
+        return alive
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        if len(self.warnings) > 1000:
+            del self.warnings[:500]
+        warnings.warn(message, RuntimeWarning, stacklevel=3)

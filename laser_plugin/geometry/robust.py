@@ -1,0 +1,74 @@
+"""Robust per-group scale fits (IRLS with a Huber loss), batched over groups with segment sums."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class ScaleFit(NamedTuple):
+    scale: Tensor
+    """(G,) fitted scale per group (1 where a group had no samples)."""
+    residual: Tensor
+    """(G,) median absolute relative residual |1 - s * den / num| after the fit."""
+    count: Tensor
+    """(G,) number of samples per group."""
+
+
+def segment_median(values: Tensor, group: Tensor, num_groups: int) -> Tensor:
+    """Median of ``values`` (N,) within each of ``num_groups`` groups given by ``group`` (N,).
+
+    Groups without samples get NaN. Uses one sort of (group, value) keys.
+    """
+    if values.numel() == 0:
+        return torch.full((num_groups,), float("nan"), dtype=values.dtype, device=values.device)
+    order = torch.argsort(values)
+    order = order[torch.argsort(group[order], stable=True)]  # sorted by group, then by value
+    counts = torch.bincount(group, minlength=num_groups)
+    starts = torch.cumsum(counts, 0) - counts
+    mid = (starts + (counts - 1).clamp_min(0) // 2).clamp(max=values.numel() - 1)
+    med = values[order][mid]
+    return torch.where(counts > 0, med, torch.full_like(med, float("nan")))
+
+
+def robust_scale(
+    num: Tensor,
+    den: Tensor,
+    group: Tensor | None = None,
+    num_groups: int = 1,
+    weight: Tensor | None = None,
+    delta: float = 0.05,
+    iterations: int = 10,
+) -> ScaleFit:
+    """Fit ``num ≈ s_g * den`` per group by IRLS with a Huber loss on relative residuals.
+
+    The residual of a sample is ``r = 1 - s * den / num`` (scale-free, so near and far pixels count
+    alike). Each iteration solves the weighted least squares ``s = Σ w x / Σ w x²`` with
+    ``x = den / num`` and Huber weights ``w = min(1, delta / |r|)``. The start is the median ratio,
+    so up to half the samples may be outliers.
+
+    num, den: (N,) positive values; group: (N,) int64 in [0, G); weight: (N,) prior weights.
+    """
+    if group is None:
+        group = torch.zeros(num.shape[0], dtype=torch.long, device=num.device)
+    ok = torch.isfinite(num) & torch.isfinite(den) & (num > 0) & (den > 0)
+    if weight is not None:
+        ok &= torch.isfinite(weight) & (weight > 0)
+    num, den, group = num[ok], den[ok], group[ok]
+    prior = weight[ok] if weight is not None else torch.ones_like(num)
+    x = den / num
+    counts = torch.bincount(group, minlength=num_groups)
+    # Start at the median of num/den per group (robust to up to 50% outliers).
+    scale = 1.0 / segment_median(x, group, num_groups)
+    scale = torch.where(torch.isfinite(scale), scale, torch.ones_like(scale))
+    for _ in range(iterations):
+        r = 1.0 - scale[group] * x
+        w = prior * torch.clamp(delta / r.abs().clamp_min(1e-12), max=1.0)
+        sxx = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group, w * x * x)
+        sx = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group, w * x)
+        new = sx / sxx.clamp_min(1e-30)
+        scale = torch.where((sxx > 0) & torch.isfinite(new) & (new > 0), new, scale)
+    residual = segment_median((1.0 - scale[group] * x).abs(), group, num_groups)
+    return ScaleFit(scale, torch.nan_to_num(residual, nan=0.0), counts)

@@ -1,0 +1,187 @@
+"""Sim(3) transforms and their robust registration from the overlap of two windows.
+
+A Sim(3) ``(s, R, t)`` maps window coordinates to global ones: ``X_g = s R X_w + t``. Applied to
+a camera-to-world pose it gives ``[R R_c | s R t_c + t]``; camera-frame depths scale by ``s``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from laser_plugin.geometry.camera import transform_points, unproject_depth
+from laser_plugin.geometry.robust import robust_scale
+
+
+@dataclass(frozen=True)
+class Sim3:
+    """Similarity transform ``X -> s R X + t``; scale () , rotation (3, 3), translation (3,)."""
+
+    scale: Tensor
+    rotation: Tensor
+    translation: Tensor
+
+    @staticmethod
+    def identity(device=None, dtype=torch.float32) -> Sim3:
+        return Sim3(
+            torch.ones((), device=device, dtype=dtype),
+            torch.eye(3, device=device, dtype=dtype),
+            torch.zeros(3, device=device, dtype=dtype),
+        )
+
+    def apply_points(self, points: Tensor) -> Tensor:
+        """(..., 3) -> (..., 3)."""
+        return self.scale * points @ self.rotation.T + self.translation
+
+    def apply_poses(self, cam_to_world: Tensor) -> Tensor:
+        """(..., 4, 4) camera-to-world in the window gauge -> global camera-to-world."""
+        out = cam_to_world.clone()
+        out[..., :3, :3] = self.rotation @ cam_to_world[..., :3, :3]
+        out[..., :3, 3] = self.apply_points(cam_to_world[..., :3, 3])
+        return out
+
+    def matrix(self) -> Tensor:
+        """(4, 4) homogeneous matrix."""
+        m = torch.eye(4, dtype=self.rotation.dtype, device=self.rotation.device)
+        m[:3, :3] = self.scale * self.rotation
+        m[:3, 3] = self.translation
+        return m
+
+
+def weighted_procrustes(
+    src: Tensor,
+    dst: Tensor,
+    weight: Tensor | None = None,
+    scale: Tensor | float | None = None,
+) -> Sim3:
+    """Least-squares ``dst ≈ s R src + t`` (Umeyama 1991), reflection-safe.
+
+    src, dst: (N, 3); weight: (N,) >= 0. With ``scale`` given, only R and t are fitted (the
+    weighted Kabsch problem under a fixed scale); otherwise s is fitted too. Degenerate inputs
+    (no weight, coincident points) return the best rotation the data supports, identity if none.
+    """
+    dtype = torch.float64  # the 3x3 SVD is cheap; float64 keeps near-degenerate cases stable
+    src64, dst64 = src.to(dtype), dst.to(dtype)
+    w = torch.ones(src.shape[0], dtype=dtype, device=src.device) if weight is None else weight.to(dtype)
+    ok = torch.isfinite(src64).all(-1) & torch.isfinite(dst64).all(-1) & torch.isfinite(w) & (w > 0)
+    w = torch.where(ok, w, torch.zeros_like(w))
+    src64 = torch.where(ok[:, None], src64, torch.zeros_like(src64))
+    dst64 = torch.where(ok[:, None], dst64, torch.zeros_like(dst64))
+    wsum = w.sum()
+    if wsum <= 0:
+        s = torch.as_tensor(1.0 if scale is None else scale, dtype=dtype, device=src.device)
+        return Sim3(s.to(src.dtype), torch.eye(3, dtype=src.dtype, device=src.device),
+                    torch.zeros(3, dtype=src.dtype, device=src.device))
+    wn = w / wsum
+    mu_s = (wn[:, None] * src64).sum(0)
+    mu_d = (wn[:, None] * dst64).sum(0)
+    xs = src64 - mu_s
+    xd = dst64 - mu_d
+    cov = (wn[:, None] * xd).T @ xs  # (3, 3) = Σ w (d)(s)^T
+    u, sig, vh = torch.linalg.svd(cov)
+    d = torch.sign(torch.det(u @ vh))
+    d = torch.where(d == 0, torch.ones_like(d), d)
+    diag = torch.tensor([1.0, 1.0, 1.0], dtype=dtype, device=src.device)
+    diag[2] = d
+    rot = u @ torch.diag(diag) @ vh
+    if scale is None:
+        var_s = (wn * (xs * xs).sum(-1)).sum()
+        s = (sig * diag).sum() / var_s.clamp_min(1e-30)
+    else:
+        s = torch.as_tensor(scale, dtype=dtype, device=src.device)
+    t = mu_d - s * rot @ mu_s
+    return Sim3(s.to(src.dtype), rot.to(src.dtype), t.to(src.dtype))
+
+
+@dataclass
+class RegistrationResult:
+    sim3: Sim3
+    depth_residual: float
+    """Median |1 - s d_new / d_prev| on the confident overlap pixels."""
+    pose_residual: float
+    """RMS distance of overlap camera centres after the fit, divided by the median depth."""
+    num_pixels: int
+    degenerate: bool
+    """True when too few confident pixels existed: the scale then falls back to all valid pixels."""
+
+
+def camera_anchor_points(cam_to_world: Tensor, length: Tensor | float) -> Tensor:
+    """Centre, centre + length * view axis, centre + length * up axis per camera -> (3N, 3).
+
+    Using the cameras themselves (what the official LASER code does) keeps the fit insensitive to
+    per-layer depth errors, which bias same-pixel world points.
+    """
+    c = cam_to_world[..., :3, 3]
+    z = cam_to_world[..., :3, 2]
+    y = -cam_to_world[..., :3, 1]  # OpenCV y points down; "up" is -y
+    return torch.cat([c, c + length * z, c + length * y], dim=0)
+
+
+def register_overlap(
+    depth_prev: Tensor,
+    pose_prev: Tensor,
+    intr_prev: Tensor,
+    mask_prev: Tensor,
+    depth_new: Tensor,
+    pose_new: Tensor,
+    intr_new: Tensor,
+    mask_new: Tensor,
+    method: Literal["cameras", "points", "both"] = "cameras",
+    huber_delta: float = 0.05,
+    iterations: int = 10,
+    max_points: int = 20000,
+) -> RegistrationResult:
+    """Sim(3) mapping the new window's gauge onto the previous (global) estimate.
+
+    All inputs cover the same O overlap frames: depths (O, H, W), poses (O, 4, 4), intrinsics
+    (O, 3, 3), confident-pixel masks (O, H, W). Scale first, by IRLS-Huber on same-pixel depth
+    ratios (invariant to R, t); then R, t by weighted Kabsch under that scale.
+    """
+    valid = (
+        mask_prev & mask_new & torch.isfinite(depth_prev) & torch.isfinite(depth_new)
+        & (depth_prev > 0) & (depth_new > 0)
+    )
+    degenerate = int(valid.sum()) < 16
+    if degenerate:  # fall back to every valid pixel, confident or not
+        valid = torch.isfinite(depth_prev) & torch.isfinite(depth_new) & (depth_prev > 0) & (depth_new > 0)
+    num_pixels = int(valid.sum())
+    if num_pixels == 0:
+        scale = torch.ones((), dtype=depth_new.dtype, device=depth_new.device)
+        depth_residual = float("nan")
+    else:
+        fit = robust_scale(depth_prev[valid], depth_new[valid], delta=huber_delta, iterations=iterations)
+        scale = fit.scale[0]
+        depth_residual = float(fit.residual[0])
+
+    med_depth = depth_prev[valid].median() if num_pixels else torch.ones((), dtype=depth_prev.dtype)
+    src_parts, dst_parts, w_parts = [], [], []
+    if method in ("cameras", "both"):
+        # Anchor length in the global gauge; the new side gets the same physical length pre-scale.
+        src_parts.append(scale * camera_anchor_points(pose_new, med_depth / scale))
+        dst_parts.append(camera_anchor_points(pose_prev, med_depth))
+        n = src_parts[-1].shape[0]
+        w_parts.append(torch.full((n,), 1.0 / n, dtype=depth_new.dtype, device=depth_new.device))
+    if method in ("points", "both") and num_pixels > 0:
+        idx = torch.nonzero(valid.reshape(-1)).squeeze(1)
+        if idx.numel() > max_points:  # deterministic thinning keeps the fit cheap
+            idx = idx[torch.linspace(0, idx.numel() - 1, max_points, device=idx.device).long()]
+        pts_prev = transform_points(pose_prev, unproject_depth(depth_prev, intr_prev).flatten(1, 2))
+        pts_new = transform_points(pose_new, unproject_depth(depth_new, intr_new).flatten(1, 2))
+        src_parts.append(scale * pts_new.reshape(-1, 3)[idx])
+        dst_parts.append(pts_prev.reshape(-1, 3)[idx])
+        n = idx.numel()
+        w_parts.append(torch.full((n,), 1.0 / n, dtype=depth_new.dtype, device=depth_new.device))
+    if not src_parts:  # points requested but nothing valid: use the cameras
+        src_parts.append(scale * camera_anchor_points(pose_new, med_depth / scale))
+        dst_parts.append(camera_anchor_points(pose_prev, med_depth))
+        w_parts.append(torch.ones(src_parts[-1].shape[0], dtype=depth_new.dtype, device=depth_new.device))
+    fit_rt = weighted_procrustes(torch.cat(src_parts), torch.cat(dst_parts), torch.cat(w_parts), scale=1.0)
+    sim3 = Sim3(scale, fit_rt.rotation, fit_rt.translation)
+    centres = sim3.apply_points(pose_new[:, :3, 3])
+    pose_residual = float(
+        ((centres - pose_prev[:, :3, 3]).square().sum(-1).mean().sqrt() / med_depth.clamp_min(1e-12))
+    )
+    return RegistrationResult(sim3, depth_residual, pose_residual, num_pixels, degenerate)

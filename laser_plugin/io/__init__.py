@@ -1,0 +1,1 @@
+"""Reading and writing run directories, PLY point clouds and trajectories."""

@@ -1,0 +1,333 @@
+"""The run directory: what ``laser run`` writes, and the one reader every integration uses.
+
+Layout (each file written atomically; a frame's line in ``frames.jsonl`` is appended only after
+its files exist, so an interrupted run is a valid run holding the frames finalised so far)::
+
+    summary.json     settings, model, status (running|complete|interrupted|failed), counts, timings
+    frames.jsonl     one JSON object per finalised frame
+    trajectory.txt   TUM: timestamp tx ty tz qx qy qz qw (camera-to-world, OpenCV axes)
+    intrinsics.txt   index fx fy cx cy width height
+    images/NNNNNN.png   model-resolution RGB
+    source/NNNNNN.jpg   original-resolution RGB (when the source provides it)
+    depth/NNNNNN.npy    float32 z-depth in scene units, 0 = invalid
+    conf/NNNNNN.npy     float16 confidence in [0, 1]
+    layers/NNNNNN.npy   int16 depth-layer labels, -1 = none (when layer alignment ran)
+    points.ply          coloured global point cloud, voxel-downsampled and bounded
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from laser_plugin.errors import OutputError
+from laser_plugin.geometry.camera import rotmat_to_quat_xyzw
+from laser_plugin.io.atomic import write_bytes_atomic, write_json_atomic, write_npy_atomic
+from laser_plugin.io.ply import write_ply
+from laser_plugin.mapping import VoxelMap
+from laser_plugin.types import ReconstructedFrame, WindowStats
+
+FORMAT_VERSION = 1
+_OWN_ENTRIES = {
+    "summary.json", "frames.jsonl", "trajectory.txt", "intrinsics.txt", "points.ply",
+    "images", "source", "depth", "conf", "layers", "state",
+}
+
+
+def prepare_output_dir(path: Path, overwrite: bool = False) -> Path:
+    """Create ``path``; refuse a non-empty one unless ``overwrite`` and it holds a laser run."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"output path {path} exists and is not a directory")
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise OutputError(f"output directory {path} is not empty (use --overwrite, or another directory)")
+        foreign = [p.name for p in path.iterdir() if p.name not in _OWN_ENTRIES and not p.name.startswith(".")]
+        if foreign:
+            raise OutputError(
+                f"refusing to overwrite {path}: it holds files that are not from a laser run ({', '.join(sorted(foreign)[:3])})"
+            )
+        for p in path.iterdir():
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write to output directory {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _jpg_bytes(image: np.ndarray, quality: int = 95) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+class RunWriter:
+    """A sink writing the run directory. Call :meth:`close` with the final status."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        settings: dict[str, Any] | None = None,
+        save_source_images: bool = True,
+        map_max_points: int = 1_000_000,
+        map_conf: float = 0.5,
+        map_stride: int = 4,
+        ply_every: int = 10,
+    ):
+        self.dir = Path(out_dir)
+        for sub in ("images", "depth", "conf", "layers", "source"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self.settings = settings or {}
+        self.save_source_images = save_source_images
+        self.map = VoxelMap(max_points=map_max_points)
+        self.map_conf = map_conf
+        self.map_stride = map_stride
+        self.ply_every = ply_every
+        self.num_frames = 0
+        self.num_windows = 0
+        self.timings: dict[str, float] = {}
+        self.window_stats: list[dict] = []
+        self.extra: dict[str, Any] = {}
+        self.started = time.time()
+        self._closed = False
+        self._frames = open(self.dir / "frames.jsonl", "a", encoding="utf-8")
+        self._traj = open(self.dir / "trajectory.txt", "a", encoding="utf-8")
+        self._intr = open(self.dir / "intrinsics.txt", "a", encoding="utf-8")
+        self._write_summary("running")
+
+    # -- sink protocol ---------------------------------------------------------------------
+    def on_frame(self, frame: ReconstructedFrame) -> None:
+        name = f"{frame.index:06d}"
+        write_bytes_atomic(self.dir / "images" / f"{name}.png", _png_bytes(frame.image))
+        record: dict[str, Any] = {
+            "index": frame.index,
+            "timestamp": frame.timestamp,
+            "window": frame.window,
+            "width": frame.width,
+            "height": frame.height,
+            "intrinsics": frame.intrinsics.tolist(),
+            "cam_to_world": frame.cam_to_world.tolist(),
+            "image": f"images/{name}.png",
+            "depth": f"depth/{name}.npy",
+            "conf": f"conf/{name}.npy",
+            "layers": None,
+            "layer_scales": None,
+            "source": None,
+        }
+        write_npy_atomic(self.dir / record["depth"], frame.depth.astype(np.float32))
+        write_npy_atomic(self.dir / record["conf"], frame.conf.astype(np.float16))
+        if frame.layers is not None:
+            record["layers"] = f"layers/{name}.npy"
+            write_npy_atomic(self.dir / record["layers"], frame.layers.astype(np.int16))
+            if frame.layer_scales is not None:
+                record["layer_scales"] = [round(float(s), 6) for s in frame.layer_scales]
+        if self.save_source_images and frame.source_image is not None:
+            record["source"] = f"source/{name}.jpg"
+            record["source_width"] = int(frame.source_image.shape[1])
+            record["source_height"] = int(frame.source_image.shape[0])
+            write_bytes_atomic(self.dir / record["source"], _jpg_bytes(frame.source_image))
+        # Only now, with every file of the frame in place, does the frame become part of the run.
+        self._frames.write(json.dumps(record) + "\n")
+        self._frames.flush()
+        c2w = frame.cam_to_world
+        q = rotmat_to_quat_xyzw(c2w[:3, :3])
+        t = c2w[:3, 3]
+        self._traj.write(
+            f"{frame.timestamp:.6f} {t[0]:.9g} {t[1]:.9g} {t[2]:.9g} {q[0]:.9g} {q[1]:.9g} {q[2]:.9g} {q[3]:.9g}\n"
+        )
+        self._traj.flush()
+        k = frame.intrinsics
+        self._intr.write(
+            f"{frame.index} {k[0, 0]:.9g} {k[1, 1]:.9g} {k[0, 2]:.9g} {k[1, 2]:.9g} {frame.width} {frame.height}\n"
+        )
+        self._intr.flush()
+        pts, cols = frame.points_world(min_conf=self.map_conf, stride=self.map_stride)
+        self.map.add(pts, cols)
+        self.num_frames += 1
+
+    def on_window(self, stats: WindowStats) -> None:
+        self.num_windows += 1
+        for k, v in stats.timings.items():
+            self.timings[k] = self.timings.get(k, 0.0) + v
+        self.window_stats.append(
+            {
+                "window": stats.window,
+                "frames": [stats.frame_indices[0], stats.frame_indices[-1]],
+                "new_frames": len(stats.new_frame_indices),
+                "scale": stats.scale,
+                "depth_residual": stats.depth_residual,
+                "pose_residual": stats.pose_residual,
+                "overlap_pixels": stats.overlap_pixels,
+                "num_layers": stats.num_layers,
+                "layer_scale_spread": stats.layer_scale_spread,
+                "warnings": stats.warnings,
+            }
+        )
+        for fh in (self._frames, self._traj, self._intr):
+            os.fsync(fh.fileno())
+        if self.num_windows % self.ply_every == 0:
+            self.write_points()
+        self._write_summary("running")
+
+    def close(self, status: str = "complete") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for fh in (self._frames, self._traj, self._intr):
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+        self.write_points()
+        self._write_summary(status)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def write_points(self) -> None:
+        pts, cols = self.map.points()
+        write_ply(self.dir / "points.ply", pts, cols)
+
+    def _write_summary(self, status: str) -> None:
+        elapsed = time.time() - self.started
+        write_json_atomic(
+            self.dir / "summary.json",
+            {
+                "format_version": FORMAT_VERSION,
+                "status": status,
+                "settings": self.settings,
+                "frames": self.num_frames,
+                "windows": self.num_windows,
+                "elapsed_s": round(elapsed, 3),
+                "frames_per_s": round(self.num_frames / elapsed, 3) if elapsed > 0 else None,
+                "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+                "timings_ms_per_frame": {
+                    k: round(1000 * v / max(self.num_frames, 1), 3) for k, v in self.timings.items()
+                },
+                "map_points": len(self.map),
+                "map_voxel_size": self.map.voxel_size,
+                "window_stats": self.window_stats[-1000:],
+                **self.extra,
+            },
+        )
+
+
+@dataclass
+class FrameRecord:
+    index: int
+    timestamp: float
+    window: int
+    width: int
+    height: int
+    intrinsics: np.ndarray
+    cam_to_world: np.ndarray
+    paths: dict[str, str | None]
+    layer_scales: list[float] | None = None
+    source_size: tuple[int, int] | None = None
+    """(width, height) of the original image, when saved."""
+
+
+@dataclass
+class RunData:
+    """A run directory opened for reading (complete or interrupted)."""
+
+    path: Path
+    summary: dict
+    frames: list[FrameRecord] = field(default_factory=list)
+
+    @property
+    def points_ply(self) -> Path:
+        return self.path / "points.ply"
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status", "unknown"))
+
+    def cam_to_world(self) -> np.ndarray:
+        """(N, 4, 4)."""
+        return np.stack([f.cam_to_world for f in self.frames]) if self.frames else np.zeros((0, 4, 4))
+
+    def load_frame(self, i: int) -> ReconstructedFrame:
+        """The i-th frame of the run (position in ``frames``) as a :class:`ReconstructedFrame`."""
+        from PIL import Image
+
+        rec = self.frames[i]
+        p = rec.paths
+        with Image.open(self.path / p["image"]) as im:
+            image = np.asarray(im.convert("RGB"))
+        source = None
+        if p.get("source"):
+            with Image.open(self.path / p["source"]) as im:
+                source = np.asarray(im.convert("RGB"))
+        layers = np.load(self.path / p["layers"]) if p.get("layers") else None
+        return ReconstructedFrame(
+            index=rec.index,
+            timestamp=rec.timestamp,
+            image=image,
+            cam_to_world=rec.cam_to_world,
+            intrinsics=rec.intrinsics,
+            depth=np.load(self.path / p["depth"]),
+            conf=np.load(self.path / p["conf"]).astype(np.float32),
+            window=rec.window,
+            layers=layers,
+            layer_scales=None if rec.layer_scales is None else np.asarray(rec.layer_scales, np.float32),
+            source_image=source,
+        )
+
+
+def load_run(path: str | Path) -> RunData:
+    """Open a run directory; tolerates a run interrupted mid-write (a torn last line is ignored)."""
+    from laser_plugin.errors import InputError
+
+    path = Path(path).expanduser()
+    if not (path / "summary.json").is_file():
+        raise InputError(f"{path} is not a laser run directory (no summary.json)")
+    summary = json.loads((path / "summary.json").read_text())
+    frames: list[FrameRecord] = []
+    jsonl = path / "frames.jsonl"
+    if jsonl.exists():
+        for line in jsonl.read_text(encoding="utf-8").splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a hard kill
+            paths = {k: r.get(k) for k in ("image", "depth", "conf", "layers", "source")}
+            if not all((path / paths[k]).exists() for k in ("image", "depth", "conf")):
+                continue
+            frames.append(
+                FrameRecord(
+                    index=int(r["index"]),
+                    timestamp=float(r["timestamp"]),
+                    window=int(r["window"]),
+                    width=int(r["width"]),
+                    height=int(r["height"]),
+                    intrinsics=np.asarray(r["intrinsics"], dtype=np.float64),
+                    cam_to_world=np.asarray(r["cam_to_world"], dtype=np.float64),
+                    paths=paths,
+                    layer_scales=r.get("layer_scales"),
+                    source_size=(r["source_width"], r["source_height"]) if r.get("source") else None,
+                )
+            )
+    return RunData(path, summary, frames)
