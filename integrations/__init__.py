@@ -1,0 +1,1 @@
+"""Ecosystem adapters (Rerun, viser, nerfstudio), imported as ``laser_plugin.integrations``."""

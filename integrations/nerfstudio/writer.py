@@ -1,0 +1,254 @@
+"""Streams finalised frames into a nerfstudio dataset (a :class:`~laser_plugin.types.Sink`).
+
+Layout of ``OUT``::
+
+    transforms.json          written last, atomically: it exists only for a complete dataset
+    images/frame_NNNNNN.png  source resolution (or model resolution), one per frame
+    images_2/ images_4/ ...  optional downscales (``num_downscales``)
+    depths/frame_NNNNNN.npy  z-depth, unit declared in transforms.json ("depth_unit_scale_factor")
+    depths_2/ depths_4/ ...  matching the image downscales (nerfstudio expects them together)
+    sparse_pc.ply            confidence-filtered, voxel-downsampled, coloured; same world frame
+
+Poses are converted from OpenCV to OpenGL camera axes exactly once, by
+:func:`laser_plugin.geometry.conventions.opencv_to_opengl_c2w`; the world frame (the first
+camera) and the scale are kept as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from laser_plugin.integrations.nerfstudio.files import (
+    ImageFormat,
+    ImageResolution,
+    encode_depth,
+    encode_image,
+    frame_image,
+    resize_depth_nearest,
+    resize_image,
+)
+from laser_plugin.integrations.nerfstudio.schema import DepthFormat, FrameEntry, TransformsFile
+
+from laser_plugin.errors import OutputError
+from laser_plugin.geometry.conventions import opencv_to_opengl_c2w
+from laser_plugin.io.atomic import write_bytes_atomic
+from laser_plugin.io.ply import write_ply
+from laser_plugin.mapping import VoxelMap
+from laser_plugin.types import ReconstructedFrame
+
+PLY_NAME = "sparse_pc.ply"
+
+
+@dataclass
+class NerfstudioExportConfig:
+    """How a LASER reconstruction becomes a nerfstudio dataset."""
+
+    image_resolution: ImageResolution = "source"
+    """Write images at the input's original resolution ("source", when the frames carry it) or
+    at the model's resolution ("model")."""
+    image_format: ImageFormat = "png"
+    """Image file format."""
+    jpeg_quality: int = 95
+    """JPEG quality when image_format is jpg."""
+    num_downscales: int = 0
+    """Also write images_2, images_4, ... (2**num_downscales) with matching depths_N."""
+    depth_format: DepthFormat = "npy"
+    """float32 .npy in scene units, or 16-bit PNG in thousandths of a scene unit."""
+    point_min_conf: float = 0.5
+    """Confidence (in [0, 1]) a pixel needs to enter sparse_pc.ply."""
+    point_stride: int = 2
+    """Take every n-th pixel per axis for sparse_pc.ply."""
+    voxel_size: float | None = None
+    """Voxel edge for downsampling sparse_pc.ply, in scene units. None: the footprint of one
+    strided pixel at the first frame's median depth."""
+    max_points: int = 1_000_000
+    """Most points in sparse_pc.ply (beyond it the voxel size doubles)."""
+    val_every: int = 8
+    """Hold out every n-th frame (the middle one of each block) as val/test; 0: none."""
+    overwrite: bool = False
+    """Replace an existing LASER dataset in the output directory."""
+
+    def validate(self) -> NerfstudioExportConfig:
+        from laser_plugin.errors import ConfigError
+
+        if not 0 <= self.num_downscales <= 4:
+            raise ConfigError(f"num_downscales must be in [0, 4], got {self.num_downscales}")
+        if self.point_stride < 1:
+            raise ConfigError(f"point_stride must be at least 1, got {self.point_stride}")
+        if self.voxel_size is not None and not self.voxel_size > 0:
+            raise ConfigError(f"voxel_size must be positive, got {self.voxel_size}")
+        if self.max_points < 1 or self.val_every < 0:
+            raise ConfigError("max_points must be >= 1 and val_every >= 0")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+        return self
+
+
+def held_out_indices(num_frames: int, every: int) -> list[int]:
+    """Positions of the held-out frames: the middle frame of each block of ``every``.
+
+    With at least two frames there is always one, so nerfstudio's eval never gets an empty split.
+    """
+    if every <= 0 or num_frames < 2:
+        return []
+    picked = [i for i in range(num_frames) if i % every == every // 2]
+    return picked or [num_frames // 2]
+
+
+def _owned_paths(root: Path) -> list[Path]:
+    """What a previous export of ours left in ``root`` (removed on overwrite)."""
+    out = [root / "transforms.json", root / PLY_NAME]
+    out += [p for p in root.glob("images*") if p.is_dir()]
+    out += [p for p in root.glob("depths*") if p.is_dir()]
+    return out
+
+
+class NerfstudioWriter:
+    """Sink writing a nerfstudio dataset; call :meth:`close` to finish it (idempotent)."""
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        config: NerfstudioExportConfig | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = (config or NerfstudioExportConfig()).validate()
+        self.root = Path(output_dir)
+        self.provenance = dict(provenance or {})
+        self._prepare_root()
+        self._entries: list[FrameEntry] = []
+        self._depth_scale: float | None = None
+        self._cloud: VoxelMap | None = None
+        self._closed = False
+
+    # -- setup -----------------------------------------------------------------------------
+    def _prepare_root(self) -> None:
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise OutputError(f"output path {root} exists and is not a directory")
+        if (root / "transforms.json").exists():
+            if not self.config.overwrite:
+                raise OutputError(
+                    f"{root} already holds a nerfstudio dataset (transforms.json); "
+                    "pass --overwrite to replace it or choose another directory"
+                )
+            for p in _owned_paths(root):
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+        try:
+            for name in self._image_dirs() + self._depth_dirs():
+                (root / name).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create {root}: {exc.strerror}") from None
+
+    def _factors(self) -> list[int]:
+        return [2**i for i in range(self.config.num_downscales + 1)]
+
+    def _image_dirs(self) -> list[str]:
+        return ["images" if f == 1 else f"images_{f}" for f in self._factors()]
+
+    def _depth_dirs(self) -> list[str]:
+        return ["depths" if f == 1 else f"depths_{f}" for f in self._factors()]
+
+    # -- Sink protocol ---------------------------------------------------------------------
+    def on_frame(self, frame: ReconstructedFrame) -> None:
+        if self._closed:
+            raise OutputError("nerfstudio writer is closed")
+        cfg = self.config
+        stem = f"frame_{frame.index:06d}"
+        image, intr = frame_image(frame, cfg.image_resolution)
+        img_name = f"{stem}.{cfg.image_format}"
+        depth_name = f"{stem}.{'npy' if cfg.depth_format == 'npy' else 'png'}"
+        for factor, img_dir, depth_dir in zip(
+            self._factors(), self._image_dirs(), self._depth_dirs()
+        ):
+            w, h = max(1, intr.w // factor), max(1, intr.h // factor)
+            img = image if factor == 1 else resize_image(image, w, h)
+            write_bytes_atomic(
+                self.root / img_dir / img_name,
+                encode_image(img, cfg.image_format, cfg.jpeg_quality),
+            )
+            depth = frame.depth
+            if depth.shape[1] > w:  # never store a depth map larger than its image
+                depth = resize_depth_nearest(depth, w, h)
+            data, unit = encode_depth(depth, cfg.depth_format)
+            write_bytes_atomic(self.root / depth_dir / depth_name, data)
+            self._depth_scale = unit
+        self._entries.append(
+            FrameEntry(
+                file_path=f"images/{img_name}",
+                transform_matrix=opencv_to_opengl_c2w(np.asarray(frame.cam_to_world, np.float64)),
+                intrinsics=intr,
+                depth_file_path=f"depths/{depth_name}",
+                timestamp=float(frame.timestamp),
+                laser_index=int(frame.index),
+            )
+        )
+        self._add_points(frame)
+
+    def _add_points(self, frame: ReconstructedFrame) -> None:
+        cfg = self.config
+        if self._cloud is None:
+            voxel = cfg.voxel_size
+            if voxel is None:
+                valid = frame.depth[(frame.depth > 0) & np.isfinite(frame.depth)]
+                if valid.size == 0:
+                    return  # wait for a frame with depth to set the scale
+                fx = float(frame.intrinsics[0, 0])
+                voxel = float(np.median(valid)) * cfg.point_stride / fx
+            self._cloud = VoxelMap(voxel_size=voxel, max_points=cfg.max_points)
+        xyz, rgb = frame.points_world(min_conf=cfg.point_min_conf, stride=cfg.point_stride)
+        self._cloud.add(xyz, rgb)
+
+    def close(self) -> None:
+        """Write sparse_pc.ply, then transforms.json (atomically, last)."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._entries:
+            raise OutputError(f"no frames were reconstructed; nothing written to {self.root}")
+        ply_path = None
+        if self._cloud is not None:
+            xyz, rgb = self._cloud.points()
+            if len(xyz):
+                write_ply(self.root / PLY_NAME, xyz, rgb)  # atomic
+                ply_path = PLY_NAME
+        names = [e.file_path for e in self._entries]
+        held = set(held_out_indices(len(names), self.config.val_every))
+        transforms = TransformsFile(
+            frames=self._entries,
+            depth_unit_scale_factor=float(self._depth_scale or 1.0),
+            ply_file_path=ply_path,
+            train_filenames=[n for i, n in enumerate(names) if i not in held] if held else [],
+            val_filenames=[n for i, n in enumerate(names) if i in held],
+            laser=self._provenance(),
+        )
+        text = json.dumps(transforms.to_json(), indent=2)
+        write_bytes_atomic(self.root / "transforms.json", text.encode("utf-8"))
+
+    def _provenance(self) -> dict[str, Any]:
+        return {
+            "conventions": {
+                "transform_matrix": "camera-to-world, OpenGL camera axes (x right, y up, z back)",
+                "world": "the first frame's camera frame of the reconstruction (OpenCV axes), unscaled",
+                "depth": "camera z-depth times depth_unit_scale_factor, in scene units; 0 = invalid",
+                "intrinsics": "pixels, top-left pixel centre at (0.5, 0.5)",
+            },
+            "export": asdict(self.config),
+            **self.provenance,
+        }
+
+    @property
+    def num_frames(self) -> int:
+        return len(self._entries)
+
+    @property
+    def num_points(self) -> int:
+        return 0 if self._cloud is None else len(self._cloud)
