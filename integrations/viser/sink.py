@@ -1,0 +1,482 @@
+"""ViserSink: a live web viewer of a streaming reconstruction (a Sink of the engine).
+
+Threads: the engine calls ``on_frame`` from its own thread; viser runs GUI callbacks on its
+threads; a small flusher thread pushes the cloud and trajectory to the browsers at most every
+``update_interval`` seconds, so a fast stream never waits on the network. One re-entrant lock
+guards the state. ``on_frame`` blocks *before* taking the lock while the viewer is paused, so
+the GUI stays responsive and the engine stops producing (back-pressure, not buffering).
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from laser_plugin.integrations.viser.cloud import VoxelCloud
+from laser_plugin.integrations.viser.colors import point_colors
+from laser_plugin.integrations.viser.compat import SceneCompat
+from laser_plugin.integrations.viser.config import ViserConfig
+from laser_plugin.integrations.viser.gui import build_controls
+from laser_plugin.integrations.viser.sampling import (
+    median_depth,
+    rotation_to_wxyz,
+    sample_frame,
+    thumbnail,
+    vertical_fov,
+)
+
+from laser_plugin.errors import ConfigError
+from laser_plugin.types import ReconstructedFrame, WindowStats
+
+CLOUD_NODE = "/world/cloud"
+TRAJECTORY_NODE = "/world/trajectory"
+CAMERAS_NODE = "/cameras"
+CURRENT_NODE = "/current_camera"
+_TRAJECTORY_COLOR = (255, 120, 0)
+_CURRENT_COLOR = (255, 120, 0)
+_FRUSTUM_COLOR = (40, 40, 40)
+_MAX_TRAJECTORY_POINTS = 4096
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost: may resolve to anything
+        return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class _FrameRecord:
+    """What the viewer keeps per frame (a few hundred bytes: bounded enough for long runs)."""
+
+    index: int
+    ordinal: int
+    cam_to_world: np.ndarray  # (4, 4) float64, OpenCV axes
+    fov: float  # vertical, radians
+    aspect: float  # width / height
+    depth_scale: float  # median depth
+
+
+class ViserSink:
+    """Streams finalised frames to a viser server: cloud, frustums, trajectory and controls.
+
+    Use it as an engine sink (``on_frame``, ``on_window``, ``on_correction``, ``close``), or
+    feed it frames yourself. ``close()`` pushes the final state and keeps serving; ``stop()``
+    shuts the server down (``serve_forever()`` blocks until Ctrl-C, then stops).
+    """
+
+    def __init__(self, config: ViserConfig | None = None) -> None:
+        self.config = (config or ViserConfig()).validate()
+        try:
+            import viser
+        except ImportError as exc:
+            raise ConfigError(
+                "the viser viewer needs the viser package: pip install 'laser-plugin[viser]'"
+            ) from exc
+        cfg = self.config
+        # viser 0.2.7 reports the requested port, not the bound one, so resolve 0 ourselves.
+        port = cfg.port or free_port(cfg.host)
+        self.server = viser.ViserServer(host=cfg.host, port=port, verbose=False)
+        self.port = int(self.server.get_port())
+        shown_host = cfg.host if ":" not in cfg.host else f"[{cfg.host}]"
+        self.url = f"http://{shown_host}:{self.port}"
+        if not is_loopback(cfg.host):
+            print(
+                f"warning: the viser viewer listens on {cfg.host}:{self.port}, which other "
+                "machines can reach; anyone who connects can watch the reconstruction and "
+                "pause the run. Use --host 127.0.0.1 to keep it on this machine.",
+                file=sys.stderr,
+                flush=True,
+            )
+        if cfg.verbose:
+            print(f"viser viewer: {self.url}", file=sys.stderr, flush=True)
+
+        self._compat = SceneCompat(self.server)
+        self._lock = threading.RLock()
+        self._resume = threading.Event()
+        self._resume.set()
+        self._stopped = threading.Event()
+        self._state = "waiting for frames"
+
+        self._cloud: VoxelCloud | None = None
+        self._frustum_scale = cfg.frustum_scale or 0.1
+        self._frames: list[_FrameRecord] = []
+        self._indices: list[int] = []  # stream indices of self._frames, increasing
+        self._frustums: dict[int, Any] = {}
+        self._thumbs: dict[int, np.ndarray] = {}
+        self._frustum_stride = 1
+        self._live = True
+        self._shown: int | None = None
+        self._last_window: WindowStats | None = None
+        self._dirty = False
+        self._slider_max = 1
+
+        self.frames_received = 0
+        """Frames accepted by ``on_frame`` so far."""
+        self.points_shown = 0
+        """Points in the cloud last sent to the browsers."""
+        self.pushes = 0
+        """Cloud updates sent so far."""
+
+        self.server.scene.set_up_direction("-y")  # OpenCV world: y points down
+        self._cameras_root = self.server.scene.add_frame(CAMERAS_NODE, show_axes=False)
+        self._controls = build_controls(self.server, cfg)
+        self._wire_controls()
+        self.server.on_client_connect(self._on_client_connect)
+
+        self._flusher = threading.Thread(target=self._flush_loop, name="viser-flush", daemon=True)
+        self._flusher.start()
+
+    # ------------------------------------------------------------------ Sink protocol
+
+    def on_frame(self, frame: ReconstructedFrame) -> None:
+        """Add one finalised frame; blocks while the viewer is paused."""
+        self.wait_if_paused()
+        if self._stopped.is_set():
+            return
+        cfg = self.config
+        samples = sample_frame(frame, cfg.points_per_frame)
+        with self._lock:
+            if self._cloud is None:
+                scale = median_depth(frame)
+                self._cloud = VoxelCloud(cfg.max_points, cfg.voxel_size or scale / 100.0)
+                self._frustum_scale = cfg.frustum_scale or scale / 12.0
+            self._cloud.add(*samples, frame=frame.index)
+            k = np.asarray(frame.intrinsics, np.float64)
+            record = _FrameRecord(
+                index=int(frame.index),
+                ordinal=len(self._frames),
+                cam_to_world=np.array(frame.cam_to_world, np.float64),
+                fov=vertical_fov(k, frame.height),
+                aspect=frame.width / frame.height,
+                depth_scale=median_depth(frame),
+            )
+            if self._indices and record.index <= self._indices[-1]:
+                raise ValueError(
+                    f"frames must arrive in increasing index order: got {record.index} "
+                    f"after {self._indices[-1]}"
+                )
+            self._frames.append(record)
+            self._indices.append(record.index)
+            self._add_frustum(record, frame.image)
+            if self._live:
+                self._shown = record.index
+            self.frames_received += 1
+            self._state = "streaming"
+            self._dirty = True
+
+    def on_window(self, stats: WindowStats) -> None:
+        """Show the last window's registration figures in the readout."""
+        with self._lock:
+            self._last_window = stats
+            self._dirty = True
+
+    def on_correction(self, frames: list[ReconstructedFrame]) -> None:
+        """Move already shown frames (and their points) to corrected poses (loop closure)."""
+        with self._lock:
+            moves: dict[int, np.ndarray] = {}
+            for frame in frames:
+                pos = bisect.bisect_left(self._indices, frame.index)
+                if pos == len(self._indices) or self._indices[pos] != frame.index:
+                    continue
+                record = self._frames[pos]
+                new = np.asarray(frame.cam_to_world, np.float64)
+                moves[record.index] = new @ np.linalg.inv(record.cam_to_world)
+                record.cam_to_world = new.copy()
+                handle = self._frustums.get(record.index)
+                if handle is not None:
+                    handle.wxyz = rotation_to_wxyz(new[:3, :3])
+                    handle.position = new[:3, 3]
+            if self._cloud is not None:
+                self._cloud.transform_frames(moves)
+            self._push()
+
+    def close(self) -> None:
+        """End of stream: push the final state. The viewer keeps serving until ``stop()``."""
+        with self._lock:
+            self._state = "finished"
+            self._push()
+
+    # ------------------------------------------------------------------ pause / lifecycle
+
+    @property
+    def paused(self) -> bool:
+        return not self._resume.is_set()
+
+    def pause(self) -> None:
+        """Pause the stream: the next ``on_frame`` blocks until ``resume()``."""
+        self._resume.clear()
+        with self._lock:
+            self._controls.pause.visible = False
+            self._controls.resume.visible = True
+            self._state = "paused"
+            self._push()  # show everything received so far while the user looks around
+
+    def resume(self) -> None:
+        """Let the stream go on."""
+        with self._lock:
+            self._controls.resume.visible = False
+            self._controls.pause.visible = True
+            if self._state == "paused":
+                self._state = "streaming"
+            self._dirty = True
+        self._resume.set()
+
+    def wait_if_paused(self, timeout: float | None = None) -> bool:
+        """Block while paused (the engine's producer side calls this through ``on_frame``).
+
+        Returns True when the stream may go on (not paused, or stopped), False on timeout.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Short waits in a loop: Ctrl-C stays responsive and stop() always releases us.
+        while not self._resume.wait(0.2):
+            if self._stopped.is_set():
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        return True
+
+    def flush(self) -> None:
+        """Send the current cloud, trajectory and readout to the browsers now."""
+        with self._lock:
+            self._push()
+
+    def stop(self) -> None:
+        """Shut the server down; a paused ``on_frame`` returns (and later frames are ignored)."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._resume.set()
+        self._flusher.join(timeout=2.0)
+        self.server.stop()
+
+    def serve_forever(self) -> None:
+        """Keep the viewer open until Ctrl-C, then stop it."""
+        if self.config.verbose:
+            print(f"viser viewer open at {self.url} (Ctrl-C to quit)", file=sys.stderr, flush=True)
+        try:
+            while not self._stopped.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    def __enter__(self) -> ViserSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def num_frustums(self) -> int:
+        with self._lock:
+            return len(self._frustums)
+
+    # ------------------------------------------------------------------ scene updates
+
+    def _add_frustum(self, record: _FrameRecord, image: np.ndarray) -> None:
+        if record.ordinal % self._frustum_stride:
+            return
+        cfg = self.config
+        thumb = (
+            thumbnail(np.asarray(image, np.uint8), cfg.thumbnail_width)
+            if cfg.thumbnail_width
+            else None
+        )
+        self._frustums[record.index] = self._add_frustum_node(
+            f"{CAMERAS_NODE}/frame_{record.index:06d}", record, thumb, _FRUSTUM_COLOR, 1.0
+        )
+        if thumb is not None:
+            self._thumbs[record.index] = thumb
+        if len(self._frustums) > cfg.max_frustums:
+            # Keep every other frustum (older ones too), so coverage stays even over the run.
+            self._frustum_stride *= 2
+            for rec in self._frames:
+                if rec.index in self._frustums and rec.ordinal % self._frustum_stride:
+                    self._frustums.pop(rec.index).remove()
+                    self._thumbs.pop(rec.index, None)
+
+    def _add_frustum_node(
+        self,
+        name: str,
+        record: _FrameRecord,
+        image: np.ndarray | None,
+        color: tuple[int, int, int],
+        size: float,
+    ) -> Any:
+        c2w = record.cam_to_world
+        return self.server.scene.add_camera_frustum(
+            name,
+            fov=record.fov,
+            aspect=record.aspect,
+            scale=self._frustum_scale * size,
+            color=color,
+            image=image,
+            format="jpeg",
+            jpeg_quality=80,
+            wxyz=rotation_to_wxyz(c2w[:3, :3]),
+            position=c2w[:3, 3],
+            visible=bool(self._controls.show_frustums.value) if name == CURRENT_NODE else True,
+        )
+
+    def _shown_record(self) -> _FrameRecord | None:
+        if not self._frames:
+            return None
+        if self._live or self._shown is None:
+            return self._frames[-1]
+        pos = bisect.bisect_right(self._indices, self._shown) - 1
+        return self._frames[max(pos, 0)]
+
+    def _push(self) -> None:
+        """Send the cloud, trajectory, current camera, timeline and readout (lock held)."""
+        self._dirty = False
+        controls = self._controls
+        shown = self._shown_record()
+        if self._cloud is not None and shown is not None:
+            cloud = self._cloud
+            mask = cloud.select(
+                max_frame=None if self._live else shown.index,
+                min_conf=float(controls.min_conf.value),
+            )
+            colors = point_colors(
+                controls.color_mode.value,
+                cloud.colors[mask],
+                cloud.conf[mask],
+                cloud.depth[mask],
+                cloud.layer[mask],
+            )
+            self._compat.point_cloud(
+                CLOUD_NODE,
+                cloud.points[mask],
+                colors,
+                point_size=float(controls.point_size.value) * cloud.voxel_size,
+            )
+            self.points_shown = int(mask.sum())
+            self.pushes += 1
+            self._push_trajectory()
+            self._add_frustum_node(
+                CURRENT_NODE, shown, self._thumbs.get(shown.index), _CURRENT_COLOR, 1.5
+            )
+            self._push_timeline(shown)
+            if controls.follow.value:
+                self._point_clients_at(shown)
+        controls.readout.content = self._readout()
+
+    def _push_trajectory(self) -> None:
+        if len(self._frames) < 2:
+            return
+        centres = np.array([rec.cam_to_world[:3, 3] for rec in self._frames])
+        if len(centres) > _MAX_TRAJECTORY_POINTS:
+            keep = np.linspace(0, len(centres) - 1, _MAX_TRAJECTORY_POINTS).round().astype(int)
+            centres = centres[keep]
+        self._compat.polyline(TRAJECTORY_NODE, centres, _TRAJECTORY_COLOR, 2.0)
+
+    def _push_timeline(self, shown: _FrameRecord) -> None:
+        slider = self._controls.frame
+        latest = self._indices[-1]
+        if latest > self._slider_max:
+            self._compat.set_slider_max(slider, latest)
+            self._slider_max = latest
+        if self._live and int(slider.value) != latest:
+            slider.value = latest
+
+    def _readout(self) -> str:
+        n = len(self._frames)
+        lines = [f"**{self._state}** · {n} frames · {self.points_shown} points shown"]
+        if self._cloud is not None:
+            lines.append(f"voxel {self._cloud.voxel_size:.3g} · {len(self._frustums)} frustums")
+        w = self._last_window
+        if w is not None:
+            lines.append(
+                f"window {w.window} · scale {w.scale:.3g} · depth residual {w.depth_residual:.3g}"
+            )
+        return "  \n".join(lines)
+
+    def _camera_view(self, record: _FrameRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Eye, look-at point and up vector a little behind and above a camera."""
+        c2w = record.cam_to_world
+        centre, forward, up = c2w[:3, 3], c2w[:3, 2], -c2w[:3, 1]  # OpenCV: y down
+        back = 3.0 * self._frustum_scale
+        eye = centre - back * forward + 0.5 * back * up
+        return eye, centre + record.depth_scale * forward, up
+
+    def _point_clients_at(self, record: _FrameRecord, clients: list[Any] | None = None) -> None:
+        eye, look_at, up = self._camera_view(record)
+        for client in clients if clients is not None else list(self.server.get_clients().values()):
+            try:
+                with client.atomic():
+                    client.camera.position = eye
+                    client.camera.look_at = look_at
+                    client.camera.up_direction = up
+            except Exception:  # a client that just left: the stream must not care
+                continue
+
+    # ------------------------------------------------------------------ callbacks
+
+    def _on_client_connect(self, client: Any) -> None:
+        with self._lock:
+            shown = self._shown_record()
+            if shown is not None:
+                self._point_clients_at(shown, [client])
+
+    def _wire_controls(self) -> None:
+        c = self._controls
+        c.pause.on_click(lambda _: self.pause())
+        c.resume.on_click(lambda _: self.resume())
+        c.frame.on_update(lambda _: self._on_scrub())
+        c.follow.on_update(lambda _: self._on_follow())
+        c.show_frustums.on_update(lambda _: self._on_show_frustums())
+        for handle in (c.color_mode, c.min_conf, c.point_size):
+            handle.on_update(lambda _: self.flush())
+
+    def _on_scrub(self) -> None:
+        with self._lock:
+            if not self._indices:
+                return
+            value = int(self._controls.frame.value)
+            latest = self._indices[-1]
+            live = value >= latest
+            if live == self._live and (live or value == self._shown):
+                return  # our own update of the slider, or no change
+            self._live = live
+            self._shown = latest if live else value
+            self._push()
+
+    def _on_follow(self) -> None:
+        with self._lock:
+            shown = self._shown_record()
+            if self._controls.follow.value and shown is not None:
+                self._point_clients_at(shown)
+
+    def _on_show_frustums(self) -> None:
+        with self._lock:
+            visible = bool(self._controls.show_frustums.value)
+            self._cameras_root.visible = visible
+            self._push()
+
+    def _flush_loop(self) -> None:
+        interval = max(self.config.update_interval, 0.02)
+        while not self._stopped.wait(interval):
+            if self._dirty:
+                with self._lock:
+                    if self._dirty:
+                        self._push()
