@@ -39,8 +39,8 @@ class ProcessLaser:
     """Reconstruction backend (entry-point group laser_plugin.models: pi3, vggt, synthetic, ...)."""
     weights: str | None = None
     """Checkpoint path or hub id; default: the backend's own default location."""
-    device: str = "cuda"
-    """Device for the model ("cuda", "cpu", "cuda:1", ...)."""
+    device: str = "auto"
+    """Device for the model: "auto" (CUDA when available, else CPU), "cuda", "cpu", "cuda:1", ..."""
     max_frames: int | None = None
     """Stop after this many frames."""
     frame_stride: int = 1
@@ -73,7 +73,12 @@ class ProcessLaser:
 
         if self.frame_stride < 1:
             raise LaserError(f"frame_stride must be at least 1, got {self.frame_stride}")
-        model = load_model(self.model, weights=self.weights, device=self.device)
+        device = self.device
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = load_model(self.model, weights=self.weights, device=device)
         return reconstruct_to_nerfstudio(
             self.data,
             self.output_dir,
