@@ -103,11 +103,16 @@ def quat_xyzw_to_matrix(quat: Tensor) -> Tensor:
     return torch.stack(rows, -1).reshape(*quat.shape[:-1], 3, 3)
 
 
+FOV_MIN, FOV_MAX = 0.02, 3.0  # radians (about 1 and 172 degrees)
+
+
 def vggt_pose_to_cameras(pose_enc: Tensor, image_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
     """(..., 9) VGGT pose encoding -> cam_to_world (..., 4, 4), intrinsics (..., 3, 3).
 
     The encoding is the world-to-camera [R | t] (OpenCV); camera-to-world is [R^T | -R^T t].
-    fy = (H/2) / tan(fov_h/2), fx = (W/2) / tan(fov_w/2).
+    fy = (H/2) / tan(fov_h/2), fx = (W/2) / tan(fov_w/2), with the field of view clamped to
+    [FOV_MIN, FOV_MAX] radians so that a degenerate output (the head's ReLU can return 0) gives
+    a finite focal length instead of infinity.
     """
     h, w = image_hw
     pose_enc = pose_enc.float()
@@ -119,8 +124,9 @@ def vggt_pose_to_cameras(pose_enc: Tensor, image_hw: tuple[int, int]) -> tuple[T
     c2w[..., :3, 3] = -(rot_c2w @ t[..., None])[..., 0]
     c2w[..., 3, 3] = 1.0
     K = torch.zeros(*pose_enc.shape[:-1], 3, 3, device=pose_enc.device)
-    K[..., 0, 0] = (w / 2.0) / torch.tan(pose_enc[..., 8] / 2.0)
-    K[..., 1, 1] = (h / 2.0) / torch.tan(pose_enc[..., 7] / 2.0)
+    fov = pose_enc[..., 7:9].clamp(FOV_MIN, FOV_MAX)
+    K[..., 0, 0] = (w / 2.0) / torch.tan(fov[..., 1] / 2.0)
+    K[..., 1, 1] = (h / 2.0) / torch.tan(fov[..., 0] / 2.0)
     K[..., 0, 2], K[..., 1, 2], K[..., 2, 2] = w / 2.0, h / 2.0, 1.0
     return c2w, K
 
