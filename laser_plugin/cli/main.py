@@ -7,6 +7,7 @@ from typing import Annotated, Union
 
 import tyro
 
+from laser_plugin.cli.eval import Eval
 from laser_plugin.cli.run import Demo, Run
 from laser_plugin.errors import LaserError
 
@@ -15,6 +16,7 @@ from laser_plugin.errors import LaserError
 COMMANDS: dict[str, type] = {
     "demo": Demo,
     "run": Run,
+    "eval": Eval,
 }
 
 
