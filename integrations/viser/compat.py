@@ -30,6 +30,13 @@ class SceneCompat:
             {"precision": "float32"} if "precision" in cloud_params else {}
         )
         self.has_line_segments = hasattr(scene, "add_line_segments")
+        # 1.1 renamed line_width (screen pixels) to thickness + thickness_units.
+        self.line_kwargs = (
+            {"thickness_units": "screen"}
+            if self.has_line_segments
+            and "thickness_units" in inspect.signature(scene.add_line_segments).parameters
+            else {}
+        )
 
     def point_cloud(
         self, name: str, points: np.ndarray, colors: np.ndarray, point_size: float
@@ -54,8 +61,9 @@ class SceneCompat:
         positions = np.asarray(positions, np.float32)
         if self.has_line_segments:
             segments = np.stack([positions[:-1], positions[1:]], axis=1)  # (N-1, 2, 3)
+            width_kw = {"thickness": width} if self.line_kwargs else {"line_width": width}
             return self.server.scene.add_line_segments(
-                name, points=segments, colors=color, line_width=width
+                name, points=segments, colors=color, **width_kw, **self.line_kwargs
             )
         # 0.2.7 has no line segments; a Catmull-Rom spline with zero tension runs straight
         # through the control points.
