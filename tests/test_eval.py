@@ -245,9 +245,21 @@ def run_cli(args: list[str]) -> int:
 def test_cli_eval_synthetic_writes_json_with_table(tmp_path: Path, capsys) -> None:
     out = tmp_path / "eval.json"
     code = run_cli(
-        ["eval", "--dataset", "synthetic", "demo", "--synthetic-frames", "24"]
-        + ["--synthetic-size", "40", "56", "--window-size", "10", "--overlap", "3"]
-        + ["--output", str(out)]
+        [
+            *[
+                "eval",
+                "--dataset",
+                "synthetic",
+                "demo",
+                "--synthetic-frames",
+                "24",
+                "--synthetic-size",
+                "40",
+                "56",
+            ],
+            *["--window-size", "10", "--overlap", "3", "--output"],
+            str(out),
+        ]
     )
     assert code == 0
     table = capsys.readouterr().out
@@ -260,9 +272,21 @@ def test_cli_eval_synthetic_writes_json_with_table(tmp_path: Path, capsys) -> No
 
 def test_cli_eval_sweep_json(tmp_path: Path, capsys) -> None:
     code = run_cli(
-        ["eval", "--dataset", "synthetic", "demo", "--synthetic-frames", "16"]
-        + ["--synthetic-size", "32", "48", "--window-size", "8", "--overlap", "2", "--sweep"]
-        + ["--sweep-window-sizes", "6", "--sweep-iou-thresholds", "0.5", "--json"]
+        [
+            *[
+                "eval",
+                "--dataset",
+                "synthetic",
+                "demo",
+                "--synthetic-frames",
+                "16",
+                "--synthetic-size",
+                "32",
+                "48",
+            ],
+            *["--window-size", "8", "--overlap", "2", "--sweep", "--sweep-window-sizes", "6"],
+            *["--sweep-iou-thresholds", "0.5", "--json"],
+        ]
     )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
