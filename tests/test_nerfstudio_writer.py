@@ -130,9 +130,9 @@ def test_no_transforms_json_until_closed(tmp_path):
     writer.close()  # idempotent
 
 
-def test_empty_export_is_a_clear_error(tmp_path):
-    with pytest.raises(OutputError, match="no frames"):
-        NerfstudioWriter(tmp_path).close()
+def test_empty_export_writes_no_dataset_and_bad_paths_are_clear_errors(tmp_path):
+    NerfstudioWriter(tmp_path).close()
+    assert not (tmp_path / "transforms.json").exists()  # no frames: not a dataset
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="not a directory"):
         NerfstudioWriter(tmp_path / "file")

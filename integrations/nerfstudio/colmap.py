@@ -136,7 +136,7 @@ class ColmapWriter:
             return
         self._closed = True
         if not self._images:
-            raise OutputError(f"no frames were reconstructed; nothing written to {self.root}")
+            return  # nothing to describe; callers check for frames themselves
         xyz, rgb = (
             self._cloud.points()
             if self._cloud is not None

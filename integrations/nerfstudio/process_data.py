@@ -53,12 +53,12 @@ class ProcessLaser:
     def main(self) -> None:
         from rich.console import Console
 
-        console = Console(stderr=True)
         try:
             summary = self.run()
         except LaserError as exc:
-            console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+            print(f"error: {exc}", file=sys.stderr)  # one line, like the `laser` command
             raise SystemExit(2) from None
+        console = Console(stderr=True, soft_wrap=True)
         console.print(
             f"[bold green]Done:[/bold green] {summary.num_frames} frames, {summary.num_points} points "
             f"in {summary.seconds:.1f} s -> {summary.output_dir}\n"

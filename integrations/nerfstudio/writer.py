@@ -208,12 +208,16 @@ class NerfstudioWriter:
         self._cloud.add(xyz, rgb)
 
     def close(self) -> None:
-        """Write sparse_pc.ply, then transforms.json (atomically, last)."""
+        """Write sparse_pc.ply, then transforms.json (atomically, last).
+
+        With no frames it writes nothing (no transforms.json: not a dataset); callers that need
+        frames check :attr:`num_frames` and raise their own error.
+        """
         if self._closed:
             return
         self._closed = True
         if not self._entries:
-            raise OutputError(f"no frames were reconstructed; nothing written to {self.root}")
+            return
         ply_path = None
         if self._cloud is not None:
             xyz, rgb = self._cloud.points()

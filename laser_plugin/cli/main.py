@@ -8,6 +8,7 @@ from typing import Annotated, Union
 import tyro
 
 from laser_plugin.cli.eval import Eval
+from laser_plugin.cli.export import Export
 from laser_plugin.cli.run import Demo, Run
 from laser_plugin.errors import LaserError
 
@@ -16,6 +17,7 @@ from laser_plugin.errors import LaserError
 COMMANDS: dict[str, type] = {
     "demo": Demo,
     "run": Run,
+    "export": Export,
     "eval": Eval,
 }
 

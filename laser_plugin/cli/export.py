@@ -1,0 +1,78 @@
+"""``laser export nerfstudio RUN_DIR OUT`` and ``laser export colmap RUN_DIR OUT``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Union
+
+import tyro
+from tyro.conf import Positional
+
+from laser_plugin.integrations.nerfstudio.colmap import ColmapExportConfig
+from laser_plugin.integrations.nerfstudio.writer import NerfstudioExportConfig
+
+
+def _report(kind: str, summary) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(
+        f"[bold green]{kind}:[/bold green] {summary.num_frames} frames, {summary.num_points} points "
+        f"in {summary.seconds:.1f} s -> {summary.output_dir}",
+        highlight=False,
+    )
+
+
+@dataclass
+class ExportNerfstudio:
+    """Write a run as a nerfstudio dataset (transforms.json, images, depths, sparse_pc.ply);
+    train with `ns-train splatfacto --data OUT laser-data`."""
+
+    run_dir: Positional[Path]
+    """Run directory written by `laser run` or `laser demo`."""
+    output_dir: Positional[Path]
+    """Dataset directory to create."""
+    export: NerfstudioExportConfig = field(default_factory=NerfstudioExportConfig)
+    """Dataset layout."""
+
+    def main(self) -> int:
+        from laser_plugin.integrations.nerfstudio.export import export_run_nerfstudio
+
+        summary = export_run_nerfstudio(self.run_dir, self.output_dir, self.export)
+        _report("nerfstudio dataset", summary)
+        return 0
+
+
+@dataclass
+class ExportColmap:
+    """Write a run as a COLMAP sparse model (images/, sparse/0/cameras, images, points3D) for
+    gsplat's examples or the original 3D Gaussian Splatting code."""
+
+    run_dir: Positional[Path]
+    """Run directory written by `laser run` or `laser demo`."""
+    output_dir: Positional[Path]
+    """Directory to create (images/ and sparse/0/)."""
+    export: ColmapExportConfig = field(default_factory=ColmapExportConfig)
+    """Model layout."""
+
+    def main(self) -> int:
+        from laser_plugin.integrations.nerfstudio.export import export_run_colmap
+
+        summary = export_run_colmap(self.run_dir, self.output_dir, self.export)
+        _report("COLMAP model", summary)
+        return 0
+
+
+@dataclass
+class Export:
+    """Export a finished run for other tools (nerfstudio, COLMAP readers)."""
+
+    target: tyro.conf.OmitSubcommandPrefixes[
+        Union[  # noqa: UP007 - tyro needs a runtime Union
+            Annotated[ExportNerfstudio, tyro.conf.subcommand(name="nerfstudio")],
+            Annotated[ExportColmap, tyro.conf.subcommand(name="colmap")],
+        ]
+    ]
+
+    def main(self) -> int:
+        return self.target.main()
