@@ -335,3 +335,22 @@ def test_subset_and_errors(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="unknown dataset"):
         load_dataset("nope", tmp_path)
+
+
+def test_tum_trajectory_reader_agrees_with_evo(tmp_path: Path) -> None:
+    # evo (GPL) only as a test-time reference for the file format and quaternion order.
+    from evo.tools import file_interface
+
+    rng = np.random.default_rng(9)
+    poses = np.stack([random_pose(rng) for _ in range(5)])
+    lines = [
+        f"{i * 0.1:.3f} {fmt(p[:3, 3])} {fmt(Rotation.from_matrix(p[:3, :3]).as_quat())}"
+        for i, p in enumerate(poses)
+    ]
+    path = tmp_path / "traj.txt"
+    path.write_text("\n".join(lines) + "\n")
+    stamps, ours = read_tum_trajectory(path)
+    theirs = file_interface.read_tum_trajectory_file(str(path))
+    np.testing.assert_allclose(stamps, theirs.timestamps)
+    np.testing.assert_allclose(ours, np.stack(theirs.poses_se3), atol=1e-12)
+    np.testing.assert_allclose(ours, poses, atol=1e-12)

@@ -258,3 +258,18 @@ def test_weighted_mean() -> None:
     assert weighted_mean([0.1, 0.3], [1, 3]) == pytest.approx(0.25)
     with pytest.raises(ValueError):
         weighted_mean([], [])
+
+
+def test_scale_alignment_reaches_the_l1_optimum() -> None:
+    rng = np.random.default_rng(8)
+    gt = rng.uniform(1, 10, 5000)
+    pred = gt / 2.0 * np.exp(rng.normal(0, 0.2, gt.size))
+    pred[:300] *= 3.0  # outliers
+    s, _ = align_depth_scale(pred, gt, method="scale")
+
+    def cost(x):
+        return np.abs(np.multiply.outer(np.atleast_1d(x), pred) - gt).sum(axis=-1)
+
+    grid = np.linspace(1.5, 2.5, 2001)
+    assert cost(s)[0] <= cost(grid).min() + 1e-9
+    assert 1.7 < s < 2.1  # close to the planted 2 despite the outliers
