@@ -311,3 +311,34 @@ def test_cli_eval_user_errors_are_one_line(tmp_path: Path, capsys) -> None:
         run_cli(["eval", "--dataset", "synthetic", "demo", "--sequences", "nope"])
     assert exc.value.code == 2
     assert "no sequence 'nope'" in capsys.readouterr().err
+
+
+def render(table) -> str:
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(table)
+    return console.export_text()
+
+
+def test_report_prints_the_paper_numbers_beside_ours() -> None:
+    from laser_plugin.eval.report import build_table, make_result, to_json
+
+    ours = {"frames": 90, "ate": 0.02, "rpe_trans": 0.01, "rpe_rot_deg": 0.5, "fps": 10.0}
+    variants = {"run": {"sequences": {"fr3_walk": ours}, "mean": ours}}
+    text = render(build_table(make_result("tum", "pi3", {}, variants, None)))
+    assert "fr3_walk" in text and "0.0200" in text
+    assert "π³ + LASER (paper)" in text and "0.0160" in text and "0.0140" in text
+    # KITTI odometry compares with the long-sequence ATE table instead of video depth.
+    kitti = make_result("kitti", "pi3", {}, variants, "odometry")
+    assert "24.17" in render(build_table(kitti)) and "0.0540" not in render(build_table(kitti))
+    # A sweep on Sintel shows the paper's ablation rows; NaN becomes null in JSON.
+    row = {"frames": 10, "abs_rel": float("nan")}
+    sweep = {
+        "full": {"sequences": {}, "mean": row},
+        "no_intra_edges": {"sequences": {}, "mean": row},
+    }
+    result = make_result("sintel", "pi3", {}, sweep, None)
+    text = render(build_table(result))
+    assert "no_layer_alignment (paper, π³)" in text and "0.3280" in text
+    assert json.loads(to_json(result))["variants"]["full"]["mean"]["abs_rel"] is None
