@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from tyro.conf import Positional
+from tyro.conf import Positional, arg
 
 DatasetName = Literal["tum", "bonn", "kitti", "sintel", "scannet", "7scenes", "nrgbd", "synthetic"]
 
@@ -20,7 +20,7 @@ class Eval:
 
     dataset: DatasetName
     """Benchmark layout of DATASET_ROOT."""
-    dataset_root: Positional[str | None] = None
+    dataset_root: Positional[Annotated[str | None, arg(metavar="DATASET_ROOT")]] = None
     """Dataset directory (for --dataset synthetic: scene names, comma-separated, or 'all')."""
     model: str | None = None
     """Reconstruction model (a `laser_plugin.models` entry point). Default: synthetic for
