@@ -114,7 +114,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
                 f"{path} is not a readable safetensors file (truncated?): {exc}"
             ) from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            # Memory-mapped: a 5 GB checkpoint is not read into memory twice.
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):  # only the legacy (non-zip) format cannot be mapped
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(
