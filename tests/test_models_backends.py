@@ -1,5 +1,6 @@
 """π³ and VGGT backends with tiny random weights: the ReconstructionModel contract."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,3 +131,25 @@ def test_vggt_input_size_is_width_518():
 def test_unknown_size_is_rejected():
     with pytest.raises(ValueError, match="size"):
         pi3.make_model(size="huge", random_init=True)
+
+
+def test_preprocess_resamples_like_upstream():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((90, 160, 3)) * 255).astype(np.uint8)
+    h, w = pi3.input_size(90, 160)
+    expected = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.LANCZOS))
+    out = pi3.Pi3Model.preprocess(image)
+    assert out.shape == (3, h, w) and out.dtype == torch.float32
+    np.testing.assert_array_equal((out * 255).round().byte().permute(1, 2, 0).numpy(), expected)
+    # VGGT, portrait: width 518, then a centre crop to 518 rows
+    tall = (rng.random((200, 100, 3)) * 255).astype(np.uint8)
+    full = np.asarray(Image.fromarray(tall).resize((518, 1036), Image.Resampling.BICUBIC))
+    out = vggt.VGGTModel.preprocess(tall)
+    assert out.shape == (3, 518, 518) == (3, *vggt.input_size(200, 100))
+    np.testing.assert_array_equal(
+        (out * 255).round().byte().permute(1, 2, 0).numpy(), full[259 : 259 + 518]
+    )
+    with pytest.raises(InputError):
+        pi3.Pi3Model.preprocess(image.astype(np.float32))

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,6 +27,7 @@ from laser_plugin.models.blocks.runtime import (
     autocast,
     autocast_off,
     check_images,
+    pil_resize,
     resolve_device,
     resolve_dtype,
 )
@@ -278,6 +280,12 @@ class Pi3Model:
     @staticmethod
     def input_size(height: int, width: int) -> tuple[int, int]:
         return input_size(height, width)
+
+    @staticmethod
+    def preprocess(image: np.ndarray, size: tuple[int, int] | None = None) -> Tensor:
+        """(H0, W0, 3) uint8 -> (3, H, W) in [0, 1]: PIL Lanczos resize to ``size`` (default
+        :func:`input_size` of this image; upstream uses the first frame's for all frames)."""
+        return pil_resize(image, size or input_size(*image.shape[:2]), "lanczos")
 
     def forward_raw(self, images: Tensor) -> dict[str, Tensor]:
         """(L, 3, H, W) in [0, 1] -> upstream's output dict with a batch dimension of 1."""

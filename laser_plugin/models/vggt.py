@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -26,6 +27,7 @@ from laser_plugin.models.blocks.runtime import (
     autocast,
     autocast_off,
     check_images,
+    pil_resize,
     resolve_device,
     resolve_dtype,
 )
@@ -256,6 +258,21 @@ class VGGTModel:
     @staticmethod
     def input_size(height: int, width: int) -> tuple[int, int]:
         return input_size(height, width)
+
+    @staticmethod
+    def preprocess(image: np.ndarray, size: tuple[int, int] | None = None) -> Tensor:
+        """(H0, W0, 3) uint8 -> (3, H, W) in [0, 1] as upstream's "crop" mode: PIL bicubic resize
+        to width 518, then a centre crop of heights above 518. An explicit ``size`` other than
+        :func:`input_size` of this image is a plain resize."""
+        h0, w0 = image.shape[:2]
+        if size is not None and tuple(size) != input_size(h0, w0):
+            return pil_resize(image, size, "bicubic")
+        new_h = max(round(h0 * (TARGET_WIDTH / w0) / PATCH) * PATCH, PATCH)
+        out = pil_resize(image, (new_h, TARGET_WIDTH), "bicubic")
+        if new_h > TARGET_WIDTH:
+            top = (new_h - TARGET_WIDTH) // 2
+            out = out[:, top : top + TARGET_WIDTH]
+        return out
 
     def forward_raw(
         self, images: Tensor, heads: tuple[str, ...] = ("camera", "depth", "point")

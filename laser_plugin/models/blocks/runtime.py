@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -67,3 +68,25 @@ def check_images(images: Tensor, patch_size: int = 14) -> Tensor:
 def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
     """Disable autocast for the output heads (both upstream models run them in fp32)."""
     return torch.autocast(device_type=device_type, enabled=False)
+
+
+def pil_resize(image: np.ndarray, size_hw: tuple[int, int], resample: str) -> Tensor:
+    """(H0, W0, 3) uint8 -> (3, H, W) float32 in [0, 1], resized with PIL as upstream does
+    (``resample``: "lanczos" for π³, "bicubic" for VGGT)."""
+    from PIL import Image
+
+    if (
+        not isinstance(image, np.ndarray)
+        or image.ndim != 3
+        or image.shape[2] != 3
+        or image.dtype != np.uint8
+    ):
+        raise InputError("image must be an (H, W, 3) uint8 array")
+    h, w = size_hw
+    pil = Image.fromarray(image)
+    if (pil.height, pil.width) != (h, w):
+        method = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC}[
+            resample
+        ]
+        pil = pil.resize((w, h), method)
+    return torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1).float().div_(255.0)
