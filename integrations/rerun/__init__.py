@@ -16,7 +16,7 @@ from .spec import RerunTarget as RerunTarget
 from .spec import parse_rerun_spec as parse_rerun_spec
 
 if TYPE_CHECKING:
-    from .replay import replay as replay
+    from .playback import replay as replay
     from .sink import RerunSink as RerunSink
 
 __all__ = [
@@ -57,7 +57,7 @@ def __getattr__(name: str) -> Any:
         return RerunSink
     if name == "replay":
         _require_rerun()
-        from .replay import replay
+        from .playback import replay
 
         return replay
     raise AttributeError(name)
