@@ -4,6 +4,7 @@ import: usable from ``ns-process-data laser``, ``laser`` and plain scripts alike
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,12 @@ class ExportSummary:
     seconds: float
 
 
+def provenance_source(src) -> str:
+    return str(src) if isinstance(src, Path) else f"an in-memory {type(src).__name__}"
+
+
 def reconstruct_to_nerfstudio(
-    source: str | Path,
+    source: str | Path | Iterable,
     output_dir: str | Path,
     *,
     model: Any,
@@ -36,22 +41,25 @@ def reconstruct_to_nerfstudio(
     provenance: dict[str, Any] | None = None,
     extra_sinks: tuple = (),
 ) -> ExportSummary:
-    """Stream ``source`` through LASER with ``model`` and write a nerfstudio dataset.
+    """Stream ``source`` (video file, image folder, or iterable of HxWx3 uint8 arrays) through
+    LASER with ``model`` and write a nerfstudio dataset.
 
     Frames are written as soon as they are final; ``transforms.json`` is written at the end
     (also after an interruption, for the frames finished so far).
     """
     from laser_plugin.engine import StreamingReconstructor
 
-    src = Path(source).expanduser()
-    if not src.exists():
-        raise InputError(f"input not found: {src}")
+    src = source
+    if isinstance(source, (str, Path)):
+        src = Path(source).expanduser()
+        if not src.exists():
+            raise InputError(f"input not found: {src}")
     laser = laser or LaserConfig()
     writer = NerfstudioWriter(
         output_dir,
         export,
         provenance={
-            "source": str(src),
+            "source": provenance_source(src),
             "model": getattr(model, "name", type(model).__name__),
             "laser_config": laser.to_dict(),
             **(provenance or {}),
@@ -62,7 +70,7 @@ def reconstruct_to_nerfstudio(
     for _ in rec.run(src, sinks=[writer, *extra_sinks], max_frames=max_frames, stride=stride):
         pass
     if writer.num_frames == 0:
-        raise InputError(f"no frames could be reconstructed from {src}")
+        raise InputError(f"no frames could be reconstructed from {provenance_source(src)}")
     return ExportSummary(
         Path(output_dir), writer.num_frames, writer.num_points, time.perf_counter() - start
     )
