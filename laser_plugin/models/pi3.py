@@ -324,9 +324,11 @@ def make_model(
         raise ValueError(f"unknown π³ size {size!r}; choose from {sorted(SIZES)}")
     cfg = replace(cfg, **overrides) if overrides else cfg
     if random_init:
-        with torch.random.fork_rng(devices=[]):
+        # Built on the target device: initialising a billion parameters on the CPU is slow.
+        gpus = [dev.index or 0] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=gpus):
             torch.manual_seed(seed)
-            net = build_net(cfg, "cpu")
+            net = build_net(cfg, dev)
             _init_tokens(net)
     else:
         net = build_net(cfg, "meta")

@@ -314,9 +314,11 @@ def make_model(
         raise ValueError(f"unknown VGGT size {size!r}; choose from {sorted(SIZES)}")
     cfg = replace(cfg, **overrides) if overrides else cfg
     if random_init:
-        with torch.random.fork_rng(devices=[]):
+        # Built on the target device: initialising a billion parameters on the CPU is slow.
+        gpus = [dev.index or 0] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=gpus):
             torch.manual_seed(seed)
-            net = build_net(cfg, "cpu")
+            net = build_net(cfg, dev)
             nn.init.trunc_normal_(net.aggregator.patch_embed.pos_embed, std=0.02)
             for p in (net.aggregator.camera_token, net.aggregator.register_token):
                 nn.init.normal_(p, std=1e-6)
