@@ -9,6 +9,10 @@ frame attention (even blocks) and global attention over all frames (odd blocks),
 register tokens per frame, 2-D RoPE and qk-norm; the concatenated outputs of the last two blocks
 feed three 5-block transformer decoders: local points (xy * z, z = exp), confidence logits and
 camera-to-world poses (SVD-orthogonalised 3x3 + translation).
+
+Checked against the upstream modules with identical random weights (2026-11-25): fp32 outputs
+agree to <= 2.7e-6 max relative error (full size on an H100 at 20 x 294 x 518, and on the CPU);
+under bf16 autocast both deviate ~1e-2 from fp32 and ~8e-3 from each other (attention backend).
 """
 
 from __future__ import annotations

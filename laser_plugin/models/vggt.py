@@ -11,6 +11,10 @@ interleaved with 24 global-attention blocks (2-D RoPE, qk-norm, LayerScale); one
 view); each frame/global pair's outputs concatenated (2048 wide) feed a camera head (4 trunk
 blocks, 4 adaLN refinement steps -> translation, quaternion, field of view) and DPT depth and
 point heads (confidence 1 + exp).
+
+Checked against the upstream modules with identical random weights (2026-11-25): fp32 outputs
+agree to <= 1.2e-7 max relative error (full size on an H100 at 20 x 294 x 518; bit-identical on
+the CPU) and bf16-autocast outputs are bit-identical to upstream's.
 """
 
 from __future__ import annotations
