@@ -42,5 +42,11 @@ class RerunConfig:
     """Log the confidence image."""
     log_layers: bool = True
     """Log the depth-layer segmentation with each layer's scale as its label."""
+    check_every: int = 30
+    """spawn/connect: check the viewer is still reachable every this many frames (and per window)."""
+    check_timeout_s: float = 1.0
+    """spawn/connect: how long a check may wait for the viewer to take the queued data."""
+    check_strikes: int = 3
+    """spawn/connect: consecutive failed checks after which the viewer counts as gone."""
     flush_timeout_s: float = 5.0
     """At close, wait at most this long for the viewer to take the remaining data."""

@@ -98,6 +98,9 @@ class RerunSink:
         self._warned = False
         self._closed = False
         self.num_frames = 0
+        self.lost = False
+        self._strikes = 0
+        """True once the viewer proved unreachable: nothing more is sent (memory stays bounded)."""
 
     # -- connection -------------------------------------------------------------------------
     def _open(self, blueprint) -> None:
@@ -139,16 +142,45 @@ class RerunSink:
 
     def _guard(self, what: str, fn, *args) -> None:
         """Run one logging step; a failure is warned about once and never reaches the engine."""
+        if self.lost:
+            return
         try:
             fn(*args)
         except Exception as exc:
-            if not self._warned:
-                self._warned = True
-                logger.warning("Rerun sink: %s failed (%s); the run goes on without it", what, exc)
+            self._warn(f"Rerun sink: {what} failed ({exc}); the run goes on")
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning(message)
+
+    def _check_viewer(self) -> None:
+        """Detect a viewer that closed or never came up.
+
+        While it cannot connect, the SDK queues everything in memory; stop sending instead, so a
+        long run does not grow without bound. A slow but connected viewer only delays the flush.
+        """
+        if self.lost or self.target.mode not in ("spawn", "connect"):
+            return
+        try:
+            self.rec.flush(timeout_sec=self.config.check_timeout_s)
+            self._strikes = 0
+        except Exception as exc:
+            # "unable to connect" is definitive; a timed-out flush gets a few more chances.
+            self._strikes += 1
+            if "connect" in str(exc).lower() or self._strikes >= self.config.check_strikes:
+                self.lost = True
+                self._warn(
+                    f"Rerun viewer at {self.url or self.target.mode} is unreachable ({exc}); "
+                    "no more data is sent to it, the run goes on"
+                )
 
     # -- sink protocol ----------------------------------------------------------------------
     def on_frame(self, frame: ReconstructedFrame) -> None:
+        self.num_frames += 1
         self._guard("logging a frame", self._log_frame, frame)
+        if self.num_frames % self.config.check_every == 0:
+            self._check_viewer()
 
     def on_window(self, stats: WindowStats) -> None:
         now = time.perf_counter()
@@ -160,6 +192,7 @@ class RerunSink:
         )
         self._last_window_clock, self._frames_since_window = now, 0
         self._guard("logging window statistics", self.log_window_stats, stats, fps)
+        self._check_viewer()
 
     def on_correction(self, frames: list[ReconstructedFrame]) -> None:
         """Re-log corrected poses (e.g. after a loop closure); the latest row at a time wins."""
@@ -177,14 +210,21 @@ class RerunSink:
         self._guard("logging the map", self._log_map)
         self._guard("logging the trajectory", self._log_trajectory, True)
         self._guard("flushing", lambda: self.rec.flush(timeout_sec=self.config.flush_timeout_s))
-        if self.target.mode != "serve":
-            self._guard("disconnecting", self.rec.disconnect)
+        if self.target.mode != "serve" or self.lost:
+            self._disconnect()
+
+    def _disconnect(self) -> None:
+        # Also when lost: disconnecting drops what the SDK still queues for the dead viewer.
+        try:
+            self.rec.disconnect()
+        except Exception as exc:
+            self._warn(f"Rerun sink: disconnecting failed ({exc})")
 
     def shutdown(self) -> None:
         """Close everything, including the gRPC server that ``serve`` mode keeps up after
         :meth:`close` so that late viewers still get the recording (it also ends with the process)."""
         self.close()
-        self._guard("disconnecting", self.rec.disconnect)
+        self._disconnect()
 
     # -- logging ----------------------------------------------------------------------------
     def _set_time(self, index: int | None, seconds: float | None) -> None:
@@ -196,7 +236,6 @@ class RerunSink:
 
     def _log_frame(self, frame: ReconstructedFrame) -> None:
         cfg = self.config
-        self.num_frames += 1
         self._frames_since_window += 1
         self._recent_times[frame.index] = frame.timestamp
         while len(self._recent_times) > 1024:
