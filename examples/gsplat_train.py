@@ -197,6 +197,9 @@ def train_and_eval(data: SplatData, args: Args) -> dict[str, float]:
         return out.clamp(0, 1)
 
     gen = torch.Generator().manual_seed(args.seed)
+    with torch.no_grad():
+        render([data.train[0]])  # the first call may compile gsplat's kernels: keep it untimed
+    torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(args.steps):
         i = data.train[int(torch.randint(len(data.train), (1,), generator=gen))]

@@ -149,3 +149,18 @@ def test_rays_times_depth_land_on_the_plane(exported):
     good[:8, :8] = False  # the planted wrong corner
     np.testing.assert_allclose(pts[good][:, 2], PLANE_Z, atol=2e-3)
     assert np.abs(pts[~good][:, 2] - PLANE_Z).min() > 0.5  # and the wrong corner really is wrong
+
+
+def test_laser_data_is_a_subcommand_of_the_dataparser_union():
+    """What `ns-train splatfacto ... laser-data --scale-factor 2` parses (ns-train itself needs a
+    CUDA torchvision; its dataparser argument is exactly this union)."""
+    import tyro
+    from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
+
+    from laser_plugin.integrations.nerfstudio.dataparser import LaserDataParserConfig
+
+    cfg = tyro.cli(AnnotatedDataParserUnion, args=["laser-data", "--data", "d", "--scale-factor", "2"])
+    assert isinstance(cfg, LaserDataParserConfig)
+    assert (cfg.orientation_method, cfg.auto_scale_poses, cfg.scale_factor) == ("none", False, 2.0)
+    default = tyro.cli(AnnotatedDataParserUnion, args=["nerfstudio-data"])
+    assert not isinstance(default, LaserDataParserConfig)  # nerfstudio's own parser is untouched
