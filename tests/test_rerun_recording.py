@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -300,55 +301,69 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(
-    not _vulkan_available(), reason="needs a Vulkan driver (Debian: mesa-vulkan-drivers)"
-)
-def test_headless_viewer_renders_the_3d_view(run, monkeypatch):
-    import io
-    import time
+@pytest.fixture(scope="module")
+def viewer(run):
+    """A real headless Rerun viewer (software Vulkan), shared by the tests below."""
 
-    from PIL import Image
     from rerun.experimental import ViewerClient
 
+    if not _vulkan_available():
+        pytest.skip("needs a Vulkan driver (Debian: mesa-vulkan-drivers)")
     # The viewer is a separate binary: find it next to this interpreter, render with lavapipe.
-    monkeypatch.setenv(
-        "PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    )
-    monkeypatch.setenv("WGPU_BACKEND", "vulkan")
-    monkeypatch.setenv("RERUN_ANALYTICS", "0")
-    viewer = ViewerClient.spawn(headless=True, port=_free_port(), hide_welcome_screen=True)
+    env = {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "WGPU_BACKEND": "vulkan",
+        "RERUN_ANALYTICS": "0",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        client = ViewerClient.spawn(headless=True, port=_free_port(), hide_welcome_screen=True)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                viewer.open(str(run["rrd"]))
+                client.get_state()
                 break
             except ConnectionError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
-        shots = {}
-        for index in (0, NUM_FRAMES - 1):
-            viewer.set_time("frame", sequence=index, play_state="paused")
-            deadline = time.monotonic() + 20
-            while True:  # reports settle once the data is loaded
-                state = viewer.get_state()
-                world = [v for v in state.views if v.view_class == "3D"]
-                if world and not world[0].reports:
-                    break
-                assert time.monotonic() < deadline, f"3D view not ready: {world}"
-                time.sleep(0.5)
-            assert world[0].origin == "/world" and world[0].name == "World"
-            time.sleep(1.0)
-            png = viewer.take_screenshot(view_id=world[0].view_id, max_size=640)
-            shots[index] = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.float32)
-            Image.open(io.BytesIO(png)).save(run["dir"] / f"world_view_{index}.png")
-        full = Image.open(io.BytesIO(viewer.take_screenshot(max_size=1200)))
-        full.save(run["dir"] / "viewer.png")
-        views = {v.view_class for v in viewer.get_state().views}
+        yield client
     finally:
-        viewer.quit()
-    assert {"3D", "2D", "TimeSeries"} <= views
+        client.quit()
+
+
+def test_headless_viewer_renders_the_3d_view(run, viewer):
+    import io
+
+    from PIL import Image
+
+    viewer.open(str(run["rrd"]))
+    shots = {}
+    for index in (0, NUM_FRAMES - 1):
+        viewer.set_time("frame", sequence=index, play_state="paused")
+        deadline = time.monotonic() + 20
+        while True:  # reports settle once the data is loaded
+            state = viewer.get_state()
+            world = [v for v in state.views if v.view_class == "3D"]
+            if world and not world[0].reports:
+                break
+            assert time.monotonic() < deadline, f"3D view not ready: {world}"
+            time.sleep(0.5)
+        assert world[0].origin == "/world" and world[0].name == "World"
+        time.sleep(1.0)
+        png = viewer.take_screenshot(view_id=world[0].view_id, max_size=640)
+        shots[index] = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.float32)
+        Image.open(io.BytesIO(png)).save(run["dir"] / f"world_view_{index}.png")
+    Image.open(io.BytesIO(viewer.take_screenshot(max_size=1200))).save(run["dir"] / "viewer.png")
+    assert {"3D", "2D", "TimeSeries"} <= {v.view_class for v in viewer.get_state().views}
     for img in shots.values():
         assert img.shape[0] > 100 and img.shape[1] > 100
         # Not blank: the scene's points (bright) and objects (coloured) stand out of the dark
@@ -360,3 +375,40 @@ def test_headless_viewer_renders_the_3d_view(run, monkeypatch):
         )
     # The view follows the timeline: the first and the last frame render differently.
     assert np.abs(shots[0] - shots[NUM_FRAMES - 1]).mean() > 2.0
+
+
+def _timelines(viewer, recording_id: str, timeout: float = 10.0) -> dict:
+
+    deadline = time.monotonic() + timeout
+    while True:
+        for rec in viewer.get_state().recordings:
+            if rec.store_id.endswith(":" + recording_id):
+                spans = {t.name: (t.start, t.end) for t in rec.timelines}
+                if spans.get("frame", (0, -1))[1] >= 8:
+                    return spans
+        assert time.monotonic() < deadline, f"recording {recording_id} never reached the viewer"
+        time.sleep(0.3)
+
+
+def test_live_connect_and_serve_reach_a_real_viewer(run, viewer):
+    frames = run["frames"][:9]
+    # connect: the sink streams into the running viewer.
+    sink = make_rerun_sink(f"connect:{viewer.url}", RerunConfig(recording_id="live-connect"))
+    for f in frames:
+        sink.on_frame(f)
+    sink.close()
+    assert not sink.lost
+    spans = _timelines(viewer, "live-connect")
+    assert spans["frame"] == (0, 8) and "video_time" in spans
+    # serve: the sink hosts the data; the viewer connects afterwards and still gets all of it.
+    served = make_rerun_sink(
+        "serve", RerunConfig(recording_id="live-serve", grpc_port=_free_port(), web_viewer=False)
+    )
+    try:
+        for f in frames:
+            served.on_frame(f)
+        served.close()
+        viewer.open(served.url)
+        assert _timelines(viewer, "live-serve")["frame"] == (0, 8)
+    finally:
+        served.shutdown()

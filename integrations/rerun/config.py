@@ -23,6 +23,8 @@ class RerunConfig:
     """Port of the viewer started by ``spawn``."""
     web_viewer: bool = True
     """In ``serve`` mode, also host the web viewer (open its printed URL in a browser)."""
+    web_port: int = 9090
+    """Port of the web viewer in ``serve`` mode."""
     frame_points: int = 20_000
     """Most points logged per frame under ``world/points``; the pixel stride is chosen to stay under it."""
     min_conf: float = 0.1

@@ -17,6 +17,7 @@ import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import rerun as rr
@@ -129,7 +130,9 @@ class RerunSink:
                 )
                 print(f"rerun: serving at {self.url} (rerun --connect {self.url})", file=sys.stderr)
                 if cfg.web_viewer:
-                    rr.serve_web_viewer(open_browser=False, connect_to=self.url)
+                    rr.serve_web_viewer(web_port=cfg.web_port, open_browser=False, connect_to=self.url)
+                    web = f"http://127.0.0.1:{cfg.web_port}/?url={quote(self.url, safe='')}"
+                    print(f"rerun: web viewer at {web}", file=sys.stderr)
             else:
                 self.url = t.path_or_url or DEFAULT_CONNECT_URL
                 self.rec.connect_grpc(self.url, default_blueprint=blueprint)
