@@ -10,6 +10,7 @@ import tyro
 from laser_plugin.cli.eval import Eval
 from laser_plugin.cli.export import Export
 from laser_plugin.cli.run import Demo, Run
+from laser_plugin.cli.view import View
 from laser_plugin.errors import LaserError
 
 # name -> dataclass with a ``main()`` method. Each subcommand lives in its own module and imports
@@ -19,6 +20,7 @@ COMMANDS: dict[str, type] = {
     "run": Run,
     "export": Export,
     "eval": Eval,
+    "view": View,
 }
 
 
