@@ -136,3 +136,16 @@ def test_empty_export_writes_no_dataset_and_bad_paths_are_clear_errors(tmp_path)
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="not a directory"):
         NerfstudioWriter(tmp_path / "file")
+
+
+def test_cropped_source_falls_back_to_model_images(tmp_path):
+    """A source that is not a resize of the model image (a crop) cannot use scaled intrinsics."""
+    frame = plane_frame(0)
+    frame.source_image = np.zeros((4 * HEIGHT, 2 * WIDTH, 3), np.uint8)  # other aspect ratio
+    writer = NerfstudioWriter(tmp_path)
+    with pytest.warns(UserWarning, match="not a resize"):
+        writer.on_frame(frame)
+    writer.close()
+    meta = json.loads((tmp_path / "transforms.json").read_text())
+    assert (meta["frames"][0]["w"], meta["frames"][0]["h"]) == (WIDTH, HEIGHT)
+    assert Image.open(tmp_path / meta["frames"][0]["file_path"]).size == (WIDTH, HEIGHT)

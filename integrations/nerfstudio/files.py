@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -11,6 +12,9 @@ from laser_plugin.integrations.nerfstudio.schema import PinholeIntrinsics
 from laser_plugin.types import ReconstructedFrame
 
 ImageResolution = Literal["source", "model"]
+
+MAX_ASPECT_CHANGE = 0.05
+"""Largest |log| change of aspect ratio between source and model images treated as a resize."""
 ImageFormat = Literal["png", "jpg"]
 
 
@@ -76,5 +80,14 @@ def frame_image(
     k = PinholeIntrinsics.from_opencv(frame.intrinsics, frame.width, frame.height)
     if resolution == "source" and frame.source_image is not None:
         h0, w0 = frame.source_image.shape[:2]
-        return frame.source_image, k.resized(w0, h0)
+        # A resize to patch multiples changes the aspect ratio by a few pixels at most; a larger
+        # change means the model saw a crop, which a scale cannot describe: keep the model image.
+        if abs(np.log((w0 / frame.width) / (h0 / frame.height))) <= MAX_ASPECT_CHANGE:
+            return frame.source_image, k.resized(w0, h0)
+        # the default warning filter shows this once per size pair, not once per frame
+        warnings.warn(
+            f"source images ({w0}x{h0}) are not a resize of the model's ({frame.width}x"
+            f"{frame.height}); writing model-resolution images instead",
+            stacklevel=2,
+        )
     return frame.image, k
