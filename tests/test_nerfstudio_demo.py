@@ -119,3 +119,34 @@ def test_laser_data_parses_demo_export(demo_run, exported):
     xyz, _ = read_ply(exported / "sparse_pc.ply")
     np.testing.assert_allclose(out.metadata["points3D_xyz"].numpy(), xyz, atol=1e-5)
     assert out.metadata["depth_unit_scale_factor"] == 1.0
+
+
+def test_interrupted_stream_still_leaves_a_valid_dataset(tmp_path):
+    """The engine closes sinks when the stream breaks: the frames finished so far form a dataset."""
+    from laser_plugin.integrations.nerfstudio.pipeline import reconstruct_to_nerfstudio
+
+    from laser_plugin import LaserConfig
+    from laser_plugin.models.synthetic import make_model, make_scene
+
+    scene = make_scene("demo", num_frames=NUM_FRAMES)
+
+    def camera():
+        for i, rgb in enumerate(scene.frames()):
+            if i == 17:
+                raise RuntimeError("camera unplugged")
+            yield rgb
+
+    with pytest.raises(RuntimeError, match="unplugged"):
+        reconstruct_to_nerfstudio(
+            camera(),
+            tmp_path,
+            model=make_model(scene=scene),
+            laser=LaserConfig(window_size=8, overlap=3),
+        )
+    meta = json.loads((tmp_path / "transforms.json").read_text())
+    indices = [f["laser_index"] for f in meta["frames"]]
+    assert len(indices) >= 8 and indices == list(range(len(indices)))
+    assert all(
+        (tmp_path / f["file_path"]).is_file() and (tmp_path / f["depth_file_path"]).is_file()
+        for f in meta["frames"]
+    )
