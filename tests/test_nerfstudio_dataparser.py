@@ -155,11 +155,12 @@ def test_laser_data_is_a_subcommand_of_the_dataparser_union():
     """What `ns-train splatfacto ... laser-data --scale-factor 2` parses (ns-train itself needs a
     CUDA torchvision; its dataparser argument is exactly this union)."""
     import tyro
+    from laser_plugin.integrations.nerfstudio.dataparser import LaserDataParserConfig
     from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
 
-    from laser_plugin.integrations.nerfstudio.dataparser import LaserDataParserConfig
-
-    cfg = tyro.cli(AnnotatedDataParserUnion, args=["laser-data", "--data", "d", "--scale-factor", "2"])
+    cfg = tyro.cli(
+        AnnotatedDataParserUnion, args=["laser-data", "--data", "d", "--scale-factor", "2"]
+    )
     assert isinstance(cfg, LaserDataParserConfig)
     assert (cfg.orientation_method, cfg.auto_scale_poses, cfg.scale_factor) == ("none", False, 2.0)
     default = tyro.cli(AnnotatedDataParserUnion, args=["nerfstudio-data"])
