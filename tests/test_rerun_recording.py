@@ -412,3 +412,41 @@ def test_live_connect_and_serve_reach_a_real_viewer(run, viewer):
         assert _timelines(viewer, "live-serve")["frame"] == (0, 8)
     finally:
         served.shutdown()
+
+
+def test_laser_view_replays_a_run_into_a_recording(run):
+    import tyro
+
+    from laser_plugin.cli.view import View
+
+    out = run["dir"] / "view.rrd"
+    command = tyro.cli(View, args=[str(run["dir"] / "run"), "--rerun", f"save:{out}"])
+    assert command.main() == 0
+    rows = read_rows(RrdReader(str(out)).stream(), "world/camera")
+    assert [r["frame"] for r in rows] == [f.index for f in run["frames"]]
+
+
+def test_laser_view_user_errors_are_laser_errors(run, tmp_path):
+    from laser_plugin.cli.view import View
+    from laser_plugin.errors import ConfigError, InputError
+
+    with pytest.raises(ConfigError, match="choose a viewer"):
+        View(str(run["dir"] / "run")).main()
+    with pytest.raises(ConfigError, match="--rerun"):
+        View(str(run["dir"] / "run"), rerun="bogus").main()
+    with pytest.raises(InputError, match="not a laser run directory"):
+        View(str(tmp_path / "nothing"), rerun=f"save:{tmp_path / 'x.rrd'}").main()
+
+
+def test_laser_view_through_the_laser_command(run, capsys):
+    cli = pytest.importorskip(
+        "laser_plugin.cli.main", reason="the laser command is not assembled yet"
+    )
+    out = run["dir"] / "cli.rrd"
+    assert cli.main(["view", str(run["dir"] / "run"), "--rerun", f"save:{out}"]) == 0
+    assert out.stat().st_size > 10_000
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["view", str(run["dir"] / "run"), "--rerun", "save"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "save" in err[-1]
