@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Union
 
+import numpy as np
 import pytest
+
+from laser_plugin.geometry.conventions import opengl_to_opencv_c2w
 
 pytestmark = pytest.mark.nerfstudio
 
@@ -126,6 +129,7 @@ def test_ns_process_data_laser_end_to_end(plugin_env, tmp_path):
         "--export.num-downscales",
         "1",
     ]
+    args += ["--run-dir", str(tmp_path / "run")]
     res = _run([_ns_process_data(), *args], env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     meta = json.loads((out / "transforms.json").read_text())
@@ -133,6 +137,12 @@ def test_ns_process_data_laser_end_to_end(plugin_env, tmp_path):
     assert (out / "sparse_pc.ply").stat().st_size > 1000
     assert len(list((out / "images_2").iterdir())) == len(list((out / "depths_2").iterdir())) == 16
     assert "ns-train splatfacto" in res.stderr
+    from laser_plugin.io.run_dir import load_run
+
+    run = load_run(tmp_path / "run")  # the run kept beside the dataset, same poses
+    assert run.status == "complete" and len(run.frames) == 16
+    fifth = np.array(meta["frames"][5]["transform_matrix"])
+    np.testing.assert_allclose(opengl_to_opencv_c2w(fifth), run.frames[5].cam_to_world, atol=1e-9)
 
 
 def test_ns_process_data_laser_bad_input_is_one_line(tmp_path):

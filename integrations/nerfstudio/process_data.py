@@ -45,6 +45,9 @@ class ProcessLaser:
     """Stop after this many frames."""
     frame_stride: int = 1
     """Keep every n-th frame of the input."""
+    run_dir: Path | None = None
+    """Also keep the LASER run directory here (trajectory, depth, confidence, layers), for
+    `laser export` or the viewers later."""
     laser: LaserConfig = field(default_factory=LaserConfig)
     """Streaming LASER settings."""
     export: NerfstudioExportConfig = field(default_factory=NerfstudioExportConfig)
@@ -79,6 +82,11 @@ class ProcessLaser:
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model = load_model(self.model, weights=self.weights, device=device)
+        extra = ()
+        if self.run_dir is not None:
+            from laser_plugin.io.run_dir import RunWriter, prepare_output_dir
+
+            extra = (RunWriter(prepare_output_dir(self.run_dir), settings={"model": self.model}),)
         return reconstruct_to_nerfstudio(
             self.data,
             self.output_dir,
@@ -88,6 +96,7 @@ class ProcessLaser:
             max_frames=self.max_frames,
             stride=self.frame_stride,
             provenance={"command": "ns-process-data laser", "model_name": self.model},
+            extra_sinks=extra,
         )
 
 
