@@ -342,3 +342,28 @@ def test_report_prints_the_paper_numbers_beside_ours() -> None:
     text = render(build_table(result))
     assert "no_layer_alignment (paper, π³)" in text and "0.3280" in text
     assert json.loads(to_json(result))["variants"]["full"]["mean"]["abs_rel"] is None
+
+
+def test_cli_scores_a_saved_run_like_the_live_frames(tmp_path: Path, capsys) -> None:
+    from laser_plugin.engine import StreamingReconstructor
+    from laser_plugin.eval.runner import score_frames
+    from laser_plugin.io.run_dir import RunWriter
+    from laser_plugin.models.synthetic import make_model
+
+    (seq,) = load_dataset("synthetic", "lateral", num_frames=14, height=32, width=40)
+    rec = StreamingReconstructor(
+        make_model(scene=seq.meta["scene"]), LaserConfig(window_size=8, overlap=2)
+    )
+    frames = list(rec.run(seq.iter_images(), sinks=[RunWriter(tmp_path / "run")]))
+    live = score_frames(seq, frames, PROTOCOLS["synthetic"])
+
+    args = ["eval", "--dataset", "synthetic", "lateral", "--synthetic-frames", "14"]
+    args += ["--synthetic-size", "32", "40", "--predictions", str(tmp_path / "run"), "--json"]
+    assert run_cli(args) == 0
+    saved = json.loads(capsys.readouterr().out)["variants"]["predictions"]["sequences"]["lateral"]
+    for key in ("abs_rel", "delta_1_25", "ate", "rpe_trans", "rpe_rot_deg", "acc", "comp", "nc"):
+        assert saved[key] == pytest.approx(live[key], rel=1e-5, abs=1e-7), key
+    # A run of other frames is refused in one line.
+    with pytest.raises(SystemExit) as exc:
+        run_cli([*args[:5], "12", *args[6:]])
+    assert exc.value.code == 2 and "the sequence has 12 frames" in capsys.readouterr().err

@@ -62,6 +62,9 @@ class Eval:
     """Window sizes added to the sweep (besides --window-size)."""
     sweep_iou_thresholds: tuple[float, ...] = (0.2, 0.5)
     """IoU thresholds added to the sweep (besides --iou-threshold)."""
+    predictions: Path | None = None
+    """Score a finished run directory (`laser run` output) instead of running a model; it must
+    hold the frames of exactly one selected sequence, after --start/--stride/--max-frames."""
     output: Path | None = None
     """Write the results as JSON to this file."""
     json: bool = False
@@ -75,7 +78,15 @@ class Eval:
         from laser_plugin.errors import ConfigError, InputError
         from laser_plugin.eval.protocol import PROTOCOLS
         from laser_plugin.eval.report import build_table, make_result, to_json, write_json
-        from laser_plugin.eval.runner import EvalOptions, model_factory, run_variant, sweep_configs
+        from laser_plugin.eval.runner import (
+            EvalOptions,
+            aggregate,
+            model_factory,
+            run_frames,
+            run_variant,
+            score_frames,
+            sweep_configs,
+        )
 
         console = Console(stderr=True)
         model = self.model or ("synthetic" if self.dataset == "synthetic" else "pi3")
@@ -117,9 +128,25 @@ class Eval:
         )
         for cfg in configs.values():
             cfg.validate()
-        make_model = model_factory(model, self.weights, self.device)
         opts = EvalOptions(depth_align=self.depth_align)
         variants = {}
+        if self.predictions is not None:
+            if len(seqs) != 1 or self.sweep:
+                raise ConfigError(
+                    f"--predictions scores one run: select one of {len(seqs)} sequences with "
+                    "--sequences, and no --sweep"
+                )
+            (seq,) = seqs
+            row = score_frames(seq, run_frames(self.predictions), PROTOCOLS[self.dataset], opts)
+            row.pop("fps")  # reading files, not reconstructing
+            variants["predictions"] = {
+                "sequences": {seq.name: row},
+                "mean": aggregate({seq.name: row}),
+            }
+            model = f"run {self.predictions}"
+            configs = {}
+        else:
+            make_model = model_factory(model, self.weights, self.device)
         for name, cfg in configs.items():
             console.print(f"[bold]{name}[/bold]", highlight=False) if self.sweep else None
             variants[name] = run_variant(

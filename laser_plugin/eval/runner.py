@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from laser_plugin.config import LaserConfig
 from laser_plugin.datasets.base import Sequence
+from laser_plugin.errors import InputError
 from laser_plugin.eval.pointmap import backproject, evaluate_pointmaps
 from laser_plugin.eval.protocol import PROTOCOLS, Protocol
 from laser_plugin.metrics import DepthAlign, ate_rmse, depth_metrics, rpe, weighted_mean
@@ -129,22 +130,43 @@ def evaluate_sequence(
     """Reconstruct one sequence with ``model`` under ``config`` and score it."""
     from laser_plugin.engine import StreamingReconstructor
 
-    opts = opts or EvalOptions()
     rec = StreamingReconstructor(model, config, keep_source_images=False)
+    result = score_frames(seq, rec.run(seq.iter_images()), protocol, opts)
+    result["windows"] = int(rec.num_windows)
+    return result
+
+
+def score_frames(
+    seq: Sequence,
+    frames: Iterable,
+    protocol: Protocol,
+    opts: EvalOptions | None = None,
+) -> dict[str, float]:
+    """Score a stream of reconstructed frames (frame ``index`` i = frame i of ``seq``).
+
+    ``frames`` may be the engine's live generator (its time is measured as ``fps``) or the
+    frames of a saved run directory.
+    """
+    opts = opts or EvalOptions()
     out = _Collected()
-    stream = rec.run(seq.iter_images())
+    stream = iter(frames)
+    n = len(seq)
     while True:
         t0 = time.perf_counter()
         frame = next(stream, None)
         out.seconds += time.perf_counter() - t0
         if frame is None:
             break
+        if not 0 <= frame.index < n:
+            raise InputError(
+                f"{seq.name}: the reconstruction has frame {frame.index} but the sequence has {n} frames"
+            )
         _collect_frame(out, seq, frame, protocol, opts)
-    n = len(seq)
     if sorted(out.poses) != list(range(n)):
-        raise RuntimeError(f"{seq.name}: the engine emitted {len(out.poses)} of {n} frames")
+        raise InputError(
+            f"{seq.name}: {len(out.poses)} reconstructed frames but the sequence has {n} frames"
+        )
     result: dict[str, float] = {"frames": n, "fps": n / max(out.seconds, 1e-9)}
-    result["windows"] = int(rec.num_windows)
     if protocol.depth and out.depth_gt:
         m = depth_metrics(
             np.concatenate(out.depth_pred),
@@ -172,6 +194,15 @@ def evaluate_sequence(
         )
         result.update({k: v for k, v in scores.as_dict().items() if k in POINTMAP_KEYS})
     return result
+
+
+def run_frames(run_dir) -> Iterator:
+    """The frames of a saved run directory, in order (read through ``load_run``)."""
+    from laser_plugin.io.run_dir import load_run
+
+    run = load_run(run_dir)
+    for i in range(len(run.frames)):
+        yield run.load_frame(i)
 
 
 POINTMAP_KEYS = ("acc", "acc_med", "comp", "comp_med", "nc", "nc_med")
