@@ -23,7 +23,7 @@ class LaserConfig:
     """Layer-wise scale alignment (LSA). False = plain Sim(3) stitching (VGGT-Long style)."""
     intra_edges: bool = True
     """Intra-window edges between adjacent frames. False = the paper's 'w/o E_intra' ablation:
-    frames outside the overlap are matched straight to the last overlap frame, without a chain."""
+    layer scales then reach only the overlap frames, not the frames no earlier window saw."""
     intra_warp: bool = True
     """Warp layer masks into the next frame with the window's own geometry before matching."""
     top_conf_fraction: float = 0.5
@@ -37,7 +37,7 @@ class LaserConfig:
     points, or both. Chosen on the accuracy benchmark (see benchmarks/NOTES.md)."""
     max_layers: int = 24
     """Most depth layers per frame; the largest are kept."""
-    min_layer_fraction: float = 0.004
+    min_layer_fraction: float = 0.002
     """Segments smaller than this fraction of the frame are left without a layer."""
     depth_jump: float = 0.04
     """Relative depth step between neighbouring (strided) pixels that cuts a layer."""
@@ -48,6 +48,11 @@ class LaserConfig:
     """Segment at 1/stride resolution (labels are upsampled); 2 keeps 518x294 fast."""
     min_layer_pixels: int = 32
     """Shared pixels an inter-window edge needs before its scale is trusted."""
+    overlap_estimate: Literal["earlier", "later"] = "earlier"
+    """Which window's estimate an overlap frame keeps. "earlier": the first window that saw it
+    (lowest latency: a frame is final as soon as its first window is aligned). "later": the next
+    window's layer-aligned estimate (one window more latency), the convention under which the
+    paper's "w/o E_intra" ablation differs from plain Sim(3)."""
     device: str = "cpu"
     """Device for the alignment (the model chooses its own)."""
 
@@ -77,6 +82,8 @@ class LaserConfig:
         for name in ("irls_iterations", "max_layers", "segment_stride", "min_layer_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.overlap_estimate not in ("earlier", "later"):
+            raise ConfigError(f"overlap_estimate must be earlier or later, got {self.overlap_estimate!r}")
         if self.registration not in ("cameras", "points", "both"):
             raise ConfigError(f"registration must be cameras, points or both, got {self.registration!r}")
         return self

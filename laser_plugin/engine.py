@@ -24,9 +24,19 @@ from laser_plugin.errors import ConfigError
 from laser_plugin.geometry.layers import segment_depth_layers, upsample_labels
 from laser_plugin.geometry.lsa import align_layers
 from laser_plugin.geometry.sanitize import sanitize_prediction
-from laser_plugin.geometry.sim3 import RegistrationResult, Sim3, register_overlap, weighted_procrustes
+from laser_plugin.geometry.sim3 import (
+    RegistrationResult,
+    Sim3,
+    register_overlap,
+    weighted_procrustes,
+)
 from laser_plugin.sources import SourceFrame, open_source
-from laser_plugin.types import ReconstructedFrame, ReconstructionModel, WindowPrediction, WindowStats
+from laser_plugin.types import (
+    ReconstructedFrame,
+    ReconstructionModel,
+    WindowPrediction,
+    WindowStats,
+)
 from laser_plugin.windows import Window, schedule_windows
 
 
@@ -64,7 +74,9 @@ def rank_normalise(conf: Tensor, valid: Tensor, samples: int = 65536) -> Tensor:
     if flat.numel() == 0:
         return torch.zeros_like(conf)
     step = max(1, flat.numel() // samples)
-    q = torch.quantile(flat[::step].float(), torch.linspace(0, 1, 257, device=conf.device))
+    sample = torch.sort(flat[::step].float()).values
+    # torch.quantile is slow on large inputs; 257 order statistics of a sorted sample are enough.
+    q = sample[torch.linspace(0, sample.numel() - 1, 257, device=conf.device).round().long()]
     rank = torch.searchsorted(q.contiguous(), conf.contiguous().float()).float() / 257.0
     return torch.where(valid, rank.clamp(0, 1), torch.zeros_like(rank)).to(conf.dtype)
 
@@ -109,7 +121,8 @@ class StreamingReconstructor:
         Sinks are closed at the end; if the run stops early they first get ``on_interrupt``.
         """
         live = list(sinks)
-        self._cache: deque[_Final] = deque(maxlen=self.config.window_size - 1)
+        self._cache: dict[int, _Final] = {}
+        self._held: list[ReconstructedFrame] = []
         self._model_size: tuple[int, int] | None = None
         self._sizes_warned = False
         ok = False
@@ -121,6 +134,11 @@ class StreamingReconstructor:
                     live = self._emit(live, "on_frame", frame)
                     yield frame
                 live = self._emit(live, "on_window", stats)
+            for frame in self._held:  # "later" mode: the last window's overlap frames
+                live = self._emit(live, "on_frame", frame)
+                yield frame
+            self.num_frames += len(self._held)
+            self._held = []
             ok = True
         except BaseException as exc:
             self._emit(live, "on_interrupt", exc)
@@ -191,9 +209,7 @@ class StreamingReconstructor:
             conf_n = rank_normalise(conf, valid)
             confident = valid & (conf_n >= 1.0 - cfg.top_conf_fraction)
             n_o = window.num_overlap
-            prev = list(self._cache)[-n_o:] if n_o else []
-            if n_o and (len(prev) != n_o or prev[0].index != window.items[0].index):
-                raise RuntimeError("internal error: overlap cache out of step")  # pragma: no cover
+            prev = [self._cache[it.index] for it in window.items[:n_o]]
             reg = self._register(prev, depth, poses, intr, confident, warns, window.index)
             sim3 = reg.sim3
             depth = depth * sim3.scale
@@ -224,10 +240,14 @@ class StreamingReconstructor:
                     t = self._timed("layer_graph", t, times)
                     h, w = depth.shape[-2:]
                     pix = upsample_labels(la.pixel_scale, cfg.segment_stride, h, w) if cfg.segment_stride > 1 else la.pixel_scale
+                    # Overlap frames keep the earlier estimate unless they are re-emitted ("later").
+                    first = 0 if cfg.overlap_estimate == "later" else n_o
                     scale_map = torch.ones_like(depth)
-                    scale_map[n_o:] = pix[n_o:]
+                    scale_map[first:] = pix[first:]
                     depth = depth * scale_map
-                    layers = layers._replace(depth=torch.cat([layers.depth[:n_o], layers.depth[n_o:] * la.pixel_scale[n_o:]]))
+                    strided_scale = torch.ones_like(la.pixel_scale)
+                    strided_scale[first:] = la.pixel_scale[first:]
+                    layers = layers._replace(depth=layers.depth * strided_scale)
                     node_scale = la.node_scale
                     n_inter, n_intra = la.num_inter_edges, la.num_intra_edges
                     new_reached = la.reached[n_o:]
@@ -289,9 +309,29 @@ class StreamingReconstructor:
         return reg
 
     def _finalise(self, window, depth, conf_n, confident, poses, intr, labels_full, node_scale, layers):
+        """Build the frames this window finalises and update the overlap cache.
+
+        "earlier": frames not seen before are final now. "later": the frames held back from the
+        previous window are final now with this window's estimate, and this window's last O
+        frames are held back in turn (emitted at the end of the stream if no window follows).
+        """
+        cfg = self.config
         n_o = window.num_overlap
-        finals = []
-        for j in range(n_o, len(window.items)):
+        later = cfg.overlap_estimate == "later"
+        held = {f.index for f in self._held}
+        first = next((j for j, it in enumerate(window.items) if it.index in held), n_o) if later else n_o
+        self._held = []
+        built = []
+        for j in range(len(window.items)):
+            it = window.items[j]
+            if j >= first or later:
+                self._cache[it.index] = _Final(
+                    it.index, depth[j], confident[j], poses[j], intr[j],
+                    None if layers is None else layers.labels[j],
+                    None if layers is None else layers.depth[j],
+                )
+            if j < first:
+                continue
             it = window.items[j]
             labels = None
             layer_scales = None
@@ -314,15 +354,14 @@ class StreamingReconstructor:
                 layer_scales=layer_scales,
                 source_image=it.source,
             )
-            finals.append(frame)
-            self._cache.append(
-                _Final(
-                    it.index, depth[j], confident[j], poses[j], intr[j],
-                    None if layers is None else layers.labels[j],
-                    None if layers is None else layers.depth[j],
-                )
-            )
-        return finals
+            built.append(frame)
+        last = window.items[-1].index
+        for key in [k for k in self._cache if k <= last - cfg.window_size + 1]:
+            del self._cache[key]
+        if later:
+            self._held = built[-cfg.overlap :]
+            built = built[: -cfg.overlap]
+        return built
 
     # -- helpers -----------------------------------------------------------------------------
     def _emit(self, sinks: list, method: str, *args) -> list:

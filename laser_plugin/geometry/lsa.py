@@ -16,7 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from laser_plugin.geometry.camera import invert_rigid, project_points, transform_points, unproject_depth
+from laser_plugin.geometry.camera import (
+    invert_rigid,
+    project_points,
+    transform_points,
+    unproject_depth,
+)
 from laser_plugin.geometry.robust import robust_scale
 
 
@@ -130,40 +135,23 @@ def align_layers(
 
     # Intra-window edges, then propagation in frame order.
     num_intra = 0
-    if n > 1 and n_o > 0:
-        if intra_edges:
-            src_lab = warp_labels(labels_new, depth_new, poses, intrinsics) if intra_warp else labels_new[:-1]
-            frame = torch.arange(n - 1, device=dev).repeat_interleave(h * w)
-            _, iou = _pair_iou(src_lab.reshape(-1), labels_new[1:].reshape(-1), frame, n - 1, m)
-            iou = iou.view(n - 1, m, m)
-            num_intra = int((iou > iou_threshold).sum())
-            for t in range(n - 1):
-                val_w = acc_w[t * m : (t + 1) * m]
-                reached = val_w > 0
-                if not reached.any():
-                    continue
-                val = acc_sum[t * m : (t + 1) * m] / val_w.clamp_min(1e-30)
-                link = torch.where((iou[t] > iou_threshold) & reached[:, None], iou[t], torch.zeros_like(iou[t]))
-                acc_sum[(t + 1) * m : (t + 2) * m] += (link * val[:, None]).sum(0)
-                acc_w[(t + 1) * m : (t + 2) * m] += link.sum(0)
-        else:
-            # Ablation "w/o E_intra": no chain through adjacent frames; each later frame is matched
-            # straight to the last overlap frame at the same pixels.
-            last = n_o - 1
-            rest = torch.arange(n_o, n, device=dev)
-            if rest.numel():
-                src = labels_new[last].expand(rest.numel(), h, w).reshape(-1)
-                frame = torch.arange(rest.numel(), device=dev).repeat_interleave(h * w)
-                _, iou = _pair_iou(src, labels_new[rest].reshape(-1), frame, rest.numel(), m)
-                iou = iou.view(rest.numel(), m, m)
-                val_w = acc_w[last * m : (last + 1) * m]
-                reached = val_w > 0
-                val = acc_sum[last * m : (last + 1) * m] / val_w.clamp_min(1e-30)
-                link = torch.where((iou > iou_threshold) & reached[None, :, None], iou, torch.zeros_like(iou))
-                num_intra = int((link > 0).sum())
-                for i, t in enumerate(rest.tolist()):
-                    acc_sum[t * m : (t + 1) * m] += (link[i] * val[:, None]).sum(0)
-                    acc_w[t * m : (t + 1) * m] += link[i].sum(0)
+    # Ablation "w/o E_intra" (intra_edges=False): no intra-window edges, so scales stay on the
+    # overlap frames (which matter when they are re-emitted: LaserConfig.overlap_estimate="later").
+    if n > 1 and n_o > 0 and intra_edges:
+        src_lab = warp_labels(labels_new, depth_new, poses, intrinsics) if intra_warp else labels_new[:-1]
+        frame = torch.arange(n - 1, device=dev).repeat_interleave(h * w)
+        _, iou = _pair_iou(src_lab.reshape(-1), labels_new[1:].reshape(-1), frame, n - 1, m)
+        iou = iou.view(n - 1, m, m)
+        num_intra = int((iou > iou_threshold).sum())
+        for t in range(n - 1):
+            val_w = acc_w[t * m : (t + 1) * m]
+            reached = val_w > 0
+            if not reached.any():
+                continue
+            val = acc_sum[t * m : (t + 1) * m] / val_w.clamp_min(1e-30)
+            link = torch.where((iou[t] > iou_threshold) & reached[:, None], iou[t], torch.zeros_like(iou[t]))
+            acc_sum[(t + 1) * m : (t + 2) * m] += (link * val[:, None]).sum(0)
+            acc_w[(t + 1) * m : (t + 2) * m] += link.sum(0)
 
     reached = (acc_w > 0).view(n, m)
     node_scale = torch.where(acc_w > 0, acc_sum / acc_w.clamp_min(1e-30), torch.ones_like(acc_sum)).view(n, m)

@@ -182,6 +182,6 @@ def register_overlap(
     sim3 = Sim3(scale, fit_rt.rotation, fit_rt.translation)
     centres = sim3.apply_points(pose_new[:, :3, 3])
     pose_residual = float(
-        ((centres - pose_prev[:, :3, 3]).square().sum(-1).mean().sqrt() / med_depth.clamp_min(1e-12))
+        (centres - pose_prev[:, :3, 3]).square().sum(-1).mean().sqrt() / med_depth.clamp_min(1e-12)
     )
     return RegistrationResult(sim3, depth_residual, pose_residual, num_pixels, degenerate)

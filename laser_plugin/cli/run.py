@@ -1,0 +1,286 @@
+"""``laser run`` (a video or image folder) and ``laser demo`` (the built-in synthetic scene)."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import tyro
+
+from laser_plugin.config import LaserConfig
+from laser_plugin.errors import ConfigError, LaserError
+from laser_plugin.io.run_dir import RunWriter, prepare_output_dir
+
+FlatLaser = Annotated[LaserConfig, tyro.conf.OmitArgPrefixes]
+
+
+@dataclass
+class Viewers:
+    """Live viewers (optional extras)."""
+
+    rerun: str | None = None
+    """Stream to Rerun: 'spawn', 'save:PATH', 'serve' or 'connect:URL' (needs laser-plugin[rerun])."""
+    viser: bool = False
+    """Serve a live viser viewer (needs laser-plugin[viser])."""
+    host: str = "127.0.0.1"
+    """Address the viser viewer binds to; anything but loopback exposes it to the network."""
+    port: int = 8080
+    """Port of the viser viewer."""
+
+    def sinks(self) -> list:
+        out = []
+        if self.rerun:
+            try:
+                from laser_plugin.integrations.rerun import make_rerun_sink
+            except ImportError as exc:
+                raise ConfigError(f"--rerun needs the Rerun extra: pip install 'laser-plugin[rerun]' ({exc})") from None
+            out.append(make_rerun_sink(self.rerun))
+        if self.viser:
+            try:
+                from laser_plugin.integrations.viser import make_viser_sink
+            except ImportError as exc:
+                raise ConfigError(f"--viser needs the viser extra: pip install 'laser-plugin[viser]' ({exc})") from None
+            out.append(make_viser_sink(host=self.host, port=self.port))
+        return out
+
+
+def _sigterm_as_interrupt() -> None:
+    """Treat SIGTERM like Ctrl-C so a terminated run also leaves a consistent partial result."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        pass
+
+
+def execute(
+    model,
+    source: Any,
+    config: LaserConfig,
+    output_dir: Path,
+    *,
+    overwrite: bool,
+    settings: dict,
+    viewers: Viewers | None = None,
+    max_frames: int | None = None,
+    fps: float = 30.0,
+    stride: int = 1,
+    total: int | None = None,
+    save_source_images: bool = True,
+    quiet: bool = False,
+    extra_sinks: list | None = None,
+):
+    """Run the engine with a progress bar, writing ``output_dir``; return (engine, writer, frames).
+
+    ``frames`` collects the emitted frames only when the caller asks for them (demo accuracy);
+    otherwise nothing per-frame is kept in memory.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from laser_plugin.engine import StreamingReconstructor
+
+    config.validate()
+    out = prepare_output_dir(output_dir, overwrite=overwrite)
+    writer = RunWriter(out, settings=settings, save_source_images=save_source_images)
+    sinks = [writer, *(viewers.sinks() if viewers else []), *(extra_sinks or [])]
+    engine = StreamingReconstructor(model, config, keep_source_images=save_source_images)
+    console = Console(stderr=True, quiet=quiet)
+    _sigterm_as_interrupt()
+    start = time.perf_counter()
+    count = 0
+    with Progress(
+        TextColumn("[bold]reconstructing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[fps]:.1f} frames/s"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("frames", total=total, fps=0.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            for _ in engine.run(source, sinks, max_frames=max_frames, fps=fps, stride=stride):
+                count += 1
+                elapsed = time.perf_counter() - start
+                progress.update(task, completed=count, fps=count / max(elapsed, 1e-9))
+    return engine, writer
+
+
+def print_summary(engine, writer, extra_rows: dict[str, str] | None = None, quiet: bool = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if quiet:
+        return
+    console = Console(stderr=True)
+    table = Table(title="laser: run summary", show_header=False)
+    elapsed = time.time() - writer.started
+    rows = {
+        "output": str(writer.dir),
+        "frames": str(writer.num_frames),
+        "windows": str(writer.num_windows),
+        "wall time": f"{elapsed:.1f} s ({writer.num_frames / max(elapsed, 1e-9):.1f} frames/s)",
+        "map points": f"{len(writer.map):,}",
+    }
+    per_frame = {k: 1000 * v / max(writer.num_frames, 1) for k, v in engine.timings.items()}
+    rows["ms / frame"] = ", ".join(f"{k} {v:.1f}" for k, v in per_frame.items())
+    if engine.warnings:
+        rows["warnings"] = f"{len(engine.warnings)} (first: {engine.warnings[0]})"
+    rows.update(extra_rows or {})
+    for k, v in rows.items():
+        table.add_row(k, v)
+    console.print(table)
+
+
+def _guard(fn):
+    """Run fn; on Ctrl-C/SIGTERM report what was kept, and exit 130."""
+    try:
+        return fn()
+    except KeyboardInterrupt:
+        print("interrupted: the frames finalised so far were kept (status 'interrupted')", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+@dataclass
+class Run:
+    """Reconstruct a video file or an image folder."""
+
+    input: tyro.conf.Positional[str]
+    """A video file or a folder of images (sorted naturally: 2 before 10)."""
+    output_dir: Path = Path("outputs/laser_run")
+    """Where the run directory is written."""
+    model: str = "pi3"
+    """Backend: pi3, vggt, synthetic, or any registered in the laser_plugin.models entry points."""
+    weights: str | None = None
+    """Checkpoint: a local file, or a model-hub id when online. Default: the backend's own."""
+    device: str = "auto"
+    """Device for the network: auto (cuda if available), cuda, cuda:N or cpu."""
+    laser: FlatLaser = field(default_factory=LaserConfig)
+    viewers: Annotated[Viewers, tyro.conf.OmitArgPrefixes] = field(default_factory=Viewers)
+    overwrite: bool = False
+    """Replace an existing run in output_dir."""
+    max_frames: int | None = None
+    """Stop after this many frames."""
+    stride: int = 1
+    """Keep every n-th frame of the input."""
+    fps: float = 30.0
+    """Frame rate for the timestamps of image folders."""
+    save_source_images: bool = True
+    """Also keep the original-resolution images (for nerfstudio exports)."""
+    quiet: bool = False
+    """No progress bar or summary."""
+
+    def main(self) -> int:
+        import torch
+
+        from laser_plugin.models import load_model
+
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for but no CUDA device is available")
+        self.laser.validate()
+        source = Path(self.input).expanduser()
+        if not source.exists():
+            raise LaserError(f"input not found: {source}")
+        model = load_model(self.model, weights=self.weights, device=device)
+        settings = {
+            "command": "run",
+            "input": str(source),
+            "model": self.model,
+            "weights": self.weights,
+            "device": device,
+            "laser": dataclasses.asdict(self.laser),
+            "stride": self.stride,
+        }
+
+        def go():
+            engine, writer = execute(
+                model, source, self.laser, self.output_dir, overwrite=self.overwrite, settings=settings,
+                viewers=self.viewers, max_frames=self.max_frames, fps=self.fps, stride=self.stride,
+                save_source_images=self.save_source_images, quiet=self.quiet,
+            )
+            print_summary(engine, writer, quiet=self.quiet)
+
+        _guard(go)
+        return 0
+
+
+@dataclass
+class Demo:
+    """Run the whole pipeline on the built-in synthetic scene (no weights, no GPU) and score it."""
+
+    output_dir: Path = Path("laser_demo_output")
+    """Where the run directory is written (replaced if it holds an earlier run)."""
+    scene: str = "demo"
+    """Synthetic sequence: demo, lateral, forward, turn, pure_rotation, low_parallax, loop, figure8."""
+    frames: int | None = None
+    """Frames in the sequence (default: the scene's own length)."""
+    height: int = 128
+    width: int = 224
+    seed: int = 0
+    laser: FlatLaser = field(default_factory=LaserConfig)
+    viewers: Annotated[Viewers, tyro.conf.OmitArgPrefixes] = field(default_factory=Viewers)
+    quiet: bool = False
+
+    def main(self) -> int:
+        import numpy as np
+
+        from laser_plugin.models.synthetic import make_model, make_scene
+        from laser_plugin.models.synthetic.evaluate import evaluate_depths_poses
+
+        self.laser.validate()
+        scene = make_scene(self.scene, self.frames, self.height, self.width, seed=self.seed)
+        model = make_model(scene=scene)
+        settings = {
+            "command": "demo",
+            "model": "synthetic",
+            "scene": self.scene,
+            "frames": scene.num_frames,
+            "size": [self.height, self.width],
+            "laser": dataclasses.asdict(self.laser),
+        }
+        depths: list = []
+        poses: list = []
+        indices: list = []
+
+        class _Collect:  # keeps only what scoring needs
+            def on_frame(self, f):
+                depths.append(f.depth)
+                poses.append(f.cam_to_world)
+                indices.append(f.index)
+
+            def close(self):
+                pass
+
+        def go():
+            engine, writer = execute(
+                model, scene.frames(), self.laser, self.output_dir, overwrite=True, settings=settings,
+                viewers=self.viewers, total=scene.num_frames, fps=scene.fps, quiet=self.quiet,
+                extra_sinks=[_Collect()],
+            )
+            acc = evaluate_depths_poses(depths, np.stack(poses), scene, indices) if indices else {}
+            writer.extra["accuracy"] = acc
+            writer._write_summary("complete")
+            rows = {
+                "depth AbsRel": f"{acc.get('abs_rel', float('nan')):.4f}  (δ<1.25 {acc.get('delta_1_25', float('nan')):.3f})",
+                "ATE (Sim(3))": f"{acc.get('ate', float('nan')):.4f} m",
+                "RPE": f"{acc.get('rpe_trans', float('nan')):.4f} m, {acc.get('rpe_rot_deg', float('nan')):.3f} deg",
+                "layer consistency": f"{acc.get('consistency', float('nan')):.4f} (spread of object log-scale; 0 = consistent)",
+            }
+            print_summary(engine, writer, rows, quiet=self.quiet)
+
+        _guard(go)
+        return 0
