@@ -187,20 +187,37 @@ class StreamingReconstructor:
         self.timings[name] = self.timings.get(name, 0.0) + now - start
         return now
 
-    def process_window(self, window: Window[_Item]) -> tuple[list[ReconstructedFrame], WindowStats]:
-        """Predict, register and layer-align one window; return its final frames."""
-        cfg = self.config
-        times: dict[str, float] = {}
-        warns: list[str] = []
-        t0 = time.perf_counter()
+    def predict(self, window: Window[_Item], model: ReconstructionModel | None = None) -> WindowPrediction:
+        """Run the network on a window (the stage a pipelined or multi-GPU runner overlaps).
+
+        Stateless with respect to the stream, so windows may be predicted ahead, in any order and
+        on any device; :meth:`align` must then see them in order.
+        """
         images = torch.stack([it.tensor for it in window.items])
         with torch.inference_mode():
-            pred = self.model(images)
+            pred = (model or self.model)(images)
         if not isinstance(pred, WindowPrediction):
             raise TypeError(f"model returned {type(pred).__name__}, expected WindowPrediction")
         pred.validate(len(window.items))
+        return pred
+
+    def process_window(self, window: Window[_Item]) -> tuple[list[ReconstructedFrame], WindowStats]:
+        """Predict, register and layer-align one window; return its final frames."""
+        t0 = time.perf_counter()
+        pred = self.predict(window)
+        times: dict[str, float] = {}
+        self._timed("model", t0, times)
+        return self.align(window, pred, times)
+
+    def align(
+        self, window: Window[_Item], pred: WindowPrediction, times: dict[str, float] | None = None
+    ) -> tuple[list[ReconstructedFrame], WindowStats]:
+        """Register and layer-align a predicted window (windows must come in stream order)."""
+        cfg = self.config
+        times = {} if times is None else times
+        warns: list[str] = []
+        t = time.perf_counter()
         pred = pred.to(self.device)
-        t = self._timed("model", t0, times)
 
         with torch.inference_mode():
             depth, conf, poses, intr, fixes = sanitize_prediction(pred)
