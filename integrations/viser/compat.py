@@ -76,13 +76,22 @@ class SceneCompat:
             color=color,
         )
 
-    def set_slider_max(self, slider: Any, value: float) -> None:
-        """Grow a slider's range. 1.x handles expose ``max``; 0.2.7 only takes the update
-        message its client already understands (``GuiUpdateMessage`` with partial props)."""
+    def set_slider_range(self, slider: Any, maximum: float, value: float) -> None:
+        """Set a slider's maximum and value together, so no client ever sees a value beyond
+        its range (a browser clamps it and sends the clamped value back as a user edit).
+
+        1.x handles expose ``max``; 0.2.7 only takes the partial-props update message its
+        client already understands, sent as one message for both fields.
+        """
         if hasattr(slider, "max"):
-            slider.max = value
+            with self.server.atomic():
+                slider.max = maximum
+                slider.value = value
             return
         from viser._messages import GuiUpdateMessage  # 0.2.7 only: frozen by nerfstudio's pin
 
         impl = slider._impl
-        impl.gui_api._websock_interface.queue_message(GuiUpdateMessage(impl.id, {"max": value}))
+        impl.gui_api._websock_interface.queue_message(
+            GuiUpdateMessage(impl.id, {"max": maximum, "value": value})
+        )
+        impl.value = type(impl.value)(value)  # server-side state, without firing callbacks

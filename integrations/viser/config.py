@@ -36,7 +36,7 @@ class ViserConfig:
     thumbnail_width: int = 96
     """Width in pixels of the image shown in each frustum (0 = no thumbnails)."""
     frustum_scale: float | None = None
-    """Frustum size in scene units; None = the first frame's median depth / 12."""
+    """Frustum size in scene units; None = the first frame's median depth / 20."""
     follow: bool = False
     """Start with the view following the newest camera."""
     show_frustums: bool = True

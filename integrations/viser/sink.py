@@ -128,6 +128,7 @@ class ViserSink:
         self._last_window: WindowStats | None = None
         self._dirty = False
         self._slider_max = 1
+        self._homed = False  # browsers already open get one view of the first frames
 
         self.frames_received = 0
         """Frames accepted by ``on_frame`` so far."""
@@ -158,7 +159,7 @@ class ViserSink:
             if self._cloud is None:
                 scale = median_depth(frame)
                 self._cloud = VoxelCloud(cfg.max_points, cfg.voxel_size or scale / 100.0)
-                self._frustum_scale = cfg.frustum_scale or scale / 12.0
+                self._frustum_scale = cfg.frustum_scale or scale / 20.0
             self._cloud.add(*samples, frame=frame.index)
             k = np.asarray(frame.intrinsics, np.float64)
             record = _FrameRecord(
@@ -227,7 +228,6 @@ class ViserSink:
         with self._lock:
             self._controls.pause.visible = False
             self._controls.resume.visible = True
-            self._state = "paused"
             self._push()  # show everything received so far while the user looks around
 
     def resume(self) -> None:
@@ -235,8 +235,6 @@ class ViserSink:
         with self._lock:
             self._controls.resume.visible = False
             self._controls.pause.visible = True
-            if self._state == "paused":
-                self._state = "streaming"
             self._dirty = True
         self._resume.set()
 
@@ -377,8 +375,9 @@ class ViserSink:
                 CURRENT_NODE, shown, self._thumbs.get(shown.index), _CURRENT_COLOR, 1.5
             )
             self._push_timeline(shown)
-            if controls.follow.value:
+            if controls.follow.value or not self._homed:
                 self._point_clients_at(shown)
+                self._homed = True
         controls.readout.content = self._readout()
 
     def _push_trajectory(self) -> None:
@@ -393,15 +392,16 @@ class ViserSink:
     def _push_timeline(self, shown: _FrameRecord) -> None:
         slider = self._controls.frame
         latest = self._indices[-1]
-        if latest > self._slider_max:
-            self._compat.set_slider_max(slider, latest)
+        value = latest if self._live else int(slider.value)
+        if latest != self._slider_max or int(slider.value) != value:
+            self._compat.set_slider_range(slider, max(latest, 1), value)
             self._slider_max = latest
-        if self._live and int(slider.value) != latest:
-            slider.value = latest
 
     def _readout(self) -> str:
         n = len(self._frames)
-        lines = [f"**{self._state}** · {n} frames · {self.points_shown} points shown"]
+        # A frame already past wait_if_paused may land after pause(): the flag decides.
+        state = "paused" if self.paused and self._state != "finished" else self._state
+        lines = [f"**{state}** · {n} frames · {self.points_shown} points shown"]
         if self._cloud is not None:
             lines.append(f"voxel {self._cloud.voxel_size:.3g} · {len(self._frustums)} frustums")
         w = self._last_window
@@ -412,10 +412,11 @@ class ViserSink:
         return "  \n".join(lines)
 
     def _camera_view(self, record: _FrameRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Eye, look-at point and up vector a little behind and above a camera."""
+        """Eye, look-at point and up vector of a chase view: behind and above a camera, far
+        enough back (half the median depth) that its frustum and its view both fit on screen."""
         c2w = record.cam_to_world
         centre, forward, up = c2w[:3, 3], c2w[:3, 2], -c2w[:3, 1]  # OpenCV: y down
-        back = 3.0 * self._frustum_scale
+        back = 0.5 * record.depth_scale
         eye = centre - back * forward + 0.5 * back * up
         return eye, centre + record.depth_scale * forward, up
 
