@@ -27,16 +27,16 @@ def test_stream_to_rerun_example_writes_every_frame(tmp_path, capsys):
     out = tmp_path / "demo.rrd"
     args = example.Args(
         rerun=f"save:{out}",
-        max_frames=12,
-        laser=LaserConfig(window_size=8, overlap=2),
+        max_frames=8,
+        laser=LaserConfig(window_size=5, overlap=2),
         viewer=RerunConfig(recording_id="example"),
     )
     assert example.main(args) == 0
-    assert "streamed 12 frames" in capsys.readouterr().out
+    assert "streamed 8 frames" in capsys.readouterr().out
     frames = sorted(
         i
         for ch in RrdReader(str(out)).stream()
         if ch.entity_path == "/world/camera"
         for i in ch.to_record_batch().column("frame").to_pylist()
     )
-    assert frames == list(range(12))
+    assert frames == list(range(8))

@@ -366,11 +366,12 @@ def test_headless_viewer_renders_the_3d_view(run, viewer):
     assert {"3D", "2D", "TimeSeries"} <= {v.view_class for v in viewer.get_state().views}
     for img in shots.values():
         assert img.shape[0] > 100 and img.shape[1] > 100
-        # Not blank: the scene's points (bright) and objects (coloured) stand out of the dark
-        # background and its dim grid (measured: ~4% bright, ~1.5% coloured; an empty view ~0).
+        # Not blank: the scene's points stand out of the dark background. Measured with lavapipe:
+        # ~4% bright pixels for this scene; 1.2% for the same view with cameras and trajectory
+        # but no points; ~0 for an empty grid.
         bright = (img.mean(axis=2) > 80).mean()
         coloured = ((img.max(axis=2) - img.min(axis=2)) > 40).mean()
-        assert bright > 0.02 and coloured > 0.005, (
+        assert bright > 0.025 and coloured > 0.005, (
             f"3D view looks empty ({bright:.3f}, {coloured:.3f})"
         )
     # The view follows the timeline: the first and the last frame render differently.

@@ -226,3 +226,40 @@ def test_long_stream_memory_and_logged_volume_stay_bounded(tmp_path):
     assert maps and max(maps) <= cap
     # Whole-path re-logging would be n²/2 = 1.1 M points; the schedule keeps it near history·n.
     assert n <= strip_points <= 2 * history * n
+
+
+def test_corrections_override_poses_and_the_trajectory(tmp_path):
+    import copy
+
+    path = tmp_path / "corr.rrd"
+    sink = RerunSink("save", path, RerunConfig(recording_id="corr"))
+    frames = [make_frame(i) for i in range(10)]
+    for f in frames:
+        sink.on_frame(f)
+    fixed = [copy.deepcopy(frames[i]) for i in (3, 4, 5)]
+    for f in fixed:
+        f.cam_to_world[:3, 3] += [0.0, 1.0, 0.0]  # e.g. after a loop closure
+    sink.on_correction(fixed)
+    sink.close()
+    poses, strips = {}, []
+    rows = []
+    for ch in RrdReader(str(path)).stream():
+        batch = ch.to_record_batch()
+        if ch.entity_path == "/world/camera":
+            rows += zip(
+                batch.column("frame").to_pylist(),
+                batch.column("rerun.controls.RowId").to_pylist(),
+                batch.column("Transform3D:translation").to_pylist(),
+            )
+        elif ch.entity_path == "/world/trajectory":
+            strips += zip(
+                batch.column("rerun.controls.RowId").to_pylist(),
+                batch.column("LineStrips3D:strips").to_pylist(),
+            )
+    for frame, _, t in sorted(rows):  # latest row per frame wins, as in the viewer
+        poses[frame] = np.asarray(t[0])
+    expected = np.stack([f.cam_to_world[:3, 3] for f in frames])
+    expected[3:6, 1] += 1.0
+    np.testing.assert_allclose(np.stack([poses[i] for i in range(10)]), expected, atol=1e-6)
+    final = np.asarray(max(strips)[1][0])
+    np.testing.assert_allclose(final, expected, atol=1e-6)

@@ -66,6 +66,17 @@ def layer_annotations(layer_scales: np.ndarray | None, num_labels: int) -> list[
     return infos
 
 
+def _put_viewer_on_path() -> None:
+    """``spawn`` runs the ``rerun`` binary from PATH; pip puts it beside this interpreter, which a
+    non-activated virtualenv does not have on PATH."""
+    import os
+    import shutil
+
+    here = Path(sys.executable).parent
+    if shutil.which("rerun") is None and (here / "rerun").exists():
+        os.environ["PATH"] = f"{here}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
 class RerunSink:
     """A sink (``on_frame``, ``on_window``, ``on_correction``, ``close``) logging to Rerun.
 
@@ -116,6 +127,7 @@ class RerunSink:
                 self.rec.save(path, default_blueprint=blueprint)
                 self.url = str(path)
             elif t.mode == "spawn":
+                _put_viewer_on_path()
                 self.rec.spawn(
                     port=cfg.spawn_port,
                     memory_limit=cfg.memory_limit,
@@ -130,7 +142,9 @@ class RerunSink:
                 )
                 print(f"rerun: serving at {self.url} (rerun --connect {self.url})", file=sys.stderr)
                 if cfg.web_viewer:
-                    rr.serve_web_viewer(web_port=cfg.web_port, open_browser=False, connect_to=self.url)
+                    rr.serve_web_viewer(
+                        web_port=cfg.web_port, open_browser=False, connect_to=self.url
+                    )
                     web = f"http://127.0.0.1:{cfg.web_port}/?url={quote(self.url, safe='')}"
                     print(f"rerun: web viewer at {web}", file=sys.stderr)
             else:
