@@ -18,15 +18,12 @@ NUM_FRAMES = 24
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    """A run directory as `laser demo` writes it (synthetic scene, emulated model)."""
-    from laser_plugin import LaserConfig, StreamingReconstructor
-    from laser_plugin.io.run_dir import RunWriter
-    from laser_plugin.models.synthetic import make_model, make_scene
+    """The run directory `laser demo` writes (synthetic scene, emulated model), kept short."""
+    from laser_plugin.cli.main import main
 
-    scene = make_scene("demo", num_frames=NUM_FRAMES)
-    run_dir = tmp_path_factory.mktemp("run")
-    rec = StreamingReconstructor(make_model(scene=scene), LaserConfig(window_size=8, overlap=3))
-    rec.reconstruct(list(scene.frames()), sinks=[RunWriter(run_dir)])
+    run_dir = tmp_path_factory.mktemp("run") / "demo"
+    args = ["demo", "--output-dir", str(run_dir), "--frames", str(NUM_FRAMES), "--quiet"]
+    assert main([*args, "--window-size", "8", "--overlap", "3"]) == 0
     return run_dir
 
 
