@@ -228,3 +228,25 @@ def test_replay_of_a_run_directory(tmp_path):
         s.stop()
     with pytest.raises(InputError, match="not a laser run directory"):
         replay(tmp_path / "nothing-here", port=0, block=False)
+
+
+def test_interrupted_run_is_shown_as_such(sink: ViserSink):
+    sink.on_frame(make_frame(0))
+    sink.on_interrupt(KeyboardInterrupt())
+    sink.close()
+    assert "**interrupted** · 1 frames" in sink._controls.readout.content
+
+
+def test_live_viser_example_runs_on_the_demo_scene():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "live_viser.py"
+    args = ["--max-frames", "10", "--no-keep-open", "--viewer.port", "0"]
+    args += ["--laser.window-size", "6", "--laser.overlap", "2"]
+    result = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "10 frames" in result.stdout and "viser viewer: http://127.0.0.1:" in result.stderr

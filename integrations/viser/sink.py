@@ -210,10 +210,17 @@ class ViserSink:
                 self._cloud.transform_frames(moves)
             self._push()
 
+    def on_interrupt(self, exc: BaseException) -> None:
+        """The run stopped early (Ctrl-C, an error): say so and show what arrived."""
+        with self._lock:
+            self._state = "interrupted"
+            self._push()
+
     def close(self) -> None:
         """End of stream: push the final state. The viewer keeps serving until ``stop()``."""
         with self._lock:
-            self._state = "finished"
+            if self._state != "interrupted":
+                self._state = "finished"
             self._push()
 
     # ------------------------------------------------------------------ pause / lifecycle
@@ -400,7 +407,7 @@ class ViserSink:
     def _readout(self) -> str:
         n = len(self._frames)
         # A frame already past wait_if_paused may land after pause(): the flag decides.
-        state = "paused" if self.paused and self._state != "finished" else self._state
+        state = "paused" if self.paused and self._state == "streaming" else self._state
         lines = [f"**{state}** · {n} frames · {self.points_shown} points shown"]
         if self._cloud is not None:
             lines.append(f"voxel {self._cloud.voxel_size:.3g} · {len(self._frustums)} frustums")
