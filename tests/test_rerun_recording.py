@@ -28,7 +28,7 @@ RerunSink, points_stride = sink_module.RerunSink, sink_module.points_stride
 NUM_FRAMES = 24
 MAP_CAP = 3000
 CONFIG = RerunConfig(
-    recording_id="laser-test", map_max_points=MAP_CAP, map_every=7, jpeg_quality=None
+    recording_id="laser-test", map_max_points=MAP_CAP, map_every_saved=7, jpeg_quality=None
 )
 
 
@@ -222,7 +222,7 @@ def test_trajectory_and_bounded_static_map(run):
         assert len(strip) == r["frame"] + 1
     maps = [r for r in read_rows(store, "world/map")]
     assert maps and all(r["static"] for r in maps)
-    assert len(maps) == NUM_FRAMES // CONFIG.map_every + 1
+    assert len(maps) == NUM_FRAMES // CONFIG.map_every_saved + 1
     sizes = [len(r["Points3D:positions"]) for r in maps]
     assert all(0 < n <= MAP_CAP for n in sizes), sizes
     assert max(sizes) > MAP_CAP // 4  # the cap binds, it does not starve the map

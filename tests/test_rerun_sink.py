@@ -196,7 +196,7 @@ def test_long_stream_memory_and_logged_volume_stay_bounded(tmp_path):
     n, cap, history = 1500, 500, 20
     path = tmp_path / "long.rrd"
     cfg = RerunConfig(
-        recording_id="long", map_max_points=cap, map_every=50, trajectory_history=history
+        recording_id="long", map_max_points=cap, map_every_saved=50, trajectory_history=history
     )
     sink = RerunSink("save", path, cfg)
     frames = [make_frame(i) for i in range(8)]

@@ -32,7 +32,10 @@ class RerunConfig:
     map_max_points: int = 200_000
     """Cap on ``world/map``: a voxel map that coarsens itself to stay under it."""
     map_every: int = 20
-    """Re-log the static ``world/map`` every this many frames (and at the end)."""
+    """Live modes: re-log the static ``world/map`` every this many frames (and at the end)."""
+    map_every_saved: int = 200
+    """``save`` mode: the same, rarer, since every copy stays in the file although only the last
+    one is shown."""
     trajectory_history: int = 100
     """``world/trajectory`` is re-logged whenever it grew by 1/this of its length, so a stream of N
     frames writes about this many times N points in total instead of N²/2."""

@@ -277,7 +277,8 @@ class RerunSink:
             rec.log(L.LAYERS, rr.SegmentationImage((labels + 1).clip(0).astype(np.uint16)))
         self.map.add(pts, cols)
         self._frames_since_map += 1
-        if self._frames_since_map >= cfg.map_every:
+        every = cfg.map_every_saved if self.target.mode == "save" else cfg.map_every
+        if self._frames_since_map >= every:
             self._log_map()
         self._log_trajectory(False)
 
