@@ -219,3 +219,12 @@ def test_wheel_install_then_uninstall_leaves_nerfstudio_intact(tmp_path):
     usage = without_us.stdout.splitlines()[0]
     assert "laser" not in usage and all(name in usage for name in BUILTIN)
     assert "laser-plugin" not in without_us.stderr and "Error processing" not in without_us.stderr
+
+
+def test_module_entrypoint_works_without_the_hook():
+    """`python -m laser_plugin.integrations.nerfstudio.process_data` is the documented fallback."""
+    module = "laser_plugin.integrations.nerfstudio.process_data"
+    res = _run([sys.executable, "-m", module, "--help"], env={"LASER_PLUGIN_NO_NS_HOOK": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    usage = res.stdout.splitlines()[0]
+    assert "laser" in usage and all(name in usage for name in BUILTIN)
