@@ -47,7 +47,11 @@ def robust_scale(
     The residual of a sample is ``r = 1 - s * den / num`` (scale-free, so near and far pixels count
     alike). Each iteration solves the weighted least squares ``s = Σ w x / Σ w x²`` with
     ``x = den / num`` and Huber weights ``w = min(1, delta / |r|)``. The start is the median ratio,
-    so up to half the samples may be outliers.
+    so up to half the samples may be outliers. The Huber threshold adapts to the data:
+    ``min(delta, 1.345 * 1.4826 * MAD(r))`` per group (the usual 95%-efficiency tuning on a robust
+    sigma), so a clean group is fitted tightly and outliers bias the scale little. A few final
+    iterations with Tukey's biweight (cut at 4.685 robust sigmas) remove the small pull that
+    Huber weights still leave to gross one-sided outliers.
 
     num, den: (N,) positive values; group: (N,) int64 in [0, G); weight: (N,) prior weights.
     """
@@ -63,12 +67,25 @@ def robust_scale(
     # Start at the median of num/den per group (robust to up to 50% outliers).
     scale = 1.0 / segment_median(x, group, num_groups)
     scale = torch.where(torch.isfinite(scale), scale, torch.ones_like(scale))
+    mad = segment_median((1.0 - scale[group] * x).abs(), group, num_groups)
+    mad = torch.nan_to_num(mad, nan=delta)
+    delta_g = torch.clamp(1.345 * 1.4826 * mad, min=1e-4, max=delta)[group]
     for _ in range(iterations):
         r = 1.0 - scale[group] * x
-        w = prior * torch.clamp(delta / r.abs().clamp_min(1e-12), max=1.0)
+        w = prior * torch.clamp(delta_g / r.abs().clamp_min(1e-12), max=1.0)
         sxx = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group, w * x * x)
         sx = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group, w * x)
         new = sx / sxx.clamp_min(1e-30)
         scale = torch.where((sxx > 0) & torch.isfinite(new) & (new > 0), new, scale)
+    if iterations > 0:
+        mad = torch.nan_to_num(segment_median((1.0 - scale[group] * x).abs(), group, num_groups), nan=delta)
+        cut = torch.clamp(4.685 * 1.4826 * mad, min=1e-3)[group]
+        for _ in range(3):
+            r = 1.0 - scale[group] * x
+            w = prior * torch.clamp(1.0 - (r / cut) ** 2, min=0.0) ** 2
+            sxx = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group, w * x * x)
+            sx = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group, w * x)
+            new = sx / sxx.clamp_min(1e-30)
+            scale = torch.where((sxx > 0) & torch.isfinite(new) & (new > 0), new, scale)
     residual = segment_median((1.0 - scale[group] * x).abs(), group, num_groups)
     return ScaleFit(scale, torch.nan_to_num(residual, nan=0.0), counts)

@@ -178,7 +178,19 @@ def register_overlap(
         src_parts.append(scale * camera_anchor_points(pose_new, med_depth / scale))
         dst_parts.append(camera_anchor_points(pose_prev, med_depth))
         w_parts.append(torch.ones(src_parts[-1].shape[0], dtype=depth_new.dtype, device=depth_new.device))
-    fit_rt = weighted_procrustes(torch.cat(src_parts), torch.cat(dst_parts), torch.cat(w_parts), scale=1.0)
+    src, dst, w0 = torch.cat(src_parts), torch.cat(dst_parts), torch.cat(w_parts)
+    fit_rt = weighted_procrustes(src, dst, w0, scale=1.0)
+    if method != "cameras":
+        # Same-pixel points carry the depth outliers: reweight by a Huber loss on the residual
+        # distance (relative to the scene depth), as the scale fit does.
+        for _ in range(5):
+            err = (fit_rt.apply_points(src) - dst).norm(dim=-1) / med_depth.clamp_min(1e-12)
+            w = w0 * torch.clamp(0.02 / err.clamp_min(1e-12), max=1.0)
+            fit_rt = weighted_procrustes(src, dst, w, scale=1.0)
+        for _ in range(2):  # then drop what is far beyond the typical residual
+            err = (fit_rt.apply_points(src) - dst).norm(dim=-1) / med_depth.clamp_min(1e-12)
+            keep = err <= 3.0 * err.median() + 1e-4
+            fit_rt = weighted_procrustes(src, dst, w0 * keep, scale=1.0)
     sim3 = Sim3(scale, fit_rt.rotation, fit_rt.translation)
     centres = sim3.apply_points(pose_new[:, :3, 3])
     pose_residual = float(
