@@ -7,6 +7,7 @@ from typing import Annotated, Union
 
 import tyro
 
+from laser_plugin.cli.batch import Batch
 from laser_plugin.cli.eval import Eval
 from laser_plugin.cli.export import Export
 from laser_plugin.cli.run import Demo, Run
@@ -21,6 +22,7 @@ COMMANDS: dict[str, type] = {
     "export": Export,
     "eval": Eval,
     "view": View,
+    "batch": Batch,
 }
 
 
