@@ -7,12 +7,14 @@ overlap.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +40,9 @@ from laser_plugin.types import (
     WindowStats,
 )
 from laser_plugin.windows import Window, schedule_windows
+
+if TYPE_CHECKING:
+    from laser_plugin.resume import EngineState
 
 
 @dataclass
@@ -114,21 +119,34 @@ class StreamingReconstructor:
         max_frames: int | None = None,
         fps: float = 30.0,
         stride: int = 1,
+        resume: EngineState | None = None,
     ) -> Iterator[ReconstructedFrame]:
         """Reconstruct a stream; yields each frame once it is final and passes it to ``sinks``.
 
         ``source``: a video file, an image folder, or an iterable of HxWx3 uint8 arrays.
         Sinks are closed at the end; if the run stops early they first get ``on_interrupt``.
+        A sink whose ``essential`` attribute is true (the run writer) stops the run when it fails;
+        any other failing sink is detached with a warning.
+        ``resume``: a state saved after some window of the same stream and settings
+        (:mod:`laser_plugin.resume`); the windows it covers are skipped without a model call.
         """
         live = list(sinks)
         self._cache: dict[int, _Final] = {}
         self._held: list[ReconstructedFrame] = []
         self._model_size: tuple[int, int] | None = None
         self._sizes_warned = False
+        done = 0
+        if resume is not None:
+            from laser_plugin.resume import restore
+
+            restore(self, resume)
+            done = resume.num_windows
         ok = False
         try:
             frames = self._prepared(open_source(source, fps=fps, stride=stride, max_frames=max_frames))
             for window in schedule_windows(frames, self.config.window_size, self.config.overlap):
+                if window.index < done:  # finalised before the interruption
+                    continue
                 finals, stats = self.process_window(window)
                 for frame in finals:
                     live = self._emit(live, "on_frame", frame)
@@ -396,11 +414,11 @@ class StreamingReconstructor:
                 if method == "on_interrupt":
                     alive.append(sink)
                     continue
+                if getattr(sink, "essential", False):
+                    raise  # e.g. the run writer on a full disk: going on would lose the results
                 self._warn(f"sink {type(sink).__name__} failed in {method} and was detached: {exc}")
-                try:
+                with contextlib.suppress(Exception):
                     sink.close()
-                except Exception:
-                    pass
         return alive
 
     def _warn(self, message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import sys
@@ -14,10 +15,22 @@ from typing import Annotated, Any
 import tyro
 
 from laser_plugin.config import LaserConfig
-from laser_plugin.errors import ConfigError, LaserError
+from laser_plugin.errors import ConfigError, InputError
 from laser_plugin.io.run_dir import RunWriter, prepare_output_dir
+from laser_plugin.sources import list_images
 
 FlatLaser = Annotated[LaserConfig, tyro.conf.OmitArgPrefixes]
+
+
+@dataclass
+class RunLaserConfig(LaserConfig):
+    """LaserConfig for ``laser run``, whose own --device is the network's."""
+
+    device: Annotated[str, tyro.conf.arg(name="align-device")] = "cpu"
+    """Device for the alignment (the network's is --device)."""
+
+
+FlatRunLaser = Annotated[RunLaserConfig, tyro.conf.OmitArgPrefixes]
 
 
 @dataclass
@@ -39,13 +52,17 @@ class Viewers:
             try:
                 from laser_plugin.integrations.rerun import make_rerun_sink
             except ImportError as exc:
-                raise ConfigError(f"--rerun needs the Rerun extra: pip install 'laser-plugin[rerun]' ({exc})") from None
+                raise ConfigError(
+                    f"--rerun needs the Rerun extra: pip install 'laser-plugin[rerun]' ({exc})"
+                ) from None
             out.append(make_rerun_sink(self.rerun))
         if self.viser:
             try:
                 from laser_plugin.integrations.viser import make_viser_sink
             except ImportError as exc:
-                raise ConfigError(f"--viser needs the viser extra: pip install 'laser-plugin[viser]' ({exc})") from None
+                raise ConfigError(
+                    f"--viser needs the viser extra: pip install 'laser-plugin[viser]' ({exc})"
+                ) from None
             out.append(make_viser_sink(host=self.host, port=self.port))
         return out
 
@@ -56,10 +73,8 @@ def _sigterm_as_interrupt() -> None:
     def handler(signum, frame):
         raise KeyboardInterrupt
 
-    try:
+    with contextlib.suppress(ValueError):  # not in the main thread
         signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread
-        pass
 
 
 def execute(
@@ -78,26 +93,55 @@ def execute(
     save_source_images: bool = True,
     quiet: bool = False,
     extra_sinks: list | None = None,
+    resume: bool = False,
 ):
-    """Run the engine with a progress bar, writing ``output_dir``; return (engine, writer, frames).
+    """Run the engine with a progress bar, writing ``output_dir``; return (engine, writer).
 
-    ``frames`` collects the emitted frames only when the caller asks for them (demo accuracy);
-    otherwise nothing per-frame is kept in memory.
+    The engine state is saved under ``output_dir/state`` after every window, so an interrupted
+    run can be continued with ``resume=True`` (same source and settings).
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from laser_plugin.engine import StreamingReconstructor
+    from laser_plugin.resume import StateSaver, check_settings, load_state
 
     config.validate()
-    out = prepare_output_dir(output_dir, overwrite=overwrite)
-    writer = RunWriter(out, settings=settings, save_source_images=save_source_images)
-    sinks = [writer, *(viewers.sinks() if viewers else []), *(extra_sinks or [])]
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: give one of them")
+    state = None
+    if resume:
+        out = prepare_output_dir(output_dir, resume=True)
+        state = load_state(out)
+        if state is not None:
+            check_settings(state.settings, settings)
+        else:  # stopped before its first window completed: nothing to keep
+            out = prepare_output_dir(output_dir, overwrite=True)
+    else:
+        out = prepare_output_dir(output_dir, overwrite=overwrite)
+    writer = RunWriter(
+        out,
+        settings=settings,
+        save_source_images=save_source_images,
+        resume_frames=None if state is None else state.num_frames,
+    )
+    if state is not None:
+        writer.num_windows = state.num_windows
+        writer.window_stats = [
+            w for w in writer.window_stats if w.get("window", 0) < state.num_windows
+        ]
     engine = StreamingReconstructor(model, config, keep_source_images=save_source_images)
+    # The writer first (it fsyncs the window's frames), then the state that refers to them.
+    sinks = [
+        writer,
+        StateSaver(engine, out, settings),
+        *(viewers.sinks() if viewers else []),
+        *(extra_sinks or []),
+    ]
     console = Console(stderr=True, quiet=quiet)
     _sigterm_as_interrupt()
     start = time.perf_counter()
-    count = 0
+    count = 0 if state is None else state.num_frames
     with Progress(
         TextColumn("[bold]reconstructing"),
         BarColumn(),
@@ -110,14 +154,18 @@ def execute(
         task = progress.add_task("frames", total=total, fps=0.0)
         with warnings.catch_warnings():
             warnings.simplefilter("default")
-            for _ in engine.run(source, sinks, max_frames=max_frames, fps=fps, stride=stride):
+            for _ in engine.run(
+                source, sinks, max_frames=max_frames, fps=fps, stride=stride, resume=state
+            ):
                 count += 1
                 elapsed = time.perf_counter() - start
                 progress.update(task, completed=count, fps=count / max(elapsed, 1e-9))
     return engine, writer
 
 
-def print_summary(engine, writer, extra_rows: dict[str, str] | None = None, quiet: bool = False) -> None:
+def print_summary(
+    engine, writer, extra_rows: dict[str, str] | None = None, quiet: bool = False
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -148,7 +196,10 @@ def _guard(fn):
     try:
         return fn()
     except KeyboardInterrupt:
-        print("interrupted: the frames finalised so far were kept (status 'interrupted')", file=sys.stderr)
+        print(
+            "interrupted: the frames finalised so far were kept (status 'interrupted')",
+            file=sys.stderr,
+        )
         raise SystemExit(130) from None
 
 
@@ -166,10 +217,13 @@ class Run:
     """Checkpoint: a local file, or a model-hub id when online. Default: the backend's own."""
     device: str = "auto"
     """Device for the network: auto (cuda if available), cuda, cuda:N or cpu."""
-    laser: FlatLaser = field(default_factory=LaserConfig)
+    laser: FlatRunLaser = field(default_factory=RunLaserConfig)
     viewers: Annotated[Viewers, tyro.conf.OmitArgPrefixes] = field(default_factory=Viewers)
     overwrite: bool = False
     """Replace an existing run in output_dir."""
+    resume: bool = False
+    """Continue the interrupted run in output_dir from its last finished window (same input and
+    settings); gives the same result as an uninterrupted run."""
     max_frames: int | None = None
     """Stop after this many frames."""
     stride: int = 1
@@ -192,25 +246,46 @@ class Run:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError("--device cuda was asked for but no CUDA device is available")
         self.laser.validate()
+        if self.stride < 1:
+            raise ConfigError(f"--stride must be at least 1, got {self.stride}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ConfigError(f"--max-frames must be at least 1, got {self.max_frames}")
+        if not self.fps > 0:
+            raise ConfigError(f"--fps must be positive, got {self.fps}")
         source = Path(self.input).expanduser()
         if not source.exists():
-            raise LaserError(f"input not found: {source}")
+            raise InputError(f"input not found: {source}")
+        if source.is_dir():
+            list_images(source)  # fails now, in one line, on a folder without images
         model = load_model(self.model, weights=self.weights, device=device)
         settings = {
             "command": "run",
-            "input": str(source),
+            "input": str(source.resolve()),
             "model": self.model,
             "weights": self.weights,
             "device": device,
             "laser": dataclasses.asdict(self.laser),
             "stride": self.stride,
+            "fps": self.fps,
+            "max_frames": self.max_frames,
+            "save_source_images": self.save_source_images,
         }
 
         def go():
             engine, writer = execute(
-                model, source, self.laser, self.output_dir, overwrite=self.overwrite, settings=settings,
-                viewers=self.viewers, max_frames=self.max_frames, fps=self.fps, stride=self.stride,
-                save_source_images=self.save_source_images, quiet=self.quiet,
+                model,
+                source,
+                self.laser,
+                self.output_dir,
+                overwrite=self.overwrite,
+                settings=settings,
+                viewers=self.viewers,
+                max_frames=self.max_frames,
+                fps=self.fps,
+                stride=self.stride,
+                save_source_images=self.save_source_images,
+                quiet=self.quiet,
+                resume=self.resume,
             )
             print_summary(engine, writer, quiet=self.quiet)
 
@@ -267,8 +342,16 @@ class Demo:
 
         def go():
             engine, writer = execute(
-                model, scene.frames(), self.laser, self.output_dir, overwrite=True, settings=settings,
-                viewers=self.viewers, total=scene.num_frames, fps=scene.fps, quiet=self.quiet,
+                model,
+                scene.frames(),
+                self.laser,
+                self.output_dir,
+                overwrite=True,
+                settings=settings,
+                viewers=self.viewers,
+                total=scene.num_frames,
+                fps=scene.fps,
+                quiet=self.quiet,
                 extra_sinks=[_Collect()],
             )
             acc = evaluate_depths_poses(depths, np.stack(poses), scene, indices) if indices else {}

@@ -17,6 +17,7 @@ its files exist, so an interrupted run is a valid run holding the frames finalis
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -37,20 +38,40 @@ from laser_plugin.types import ReconstructedFrame, WindowStats
 
 FORMAT_VERSION = 1
 _OWN_ENTRIES = {
-    "summary.json", "frames.jsonl", "trajectory.txt", "intrinsics.txt", "points.ply",
-    "images", "source", "depth", "conf", "layers", "state",
+    "summary.json",
+    "frames.jsonl",
+    "trajectory.txt",
+    "intrinsics.txt",
+    "points.ply",
+    "images",
+    "source",
+    "depth",
+    "conf",
+    "layers",
+    "state",
 }
 
 
-def prepare_output_dir(path: Path, overwrite: bool = False) -> Path:
-    """Create ``path``; refuse a non-empty one unless ``overwrite`` and it holds a laser run."""
+def prepare_output_dir(path: Path, overwrite: bool = False, resume: bool = False) -> Path:
+    """Create ``path``; refuse a non-empty one unless ``overwrite`` and it holds a laser run.
+
+    ``resume``: keep an existing run as it is (the caller continues it).
+    """
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise OutputError(f"output path {path} exists and is not a directory")
-    if path.exists() and any(path.iterdir()):
+    if resume and not (path / "summary.json").is_file():
+        raise OutputError(f"nothing to resume: {path} holds no laser run (no summary.json)")
+    if path.exists() and any(path.iterdir()) and not resume:
         if not overwrite:
-            raise OutputError(f"output directory {path} is not empty (use --overwrite, or another directory)")
-        foreign = [p.name for p in path.iterdir() if p.name not in _OWN_ENTRIES and not p.name.startswith(".")]
+            raise OutputError(
+                f"output directory {path} is not empty (use --overwrite, or another directory)"
+            )
+        foreign = [
+            p.name
+            for p in path.iterdir()
+            if p.name not in _OWN_ENTRIES and not p.name.startswith(".")
+        ]
         if foreign:
             raise OutputError(
                 f"refusing to overwrite {path}: it holds files that are not from a laser run ({', '.join(sorted(foreign)[:3])})"
@@ -66,7 +87,9 @@ def prepare_output_dir(path: Path, overwrite: bool = False) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise OutputError(f"cannot write to output directory {path}: {exc.strerror or exc}") from None
+        raise OutputError(
+            f"cannot write to output directory {path}: {exc.strerror or exc}"
+        ) from None
     return path
 
 
@@ -87,7 +110,15 @@ def _jpg_bytes(image: np.ndarray, quality: int = 95) -> bytes:
 
 
 class RunWriter:
-    """A sink writing the run directory. Call :meth:`close` with the final status."""
+    """A sink writing the run directory. Call :meth:`close` with the final status.
+
+    ``essential``: the engine stops the run if this sink fails (a full disk must not let the run
+    go on with nothing saved). ``resume_frames``: continue an interrupted run whose first
+    ``resume_frames`` frames are kept (later lines of frames.jsonl, trajectory.txt and
+    intrinsics.txt are dropped; the point map is rebuilt from the kept frames).
+    """
+
+    essential = True
 
     def __init__(
         self,
@@ -98,10 +129,16 @@ class RunWriter:
         map_conf: float = 0.5,
         map_stride: int = 4,
         ply_every: int = 10,
+        resume_frames: int | None = None,
     ):
         self.dir = Path(out_dir)
-        for sub in ("images", "depth", "conf", "layers", "source"):
-            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            for sub in ("images", "depth", "conf", "layers", "source"):
+                (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write to output directory {self.dir}: {exc.strerror or exc}"
+            ) from None
         self.settings = settings or {}
         self.save_source_images = save_source_images
         self.map = VoxelMap(max_points=map_max_points)
@@ -115,13 +152,31 @@ class RunWriter:
         self.extra: dict[str, Any] = {}
         self.started = time.time()
         self._closed = False
-        self._frames = open(self.dir / "frames.jsonl", "a", encoding="utf-8")
-        self._traj = open(self.dir / "trajectory.txt", "a", encoding="utf-8")
-        self._intr = open(self.dir / "intrinsics.txt", "a", encoding="utf-8")
+        self._status = "complete"
+        if resume_frames is not None:
+            self._resume(resume_frames)
+        else:
+            for name in ("frames.jsonl", "trajectory.txt", "intrinsics.txt"):
+                (self.dir / name).write_bytes(b"")
+        # Kept open for the whole run (closed in close()), appended line by line.
+        self._frames = open(self.dir / "frames.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._traj = open(self.dir / "trajectory.txt", "a", encoding="utf-8")  # noqa: SIM115
+        self._intr = open(self.dir / "intrinsics.txt", "a", encoding="utf-8")  # noqa: SIM115
         self._write_summary("running")
 
     # -- sink protocol ---------------------------------------------------------------------
     def on_frame(self, frame: ReconstructedFrame) -> None:
+        try:
+            self._write_frame(frame)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write frame {frame.index} to {self.dir}: {exc.strerror or exc} "
+                f"({self.num_frames} frames were saved; the run can be resumed with --resume)"
+            ) from None
+
+    def _write_frame(self, frame: ReconstructedFrame) -> None:
+        # File names come from the frame index only, never from input file names, so nothing is
+        # ever written outside the run directory.
         name = f"{frame.index:06d}"
         write_bytes_atomic(self.dir / "images" / f"{name}.png", _png_bytes(frame.image))
         record: dict[str, Any] = {
@@ -151,9 +206,6 @@ class RunWriter:
             record["source_width"] = int(frame.source_image.shape[1])
             record["source_height"] = int(frame.source_image.shape[0])
             write_bytes_atomic(self.dir / record["source"], _jpg_bytes(frame.source_image))
-        # Only now, with every file of the frame in place, does the frame become part of the run.
-        self._frames.write(json.dumps(record) + "\n")
-        self._frames.flush()
         c2w = frame.cam_to_world
         q = rotmat_to_quat_xyzw(c2w[:3, :3])
         t = c2w[:3, 3]
@@ -166,9 +218,19 @@ class RunWriter:
             f"{frame.index} {k[0, 0]:.9g} {k[1, 1]:.9g} {k[0, 2]:.9g} {k[1, 2]:.9g} {frame.width} {frame.height}\n"
         )
         self._intr.flush()
-        pts, cols = frame.points_world(min_conf=self.map_conf, stride=self.map_stride)
-        self.map.add(pts, cols)
+        # Only now, with every file of the frame in place, does the frame become part of the run
+        # (a hard kill may leave one trajectory/intrinsics line more; frames.jsonl is the record).
+        self._frames.write(json.dumps(record) + "\n")
+        self._frames.flush()
         self.num_frames += 1
+        self._add_to_map(frame)
+
+    def _add_to_map(self, frame: ReconstructedFrame) -> None:
+        # Confidence as saved (float16), so a resumed run rebuilds exactly the same map.
+        conf = frame.conf.astype(np.float16).astype(np.float32)
+        saved = dataclasses.replace(frame, conf=conf)
+        pts, cols = saved.points_world(min_conf=self.map_conf, stride=self.map_stride)
+        self.map.add(pts, cols)
 
     def on_window(self, stats: WindowStats) -> None:
         self.num_windows += 1
@@ -194,16 +256,71 @@ class RunWriter:
             self.write_points()
         self._write_summary("running")
 
-    def close(self, status: str = "complete") -> None:
+    def on_interrupt(self, exc: BaseException) -> None:
+        """The run stopped early: Ctrl-C/SIGTERM give 'interrupted', an error 'failed'."""
+        self._status = (
+            "interrupted" if isinstance(exc, (KeyboardInterrupt, GeneratorExit)) else "failed"
+        )
+
+    def close(self, status: str | None = None) -> None:
         if self._closed:
             return
         self._closed = True
+        status = status or self._status
         for fh in (self._frames, self._traj, self._intr):
-            fh.flush()
-            os.fsync(fh.fileno())
+            try:
+                fh.flush()
+                os.fsync(fh.fileno())
+            except OSError:
+                pass  # disk full: what was flushed before is what the run holds
             fh.close()
-        self.write_points()
-        self._write_summary(status)
+        # A stop between the lines of one frame leaves the text files out of step: trim them.
+        self._reconcile(self._count_frames())
+        try:
+            self.write_points()
+        finally:
+            self._write_summary(status)
+
+    # -- resume ----------------------------------------------------------------------------
+    def _count_frames(self) -> int:
+        """Complete lines of frames.jsonl (a torn last line is cut off)."""
+        path = self.dir / "frames.jsonl"
+        if not path.exists():
+            return 0
+        data = path.read_bytes()
+        return data.count(b"\n")
+
+    def _reconcile(self, n: int) -> None:
+        """Keep the first ``n`` lines of frames.jsonl, trajectory.txt and intrinsics.txt."""
+        for name in ("frames.jsonl", "trajectory.txt", "intrinsics.txt"):
+            path = self.dir / name
+            if not path.exists():
+                continue
+            data = path.read_bytes()
+            lines = data.split(b"\n")
+            if len(lines) - 1 > n or (data and not data.endswith(b"\n")):
+                keep = b"".join(line + b"\n" for line in lines[:n])
+                write_bytes_atomic(path, keep)
+
+    def _resume(self, n: int) -> None:
+        have = self._count_frames()
+        if have < n:
+            raise OutputError(
+                f"cannot resume {self.dir}: frames.jsonl holds {have} frames, the saved state {n}"
+            )
+        self._reconcile(n)
+        try:
+            old = json.loads((self.dir / "summary.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        self.window_stats = list(old.get("window_stats", []))
+        self.timings = dict(old.get("timings_s", {}))
+        self.extra["resumed"] = int(old.get("resumed", 0)) + 1
+        run = load_run(self.dir)
+        for i in range(len(run.frames)):
+            self._add_to_map(run.load_frame(i))
+        self.num_frames = len(run.frames)
+        self.num_windows = len({f.window for f in run.frames})
 
     # -- helpers ---------------------------------------------------------------------------
     def write_points(self) -> None:
@@ -267,7 +384,9 @@ class RunData:
 
     def cam_to_world(self) -> np.ndarray:
         """(N, 4, 4)."""
-        return np.stack([f.cam_to_world for f in self.frames]) if self.frames else np.zeros((0, 4, 4))
+        return (
+            np.stack([f.cam_to_world for f in self.frames]) if self.frames else np.zeros((0, 4, 4))
+        )
 
     def load_frame(self, i: int) -> ReconstructedFrame:
         """The i-th frame of the run (position in ``frames``) as a :class:`ReconstructedFrame`."""
@@ -292,7 +411,9 @@ class RunData:
             conf=np.load(self.path / p["conf"]).astype(np.float32),
             window=rec.window,
             layers=layers,
-            layer_scales=None if rec.layer_scales is None else np.asarray(rec.layer_scales, np.float32),
+            layer_scales=None
+            if rec.layer_scales is None
+            else np.asarray(rec.layer_scales, np.float32),
             source_image=source,
         )
 
@@ -327,7 +448,9 @@ def load_run(path: str | Path) -> RunData:
                     cam_to_world=np.asarray(r["cam_to_world"], dtype=np.float64),
                     paths=paths,
                     layer_scales=r.get("layer_scales"),
-                    source_size=(r["source_width"], r["source_height"]) if r.get("source") else None,
+                    source_size=(r["source_width"], r["source_height"])
+                    if r.get("source")
+                    else None,
                 )
             )
     return RunData(path, summary, frames)

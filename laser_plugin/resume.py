@@ -1,0 +1,258 @@
+"""Resumable runs: the engine state after each window, saved atomically under ``OUT/state/``.
+
+A window is the unit of work: after the run writer has fsynced a window's frames, the state
+needed to continue (the final estimates of the last L-1 frames, which the next window overlaps,
+the frames held back in "later" mode, counters and the model size) is written to one ``.npz``
+file by rename, so a stop at any instant leaves either the previous window's state or this one's.
+
+On resume the source is decoded again from the start; the windows already done are scheduled but
+neither predicted nor aligned, so the next window sees exactly the overlap it would have seen in
+an uninterrupted run. Nothing is unpickled: arrays go through ``np.load(allow_pickle=False)`` and
+metadata through JSON.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from laser_plugin.errors import ConfigError, OutputError
+from laser_plugin.io.atomic import write_bytes_atomic
+from laser_plugin.types import ReconstructedFrame
+
+STATE_VERSION = 1
+STATE_FILE = Path("state") / "engine.npz"
+
+# Settings that change the result; a resumed run must use the same ones.
+_FINGERPRINT_KEYS = (
+    "input",
+    "model",
+    "weights",
+    "laser",
+    "stride",
+    "fps",
+    "max_frames",
+    "save_source_images",
+)
+
+
+@dataclass
+class EngineState:
+    """What :class:`~laser_plugin.engine.StreamingReconstructor` needs to continue a stream."""
+
+    num_windows: int
+    """Windows fully processed (the next window to run has this index)."""
+    num_frames: int
+    """Frames emitted to the sinks so far."""
+    model_size: tuple[int, int] | None
+    first_source_size: tuple[int, int] | None
+    cache: dict[int, dict[str, np.ndarray | None]] = field(default_factory=dict)
+    """index -> final estimate of the frame (depth, confident, cam_to_world, intrinsics, labels,
+    depth_strided), for the frames a later window may overlap."""
+    held: list[ReconstructedFrame] = field(default_factory=list)
+    """Frames finalised by the next window in "later" mode (not yet emitted)."""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+_CACHE_FIELDS = ("depth", "confident", "cam_to_world", "intrinsics", "labels", "depth_strided")
+_FRAME_ARRAYS = (
+    "image",
+    "cam_to_world",
+    "intrinsics",
+    "depth",
+    "conf",
+    "layers",
+    "layer_scales",
+    "source_image",
+)
+
+
+def _np(x) -> np.ndarray | None:
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def capture(engine, settings: dict[str, Any] | None = None) -> EngineState:
+    """Snapshot the engine between windows (cheap: the cache is L-1 frames)."""
+    cache = {
+        idx: {name: _np(getattr(f, name)) for name in _CACHE_FIELDS}
+        for idx, f in engine._cache.items()
+    }
+    return EngineState(
+        num_windows=engine.num_windows,
+        num_frames=engine.num_frames,
+        model_size=tuple(engine._model_size) if engine._model_size else None,
+        first_source_size=tuple(getattr(engine, "_first_source_size", None) or ()) or None,
+        cache=cache,
+        held=list(engine._held),
+        settings=dict(settings or {}),
+    )
+
+
+def to_bytes(state: EngineState) -> bytes:
+    arrays: dict[str, np.ndarray] = {}
+    meta: dict[str, Any] = {
+        "version": STATE_VERSION,
+        "num_windows": state.num_windows,
+        "num_frames": state.num_frames,
+        "model_size": state.model_size,
+        "first_source_size": state.first_source_size,
+        "cache": sorted(state.cache),
+        "held": [],
+        "settings": state.settings,
+    }
+    for idx, entry in state.cache.items():
+        for name, arr in entry.items():
+            if arr is not None:
+                arrays[f"cache/{idx}/{name}"] = arr
+    for k, f in enumerate(state.held):
+        meta["held"].append({"index": f.index, "timestamp": f.timestamp, "window": f.window})
+        for name in _FRAME_ARRAYS:
+            arr = getattr(f, name)
+            if arr is not None:
+                arrays[f"held/{k}/{name}"] = np.asarray(arr)
+    arrays["meta"] = np.frombuffer(json.dumps(meta, default=_json_default).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def from_bytes(data: bytes) -> EngineState:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays.pop("meta").tobytes().decode())
+    if meta.get("version") != STATE_VERSION:
+        raise OutputError(
+            f"resume state has version {meta.get('version')}, this laser reads {STATE_VERSION}"
+        )
+    cache = {
+        int(idx): {name: arrays.get(f"cache/{idx}/{name}") for name in _CACHE_FIELDS}
+        for idx in meta["cache"]
+    }
+    held = []
+    for k, h in enumerate(meta["held"]):
+        kw = {name: arrays.get(f"held/{k}/{name}") for name in _FRAME_ARRAYS}
+        held.append(
+            ReconstructedFrame(index=h["index"], timestamp=h["timestamp"], window=h["window"], **kw)
+        )
+    return EngineState(
+        num_windows=int(meta["num_windows"]),
+        num_frames=int(meta["num_frames"]),
+        model_size=tuple(meta["model_size"]) if meta["model_size"] else None,
+        first_source_size=tuple(meta["first_source_size"]) if meta["first_source_size"] else None,
+        cache=cache,
+        held=held,
+        settings=meta.get("settings", {}),
+    )
+
+
+def restore(engine, state: EngineState) -> None:
+    """Put a saved state into an engine whose ``run`` has just reset its per-stream fields."""
+    from laser_plugin.engine import _Final
+
+    dev = engine.device
+
+    def t(a):
+        return None if a is None else torch.from_numpy(np.array(a)).to(dev)
+
+    engine._cache = {
+        idx: _Final(idx, *(t(e[name]) for name in _CACHE_FIELDS)) for idx, e in state.cache.items()
+    }
+    engine._held = list(state.held)
+    engine._model_size = state.model_size
+    if state.first_source_size:
+        engine._first_source_size = state.first_source_size
+    engine.num_windows = state.num_windows
+    engine.num_frames = state.num_frames
+
+
+def save_state(out_dir: Path, state: EngineState) -> None:
+    path = Path(out_dir) / STATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, to_bytes(state))
+
+
+def load_state(out_dir: Path) -> EngineState | None:
+    """The saved state of a run directory, or None when no window had completed."""
+    path = Path(out_dir) / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return from_bytes(path.read_bytes())
+    except (ValueError, OSError, KeyError, json.JSONDecodeError) as exc:
+        raise OutputError(f"cannot read the resume state {path}: {exc}") from None
+
+
+def fingerprint(settings: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's settings that must match for a resume to give the same result."""
+    return json.loads(
+        json.dumps({k: settings.get(k) for k in _FINGERPRINT_KEYS}, default=_json_default)
+    )
+
+
+def check_settings(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Raise a one-line :class:`ConfigError` naming the first setting that differs."""
+    a, b = fingerprint(saved), fingerprint(current)
+    for key in _FINGERPRINT_KEYS:
+        if a.get(key) == b.get(key):
+            continue
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            for sub in sorted(set(a[key]) | set(b[key])):
+                if a[key].get(sub) != b[key].get(sub):
+                    raise ConfigError(
+                        f"cannot resume: {key}.{sub} was {a[key].get(sub)!r}, now {b[key].get(sub)!r} "
+                        "(use the same settings, or --overwrite to start again)"
+                    )
+        raise ConfigError(
+            f"cannot resume: {key} was {a.get(key)!r}, now {b.get(key)!r} "
+            "(use the same settings, or --overwrite to start again)"
+        )
+
+
+class StateSaver:
+    """A sink, placed after the run writer, that saves the engine state after every window.
+
+    ``essential``: if the state cannot be written (disk full), the run stops rather than going on
+    without the ability to resume.
+    """
+
+    essential = True
+
+    def __init__(self, engine, out_dir: Path, settings: dict[str, Any]):
+        self.engine = engine
+        self.out_dir = Path(out_dir)
+        self.settings = settings
+
+    def on_frame(self, frame: ReconstructedFrame) -> None:
+        pass
+
+    def on_window(self, stats) -> None:
+        # The engine has counted this window's frames before calling on_window.
+        try:
+            save_state(self.out_dir, capture(self.engine, self.settings))
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write the resume state in {self.out_dir}: {exc.strerror or exc}"
+            ) from None
+
+    def close(self) -> None:
+        pass
+
+
+def _json_default(obj: Any):
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, (Path, tuple)):
+        return str(obj) if isinstance(obj, Path) else list(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
