@@ -44,8 +44,9 @@ class LaserConfig:
     crease: float = 0.012
     """Relative second difference of inverse depth that cuts a layer at a surface crease
     (inverse depth is affine in pixels on a plane, so this is ~0 on planes)."""
-    segment_stride: int = 2
-    """Segment at 1/stride resolution (labels are upsampled); 2 keeps 518x294 fast."""
+    segment_stride: int = 0
+    """Segment at 1/stride resolution (labels are upsampled). 0 = auto: 1 below 200 pixels on the
+    short side, else 2 (keeps 518x294 fast while small images keep their detail)."""
     min_layer_pixels: int = 32
     """Shared pixels an inter-window edge needs before its scale is trusted."""
     overlap_estimate: Literal["earlier", "later"] = "earlier"
@@ -79,7 +80,9 @@ class LaserConfig:
             raise ConfigError(f"iou_threshold must be below 1, got {self.iou_threshold}")
         if self.top_conf_fraction > 1:
             raise ConfigError(f"top_conf_fraction must be at most 1, got {self.top_conf_fraction}")
-        for name in ("irls_iterations", "max_layers", "segment_stride", "min_layer_pixels"):
+        if self.segment_stride < 0:
+            raise ConfigError(f"segment_stride must be 0 (auto) or positive, got {self.segment_stride}")
+        for name in ("irls_iterations", "max_layers", "min_layer_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.overlap_estimate not in ("earlier", "later"):
@@ -92,6 +95,12 @@ class LaserConfig:
     def stride(self) -> int:
         """New frames per window (L - O)."""
         return self.window_size - self.overlap
+
+    def stride_for(self, height: int, width: int) -> int:
+        """The segmentation stride for an image size (resolves ``segment_stride=0``)."""
+        if self.segment_stride:
+            return self.segment_stride
+        return 1 if min(height, width) < 200 else 2
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

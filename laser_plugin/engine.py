@@ -190,7 +190,7 @@ class StreamingReconstructor:
                     f"{self._first_source_size[1]}x{self._first_source_size[0]}; resizing every frame to the model size"
                 )
                 self._sizes_warned = True
-            t = torch.from_numpy(f.image).permute(2, 0, 1).float().div_(255.0)
+            t = torch.tensor(f.image).permute(2, 0, 1).float().div_(255.0)  # copies: sources may be read-only
             h, w = self._model_size
             if (h0, w0) != (h, w):
                 t = F.interpolate(t[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
@@ -257,15 +257,16 @@ class StreamingReconstructor:
             spread = 0.0
             n_inter = n_intra = 0
             layers = None
+            stride = cfg.stride_for(*depth.shape[-2:])
             if cfg.layer_alignment:
                 layers = segment_depth_layers(
-                    depth, cfg.segment_stride, cfg.crease, cfg.depth_jump, cfg.max_layers, cfg.min_layer_fraction
+                    depth, stride, cfg.crease, cfg.depth_jump, cfg.max_layers, cfg.min_layer_fraction
                 )
                 num_layers = layers.num_layers
                 t = self._timed("segmentation", t, times)
                 if n_o and all(p.labels is not None for p in prev):
                     k_s = intr.clone()
-                    k_s[:, :2] /= cfg.segment_stride
+                    k_s[:, :2] /= stride
                     la = align_layers(
                         layers.labels, layers.depth,
                         torch.stack([p.labels for p in prev]), torch.stack([p.depth_strided for p in prev]),
@@ -274,7 +275,7 @@ class StreamingReconstructor:
                     )
                     t = self._timed("layer_graph", t, times)
                     h, w = depth.shape[-2:]
-                    pix = upsample_labels(la.pixel_scale, cfg.segment_stride, h, w) if cfg.segment_stride > 1 else la.pixel_scale
+                    pix = upsample_labels(la.pixel_scale, stride, h, w) if stride > 1 else la.pixel_scale
                     # Overlap frames keep the earlier estimate unless they are re-emitted ("later").
                     first = 0 if cfg.overlap_estimate == "later" else n_o
                     scale_map = torch.ones_like(depth)
@@ -290,7 +291,7 @@ class StreamingReconstructor:
                         spread = float(torch.log(la.node_scale[n_o:][new_reached]).std(unbiased=False))
                     t = self._timed("layer_scaling", t, times)
                 h, w = depth.shape[-2:]
-                labels_full = upsample_labels(layers.labels, cfg.segment_stride, h, w)
+                labels_full = upsample_labels(layers.labels, stride, h, w)
 
             finals = self._finalise(window, depth, conf_n, confident, poses, intr, labels_full, node_scale, layers)
             self._timed("finalise", t, times)

@@ -51,11 +51,17 @@ def cut_mask(depth: Tensor, crease: float, max_step: float) -> tuple[Tensor, Ten
     """
     valid = depth > 0
     q = torch.where(valid, 1.0 / depth.clamp_min(1e-12), torch.zeros_like(depth))
-    qp = F.pad(q[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
-    vp = F.pad(valid[:, None].float(), (1, 1, 1, 1), mode="replicate")[:, 0] > 0
-    d2x = (qp[:, 1:-1, :-2] - 2 * q + qp[:, 1:-1, 2:]).abs()
-    d2y = (qp[:, :-2, 1:-1] - 2 * q + qp[:, 2:, 1:-1]).abs()
-    nb_valid = vp[:, 1:-1, :-2] & vp[:, 1:-1, 2:] & vp[:, :-2, 1:-1] & vp[:, 2:, 1:-1]
+    # Second differences exist away from the border; a border pixel takes its inner neighbour's
+    # (so a plane stays uncut there, and a crease reaching the border still cuts).
+    d2x = torch.zeros_like(q)
+    d2y = torch.zeros_like(q)
+    d2x[:, :, 1:-1] = (q[:, :, :-2] - 2 * q[:, :, 1:-1] + q[:, :, 2:]).abs()
+    d2y[:, 1:-1, :] = (q[:, :-2, :] - 2 * q[:, 1:-1, :] + q[:, 2:, :]).abs()
+    d2x[:, :, 0], d2x[:, :, -1] = d2x[:, :, 1], d2x[:, :, -2]
+    d2y[:, 0, :], d2y[:, -1, :] = d2y[:, 1, :], d2y[:, -2, :]
+    nb_valid = valid.clone()
+    nb_valid[:, :, 1:-1] &= valid[:, :, :-2] & valid[:, :, 2:]
+    nb_valid[:, 1:-1, :] &= valid[:, :-2, :] & valid[:, 2:, :]
     smooth = (torch.maximum(d2x, d2y) <= crease * q) & nb_valid
     member = valid & smooth
     ld = torch.log(depth.clamp_min(1e-12))

@@ -10,13 +10,26 @@ from laser_plugin.models.synthetic.scene import SyntheticScene as SyntheticScene
 from laser_plugin.models.synthetic.scene import make_scene as make_scene
 
 
-def make_model(weights: str | None = None, device: str = "cpu", scene: SyntheticScene | None = None, **kw):
-    """Factory for the ``synthetic`` entry point: an emulated model over ``scene``.
+def make_model(
+    weights: str | None = None,
+    device: str = "cpu",
+    scene: SyntheticScene | str | None = None,
+    num_frames: int | None = None,
+    height: int = 128,
+    width: int = 224,
+    seed: int = 0,
+    **kw,
+):
+    """Factory for the ``synthetic`` entry point: an emulated model over a synthetic scene.
 
-    ``weights`` is ignored (nothing to load). Without a scene, the demo scene is used.
+    ``scene`` is a :class:`SyntheticScene` or the name of one (default "demo", built with
+    ``num_frames``, ``height``, ``width``, ``seed``). ``weights`` is ignored (nothing to load);
+    other keyword arguments set :class:`EmulatorConfig`.
     """
     del weights, device
-    return EmulatedModel(scene if scene is not None else make_scene("demo"), EmulatorConfig(**kw))
+    if not isinstance(scene, SyntheticScene):
+        scene = make_scene(scene or "demo", num_frames, height, width, seed=seed)
+    return EmulatedModel(scene, EmulatorConfig(**kw))
 
 
 __all__ = ["SCENES", "EmulatedModel", "EmulatorConfig", "SyntheticScene", "make_model", "make_scene"]

@@ -56,6 +56,13 @@ class EmulatorConfig:
     """Relative focal-length error per window."""
     random_gauge: bool = True
     """Express each window in a random Sim(3) gauge, as real models do."""
+    drift_rot_deg: float = 0.0
+    """Std (degrees per frame, per axis) of a per-window rotation bias that accumulates along the
+    window's relative poses. Real models err systematically within a window, so stitched
+    trajectories drift over long sequences (what loop closure corrects); 0 = off."""
+    drift_scale: float = 0.0
+    """Std of a per-window log-scale bias of the camera translations relative to the depth (a
+    trajectory-length drift that depth-based registration cannot see); 0 = off."""
     seed: int = 0
 
 
@@ -71,6 +78,23 @@ def _random_rotation(rng: np.random.Generator, max_angle: float = np.pi) -> np.n
     return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
 
 
+def _biased_poses(c2w: np.ndarray, rng: np.random.Generator, rot_deg: float, log_scale: float) -> np.ndarray:
+    """(n, 4, 4) poses relative to the first frame -> the same with a per-window systematic bias:
+    frame j is rotated about the first camera by j steps of one random small rotation and its
+    translation is scaled by one random factor."""
+    omega = rng.normal(0.0, np.radians(rot_deg), size=3)
+    scale = float(np.exp(rng.normal(0.0, log_scale))) if log_scale > 0 else 1.0
+    out = c2w.copy()
+    for j in range(1, len(c2w)):
+        angle = j * float(np.linalg.norm(omega))
+        axis = omega / max(float(np.linalg.norm(omega)), 1e-12)
+        k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+        rot = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+        out[j, :3, :3] = rot @ c2w[j, :3, :3]
+        out[j, :3, 3] = scale * rot @ c2w[j, :3, 3]
+    return out
+
+
 class EmulatedModel:
     """A :class:`ReconstructionModel` over a synthetic scene (finds frames by exact image match)."""
 
@@ -80,6 +104,7 @@ class EmulatedModel:
     def __init__(self, scene: SyntheticScene, config: EmulatorConfig | None = None):
         self.scene = scene
         self.config = config or EmulatorConfig()
+        self._indexed_all = False
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         return self.scene.height, self.scene.width
@@ -96,6 +121,13 @@ class EmulatedModel:
         out = []
         for a in arr:
             i = self.scene.index_of(a)
+            if i is None and not self._indexed_all:
+                # Frames read back from disk in another process: render the scene once to learn
+                # every frame's fingerprint.
+                for j in range(self.scene.num_frames):
+                    self.scene.render(j)
+                self._indexed_all = True
+                i = self.scene.index_of(a)
             if i is None:
                 raise InputError(
                     "the synthetic model only reconstructs frames of its own synthetic scene "
@@ -150,6 +182,8 @@ class EmulatedModel:
         c2w = scene.cam_to_world[indices].copy()
         ref_inv = np.linalg.inv(c2w[0])
         c2w = ref_inv[None] @ c2w
+        if cfg.drift_rot_deg > 0 or cfg.drift_scale > 0:
+            c2w = _biased_poses(c2w, _rng(cfg.seed, *key, 1), cfg.drift_rot_deg, cfg.drift_scale)
         for j in range(1, n):
             c2w[j, :3, :3] = _random_rotation(rng, np.radians(cfg.rot_noise_deg) * (1 + bad)) @ c2w[j, :3, :3]
             c2w[j, :3, 3] += rng.normal(0.0, cfg.trans_noise * med * (1 + bad), size=3)
