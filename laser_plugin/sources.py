@@ -77,10 +77,14 @@ def read_image(path: Path) -> np.ndarray:
 
 def list_images(folder: Path) -> list[Path]:
     files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-    images = sorted((p for p in files if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: natural_key(p.name))
+    images = sorted(
+        (p for p in files if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: natural_key(p.name)
+    )
     skipped = len(files) - len(images)
     if not images:
-        raise InputError(f"no images in folder {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise InputError(
+            f"no images in folder {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     if skipped:
         warnings.warn(f"skipped {skipped} non-image file(s) in {folder}", stacklevel=2)
     return images
@@ -113,8 +117,14 @@ def iter_video(path: Path, stride: int = 1) -> Iterator[SourceFrame]:
         try:
             for frame in container.decode(stream):
                 if index % stride == 0:
-                    ts = float(frame.time) if frame.time is not None else index / float(stream.average_rate or 30)
-                    yield SourceFrame(kept, ts, frame.to_ndarray(format="rgb24"), f"{path.name}#{index}")
+                    ts = (
+                        float(frame.time)
+                        if frame.time is not None
+                        else index / float(stream.average_rate or 30)
+                    )
+                    yield SourceFrame(
+                        kept, ts, frame.to_ndarray(format="rgb24"), f"{path.name}#{index}"
+                    )
                     kept += 1
                 index += 1
         except (av.error.FFmpegError, OSError) as exc:
@@ -123,6 +133,12 @@ def iter_video(path: Path, stride: int = 1) -> Iterator[SourceFrame]:
             warnings.warn(f"video {path} ended early after {kept} frames: {exc}", stacklevel=2)
         if kept == 0:
             raise InputError(f"video {path} has no decodable frames")
+        declared = int(stream.frames or 0)  # 0 where the container does not say
+        if declared and index < declared - 1:  # one frame of slack: counts are sometimes rounded
+            warnings.warn(
+                f"video {path} declares {declared} frames but only {index} could be decoded (truncated file?)",
+                stacklevel=2,
+            )
 
 
 def open_source(

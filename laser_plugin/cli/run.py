@@ -94,6 +94,7 @@ def execute(
     quiet: bool = False,
     extra_sinks: list | None = None,
     resume: bool = False,
+    make_engine=None,
 ):
     """Run the engine with a progress bar, writing ``output_dir``; return (engine, writer).
 
@@ -130,7 +131,10 @@ def execute(
         writer.window_stats = [
             w for w in writer.window_stats if w.get("window", 0) < state.num_windows
         ]
-    engine = StreamingReconstructor(model, config, keep_source_images=save_source_images)
+    # make_engine: e.g. a MultiDeviceReconstructor over several replicas (laser run --devices).
+    engine = (make_engine or StreamingReconstructor)(
+        model, config, keep_source_images=save_source_images
+    )
     # The writer first (it fsyncs the window's frames), then the state that refers to them.
     sinks = [
         writer,
@@ -154,6 +158,7 @@ def execute(
         task = progress.add_task("frames", total=total, fps=0.0)
         with warnings.catch_warnings():
             warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
             for _ in engine.run(
                 source, sinks, max_frames=max_frames, fps=fps, stride=stride, resume=state
             ):
@@ -161,6 +166,11 @@ def execute(
                 elapsed = time.perf_counter() - start
                 progress.update(task, completed=count, fps=count / max(elapsed, 1e-9))
     return engine, writer
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings of a run as one ``warning: ...`` line each (no source location: users act on the text)."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def print_summary(
@@ -217,6 +227,9 @@ class Run:
     """Checkpoint: a local file, or a model-hub id when online. Default: the backend's own."""
     device: str = "auto"
     """Device for the network: auto (cuda if available), cuda, cuda:N or cpu."""
+    devices: str | None = None
+    """Several devices for the network, e.g. cuda:0,cuda:1, or all (every visible GPU): windows
+    are predicted on one model replica per device at once; same output as one device."""
     laser: FlatRunLaser = field(default_factory=RunLaserConfig)
     viewers: Annotated[Viewers, tyro.conf.OmitArgPrefixes] = field(default_factory=Viewers)
     overwrite: bool = False
@@ -256,8 +269,26 @@ class Run:
         if not source.exists():
             raise InputError(f"input not found: {source}")
         if source.is_dir():
-            list_images(source)  # fails now, in one line, on a folder without images
-        model = load_model(self.model, weights=self.weights, device=device)
+            with warnings.catch_warnings():  # the run itself warns about skipped files
+                warnings.simplefilter("ignore")
+                list_images(source)  # fails now, in one line, on a folder without images
+        make_engine = None
+        if self.devices is not None:  # one replica per device (laser_plugin.multi_device)
+            from laser_plugin.multi_device import (
+                MultiDeviceReconstructor,
+                load_replicas,
+                parse_devices,
+            )
+
+            devices = parse_devices(self.devices)
+            device = ",".join(devices)
+            replicas = load_replicas(self.model, devices, weights=self.weights)
+            make_engine = lambda _model, config, **kw: MultiDeviceReconstructor(
+                replicas, config, **kw
+            )  # noqa: E731
+            model = replicas[0]
+        else:
+            model = load_model(self.model, weights=self.weights, device=device)
         settings = {
             "command": "run",
             "input": str(source.resolve()),
@@ -286,6 +317,7 @@ class Run:
                 save_source_images=self.save_source_images,
                 quiet=self.quiet,
                 resume=self.resume,
+                make_engine=make_engine,
             )
             print_summary(engine, writer, quiet=self.quiet)
 
