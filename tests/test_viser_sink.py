@@ -99,6 +99,7 @@ def _producer(sink: ViserSink, indices, done: threading.Event, errors: list):
 def test_pause_blocks_the_producer_and_resume_releases_it(sink: ViserSink):
     done, errors = threading.Event(), []
     sink.on_frame(make_frame(0))
+    sink.flush()
     sink.pause()
     thread = threading.Thread(target=_producer, args=(sink, range(1, 30), done, errors))
     thread.start()
@@ -109,6 +110,7 @@ def test_pause_blocks_the_producer_and_resume_releases_it(sink: ViserSink):
     assert sink.wait_if_paused(timeout=0.1) is False
     sink.resume()
     assert done.wait(5.0) and not errors
+    sink.flush()
     assert sink.frames_received == 30
 
 
@@ -160,6 +162,7 @@ def test_pose_correction_moves_frustums_and_points(sink: ViserSink):
     corrected = make_frame(1, depth=3.0)
     corrected.cam_to_world[1, 3] = 0.5  # loop closure moved camera 1 by +0.5 in y
     sink.on_correction([corrected])
+    sink.flush()
     cloud = sink._cloud
     assert cloud is not None
     ys = {f: cloud.points[cloud.frame == f][:, 1] for f in range(3)}
@@ -250,3 +253,13 @@ def test_live_viser_example_runs_on_the_demo_scene():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "10 frames" in result.stdout and "viser viewer: http://127.0.0.1:" in result.stderr
+
+
+def test_a_viewer_failure_reaches_the_engine_as_an_error(sink: ViserSink):
+    broken = make_frame(0)
+    broken.image = np.concatenate([broken.image, broken.image[..., :1]], -1)  # RGBA, not RGB
+    sink.on_frame(broken)  # queued: the viewer thread fails on its colours
+    with pytest.raises(RuntimeError, match="the viser viewer failed"):
+        sink.close()
+    with pytest.raises(RuntimeError, match="the viser viewer failed"):
+        sink.on_frame(make_frame(1))

@@ -43,6 +43,9 @@ class ViserConfig:
     """Start with the camera frustums visible."""
     update_interval: float = 0.25
     """Seconds between pushes of the cloud and trajectory to the browser (frustums go at once)."""
+    max_queue: int = 64
+    """Frames (subsampled, ~100 kB each) waiting for the viewer thread before ``on_frame``
+    blocks: absorbs the engine's per-window bursts; a slower viewer then slows the stream."""
     verbose: bool = True
     """Print the viewer's address (and a warning when it is exposed) to the terminal."""
 
@@ -70,6 +73,8 @@ class ViserConfig:
             raise ConfigError(f"max_frustums must be >= 1, got {self.max_frustums}")
         if self.thumbnail_width < 0:
             raise ConfigError(f"thumbnail_width must be >= 0, got {self.thumbnail_width}")
+        if self.max_queue < 1:
+            raise ConfigError(f"max_queue must be >= 1, got {self.max_queue}")
         if self.update_interval < 0:
             raise ConfigError(f"update_interval must be >= 0, got {self.update_interval}")
         return self

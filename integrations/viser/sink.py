@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import queue
 import socket
 import sys
 import threading
@@ -25,7 +26,7 @@ from laser_plugin.integrations.viser.compat import SceneCompat
 from laser_plugin.integrations.viser.config import ViserConfig
 from laser_plugin.integrations.viser.gui import build_controls
 from laser_plugin.integrations.viser.sampling import (
-    median_depth,
+    FrameSamples,
     rotation_to_wxyz,
     sample_frame,
     thumbnail,
@@ -61,6 +62,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+@dataclass
+class _FrameItem:
+    """A frame as queued for the viewer thread."""
+
+    index: int
+    cam_to_world: np.ndarray  # (4, 4) float64, OpenCV axes
+    fov: float  # vertical, radians
+    aspect: float  # width / height
+    depth_scale: float  # median depth of the sampled pixels
+    samples: FrameSamples
+    thumbnail: np.ndarray | None  # (h, w, 3) uint8
 
 
 @dataclass
@@ -128,10 +142,17 @@ class ViserSink:
         self._last_window: WindowStats | None = None
         self._dirty = False
         self._slider_max = 1
+        # Frames go through a short queue to the viewer thread: the engine pays ~0.1 ms per
+        # frame, not the sampling, voxel merge and JPEG thumbnails.
+        self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=cfg.max_queue)
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._error: Exception | None = None
+        self._last_index: int | None = None
         self._homed = False  # browsers already open get one view of the first frames
 
         self.frames_received = 0
-        """Frames accepted by ``on_frame`` so far."""
+        """Frames the viewer thread has taken in so far (``flush()`` first for an exact count)."""
         self.points_shown = 0
         """Points in the cloud last sent to the browsers."""
         self.pushes = 0
@@ -143,85 +164,169 @@ class ViserSink:
         self._wire_controls()
         self.server.on_client_connect(self._on_client_connect)
 
-        self._flusher = threading.Thread(target=self._flush_loop, name="viser-flush", daemon=True)
-        self._flusher.start()
+        self._worker = threading.Thread(target=self._run, name="viser-viewer", daemon=True)
+        self._worker.start()
 
     # ------------------------------------------------------------------ Sink protocol
 
     def on_frame(self, frame: ReconstructedFrame) -> None:
-        """Add one finalised frame; blocks while the viewer is paused."""
+        """Queue one finalised frame for the viewer; blocks while the viewer is paused (and
+        when ``max_queue`` frames are already waiting)."""
+        self._raise_worker_error()
         self.wait_if_paused()
         if self._stopped.is_set():
             return
+        if self._last_index is not None and frame.index <= self._last_index:
+            raise ValueError(
+                f"frames must arrive in increasing index order: got {frame.index} "
+                f"after {self._last_index}"
+            )
+        self._last_index = int(frame.index)
+        self._put("frame", self._light(frame))
+
+    def _light(self, frame: ReconstructedFrame) -> _FrameItem:
+        """What the viewer needs of a frame, small enough to queue many (~100 kB): the pixel
+        subsample, the thumbnail and the camera; the full-size maps stay with the engine."""
         cfg = self.config
         samples = sample_frame(frame, cfg.points_per_frame)
-        with self._lock:
-            if self._cloud is None:
-                scale = median_depth(frame)
-                self._cloud = VoxelCloud(cfg.max_points, cfg.voxel_size or scale / 100.0)
-                self._frustum_scale = cfg.frustum_scale or scale / 20.0
-            self._cloud.add(*samples, frame=frame.index)
-            k = np.asarray(frame.intrinsics, np.float64)
-            record = _FrameRecord(
-                index=int(frame.index),
-                ordinal=len(self._frames),
-                cam_to_world=np.array(frame.cam_to_world, np.float64),
-                fov=vertical_fov(k, frame.height),
-                aspect=frame.width / frame.height,
-                depth_scale=median_depth(frame),
-            )
-            if self._indices and record.index <= self._indices[-1]:
-                raise ValueError(
-                    f"frames must arrive in increasing index order: got {record.index} "
-                    f"after {self._indices[-1]}"
-                )
-            self._frames.append(record)
-            self._indices.append(record.index)
-            self._add_frustum(record, frame.image)
-            if self._live:
-                self._shown = record.index
-            self.frames_received += 1
-            self._state = "streaming"
-            self._dirty = True
+        image = np.asarray(frame.image, np.uint8)
+        k = np.asarray(frame.intrinsics, np.float64)
+        return _FrameItem(
+            index=int(frame.index),
+            cam_to_world=np.array(frame.cam_to_world, np.float64),
+            fov=vertical_fov(k, frame.height),
+            aspect=frame.width / frame.height,
+            depth_scale=float(np.median(samples.depth)) if len(samples.depth) else 1.0,
+            samples=samples,
+            thumbnail=thumbnail(image, cfg.thumbnail_width) if cfg.thumbnail_width else None,
+        )
 
     def on_window(self, stats: WindowStats) -> None:
         """Show the last window's registration figures in the readout."""
-        with self._lock:
-            self._last_window = stats
-            self._dirty = True
+        self._put("window", stats)
 
     def on_correction(self, frames: list[ReconstructedFrame]) -> None:
         """Move already shown frames (and their points) to corrected poses (loop closure)."""
-        with self._lock:
-            moves: dict[int, np.ndarray] = {}
-            for frame in frames:
-                pos = bisect.bisect_left(self._indices, frame.index)
-                if pos == len(self._indices) or self._indices[pos] != frame.index:
-                    continue
-                record = self._frames[pos]
-                new = np.asarray(frame.cam_to_world, np.float64)
-                moves[record.index] = new @ np.linalg.inv(record.cam_to_world)
-                record.cam_to_world = new.copy()
-                handle = self._frustums.get(record.index)
-                if handle is not None:
-                    handle.wxyz = rotation_to_wxyz(new[:3, :3])
-                    handle.position = new[:3, 3]
-            if self._cloud is not None:
-                self._cloud.transform_frames(moves)
-            self._push()
+        self._put("correction", list(frames))
 
     def on_interrupt(self, exc: BaseException) -> None:
         """The run stopped early (Ctrl-C, an error): say so and show what arrived."""
-        with self._lock:
-            self._state = "interrupted"
-            self._push()
+        self._put("interrupt", None)
 
     def close(self) -> None:
-        """End of stream: push the final state. The viewer keeps serving until ``stop()``."""
+        """End of stream: show everything queued. The viewer keeps serving until ``stop()``."""
+        self._put("close", None)
+        self._drain()
+        self._raise_worker_error()
+
+    # ------------------------------------------------------------------ the viewer thread
+
+    def _put(self, kind: str, item: Any) -> None:
+        with self._pending_lock:
+            self._pending += 1
+        while not self._stopped.is_set():
+            try:
+                self._inbox.put((kind, item), timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        with self._pending_lock:
+            self._pending -= 1
+
+    def _drain(self) -> None:
+        """Wait until the viewer thread has handled everything queued (or the sink stopped)."""
+        while self._pending and not self._stopped.is_set():
+            time.sleep(0.005)
+
+    def _raise_worker_error(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"the viser viewer failed: {self._error}") from self._error
+
+    def _run(self) -> None:
+        """Handle queued items in order; push to the browsers every ``update_interval``."""
+        interval = max(self.config.update_interval, 0.02)
+        next_push = time.monotonic() + interval
+        while not self._stopped.is_set():
+            try:
+                kind, item = self._inbox.get(timeout=min(max(next_push - time.monotonic(), 0), 0.2))
+            except queue.Empty:
+                kind, item = None, None
+            if kind is not None:
+                try:
+                    # Paused: hold the rest of the stream too, so nothing new reaches the
+                    # browsers until the user resumes.
+                    while not self._resume.wait(0.2) and not self._stopped.is_set():
+                        pass
+                    if not self._stopped.is_set():
+                        self._handle(kind, item)
+                except Exception as exc:  # reported to the engine at its next call
+                    self._error = self._error or exc
+                finally:
+                    with self._pending_lock:
+                        self._pending -= 1
+            if time.monotonic() >= next_push:
+                if self._dirty:
+                    with self._lock:
+                        self._push()
+                next_push = time.monotonic() + interval
+
+    def _handle(self, kind: str, item: Any) -> None:
         with self._lock:
-            if self._state != "interrupted":
-                self._state = "finished"
-            self._push()
+            if kind == "frame":
+                self._add_frame(item)
+            elif kind == "window":
+                self._last_window = item
+                self._dirty = True
+            elif kind == "correction":
+                self._apply_correction(item)
+            elif kind == "interrupt":
+                self._state = "interrupted"
+                self._push()
+            elif kind == "close":
+                if self._state != "interrupted":
+                    self._state = "finished"
+                self._push()
+
+    def _add_frame(self, item: _FrameItem) -> None:
+        cfg = self.config
+        if self._cloud is None:
+            self._cloud = VoxelCloud(cfg.max_points, cfg.voxel_size or item.depth_scale / 100.0)
+            self._frustum_scale = cfg.frustum_scale or item.depth_scale / 20.0
+        self._cloud.add(*item.samples, frame=item.index)
+        record = _FrameRecord(
+            index=item.index,
+            ordinal=len(self._frames),
+            cam_to_world=item.cam_to_world,
+            fov=item.fov,
+            aspect=item.aspect,
+            depth_scale=item.depth_scale,
+        )
+        self._frames.append(record)
+        self._indices.append(record.index)
+        self._add_frustum(record, item.thumbnail)
+        if self._live:
+            self._shown = record.index
+        self.frames_received += 1
+        self._state = "streaming"
+        self._dirty = True
+
+    def _apply_correction(self, frames: list[ReconstructedFrame]) -> None:
+        moves: dict[int, np.ndarray] = {}
+        for frame in frames:
+            pos = bisect.bisect_left(self._indices, frame.index)
+            if pos == len(self._indices) or self._indices[pos] != frame.index:
+                continue
+            record = self._frames[pos]
+            new = np.asarray(frame.cam_to_world, np.float64)
+            moves[record.index] = new @ np.linalg.inv(record.cam_to_world)
+            record.cam_to_world = new.copy()
+            handle = self._frustums.get(record.index)
+            if handle is not None:
+                handle.wxyz = rotation_to_wxyz(new[:3, :3])
+                handle.position = new[:3, 3]
+        if self._cloud is not None:
+            self._cloud.transform_frames(moves)
+        self._push()
 
     # ------------------------------------------------------------------ pause / lifecycle
 
@@ -260,7 +365,10 @@ class ViserSink:
         return True
 
     def flush(self) -> None:
-        """Send the current cloud, trajectory and readout to the browsers now."""
+        """Handle everything queued (unless paused), then send the cloud, trajectory and
+        readout to the browsers now."""
+        if not self.paused:
+            self._drain()
         with self._lock:
             self._push()
 
@@ -270,7 +378,7 @@ class ViserSink:
             return
         self._stopped.set()
         self._resume.set()
-        self._flusher.join(timeout=2.0)
+        self._worker.join(timeout=2.0)
         self.server.stop()
 
     def serve_forever(self) -> None:
@@ -298,15 +406,10 @@ class ViserSink:
 
     # ------------------------------------------------------------------ scene updates
 
-    def _add_frustum(self, record: _FrameRecord, image: np.ndarray) -> None:
+    def _add_frustum(self, record: _FrameRecord, thumb: np.ndarray | None) -> None:
         if record.ordinal % self._frustum_stride:
             return
         cfg = self.config
-        thumb = (
-            thumbnail(np.asarray(image, np.uint8), cfg.thumbnail_width)
-            if cfg.thumbnail_width
-            else None
-        )
         self._frustums[record.index] = self._add_frustum_node(
             f"{CAMERAS_NODE}/frame_{record.index:06d}", record, thumb, _FRUSTUM_COLOR, 1.0
         )
@@ -480,11 +583,3 @@ class ViserSink:
             visible = bool(self._controls.show_frustums.value)
             self._cameras_root.visible = visible
             self._push()
-
-    def _flush_loop(self) -> None:
-        interval = max(self.config.update_interval, 0.02)
-        while not self._stopped.wait(interval):
-            if self._dirty:
-                with self._lock:
-                    if self._dirty:
-                        self._push()
