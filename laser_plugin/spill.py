@@ -1,0 +1,120 @@
+"""Bounded-RAM storage for arbitrarily long streams: records and map pieces that live on disk.
+
+- :class:`SpillStore`: numbered records of numpy arrays, one ``.npz`` file each (keyframes,
+  finalised frames to re-emit after a loop correction).
+- :class:`SpilledVoxelMap`: the global map as voxel-downsampled submaps, one per window, in the
+  window's uncorrected frame, written to disk as they are finished. A loop correction is then a
+  per-submap Sim(3) applied when the map is read, so nothing already written has to be redone,
+  and RAM holds only the submap being built and the merged map being exported.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from laser_plugin.errors import OutputError
+from laser_plugin.mapping import VoxelMap
+
+
+class SpillStore:
+    """Numbered records of arrays on disk, under ``root`` (a temporary directory if None)."""
+
+    def __init__(self, root: str | Path | None = None, name: str = "records"):
+        self._tmp = None
+        if root is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="laser-spill-")
+            root = self._tmp.name
+        self.dir = Path(root) / name
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot create spill directory {self.dir}: {exc.strerror or exc}"
+            ) from None
+        self.keys: set[int] = set()
+
+    def _path(self, key: int) -> Path:
+        return self.dir / f"{key:09d}.npz"
+
+    def put(self, key: int, **arrays: np.ndarray) -> None:
+        try:
+            with open(self._path(key), "wb") as f:
+                np.savez(f, **arrays)
+        except OSError as exc:
+            raise OutputError(f"cannot spill to {self.dir}: {exc.strerror or exc}") from None
+        self.keys.add(key)
+
+    def get(self, key: int) -> dict[str, np.ndarray]:
+        with np.load(self._path(key)) as data:
+            return {k: data[k] for k in data.files}
+
+    def __contains__(self, key: int) -> bool:
+        return key in self.keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def disk_bytes(self) -> int:
+        return sum(self._path(k).stat().st_size for k in self.keys)
+
+    def cleanup(self) -> None:
+        """Delete the records (and the temporary directory if this store made it)."""
+        if self._tmp is not None:
+            self._tmp.cleanup()
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self.keys.clear()
+
+
+class SpilledVoxelMap:
+    """A global point map of per-window voxel submaps that live on disk.
+
+    ``voxel_size`` is fixed by the first window (1/256 of its spread, as :class:`VoxelMap`); each
+    submap stores its voxel centroids and colours in the window's own frame.
+    """
+
+    def __init__(self, root: str | Path | None = None, voxel_size: float | None = None):
+        self.store = SpillStore(root, "map")
+        self.voxel_size = voxel_size
+        self.num_points = 0
+
+    def add_window(self, window: int, points: np.ndarray, colors: np.ndarray) -> None:
+        """Voxel-downsample (N, 3) points with (N, 3) uint8 colours and spill them as one submap."""
+        sub = VoxelMap(self.voxel_size, max_points=max(1, len(points)))
+        sub.add(points, colors)
+        if self.voxel_size is None:
+            self.voxel_size = sub.voxel_size
+        if len(sub) == 0:
+            return
+        pts, col = sub.points()
+        self.store.put(window, points=pts.astype(np.float32), colors=col)
+        self.num_points += len(pts)
+
+    def submaps(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(window, points (N, 3) float32, colours (N, 3) uint8) in window order."""
+        for key in sorted(self.store.keys):
+            rec = self.store.get(key)
+            yield key, rec["points"], rec["colors"]
+
+    def merged(
+        self, correction: Callable[[int], np.ndarray] | None = None, max_points: int = 1_000_000
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The whole map as one bounded voxel cloud, each submap moved by ``correction(window)``
+        (a 4x4 Sim(3)); returns ((N, 3) float32, (N, 3) uint8)."""
+        out = VoxelMap(self.voxel_size, max_points=max_points)
+        for key, pts, col in self.submaps():
+            if correction is not None:
+                c = correction(key)
+                pts = pts.astype(np.float64) @ c[:3, :3].T + c[:3, 3]
+            out.add(pts, col)
+        return (
+            out.points() if len(out) else (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8))
+        )
+
+    def cleanup(self) -> None:
+        self.store.cleanup()
