@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from laser_plugin.config import LaserConfig
 from laser_plugin.engine import StreamingReconstructor
@@ -27,6 +28,9 @@ from laser_plugin.errors import ConfigError
 from laser_plugin.sources import open_source
 from laser_plugin.types import ReconstructedFrame, ReconstructionModel, WindowPrediction
 from laser_plugin.windows import Window, schedule_windows
+
+if TYPE_CHECKING:
+    from laser_plugin.resume import EngineState
 
 
 def parse_devices(spec: str | Sequence[str]) -> list[str]:
@@ -117,6 +121,7 @@ class MultiDeviceReconstructor(StreamingReconstructor):
         max_frames: int | None = None,
         fps: float = 30.0,
         stride: int = 1,
+        resume: EngineState | None = None,
     ) -> Iterator[ReconstructedFrame]:
         """As :meth:`StreamingReconstructor.run`, with the network calls spread over the replicas."""
         live = list(sinks)
@@ -124,6 +129,12 @@ class MultiDeviceReconstructor(StreamingReconstructor):
         self._held = []
         self._model_size = None
         self._sizes_warned = False
+        done = 0
+        if resume is not None:
+            from laser_plugin.resume import restore
+
+            restore(self, resume)
+            done = resume.num_windows
         free: queue.SimpleQueue[int] = queue.SimpleQueue()  # replicas not busy
         for i in range(len(self.replicas)):
             free.put(i)
@@ -145,6 +156,8 @@ class MultiDeviceReconstructor(StreamingReconstructor):
                     if window is None:
                         exhausted = True
                         break
+                    if window.index < done:  # finalised before the interruption
+                        continue
                     pending.append((window, pool.submit(self._predict_on_free, window, free)))
                     self.max_buffered = max(self.max_buffered, len(pending))
                 if not pending:

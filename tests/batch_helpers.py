@@ -10,14 +10,14 @@ from laser_plugin.config import LaserConfig
 from laser_plugin.engine import StreamingReconstructor
 from laser_plugin.models.synthetic import make_model, make_scene
 
-SCENE = {"scene": "demo", "frames": 40, "height": 64, "width": 112, "seed": 0}
+SCENE = {"scene": "demo", "num_frames": 40, "height": 64, "width": 112, "seed": 0}
 CONFIG = LaserConfig(window_size=8, overlap=3)
 CLIPS = {"hall": (0, 20), "desk": (10, 34), "door": (24, 40)}
 
 
 def scene():
     return make_scene(
-        SCENE["scene"], SCENE["frames"], SCENE["height"], SCENE["width"], seed=SCENE["seed"]
+        SCENE["scene"], SCENE["num_frames"], SCENE["height"], SCENE["width"], seed=SCENE["seed"]
     )
 
 

@@ -142,3 +142,22 @@ def test_parse_devices():
         parse_devices(" , ")
     with pytest.raises(ConfigError):
         MultiDeviceReconstructor([])
+
+
+def test_resume_from_a_single_device_state(scene, single_run):
+    """A run stopped after three windows continues on two replicas with the frames it lacked."""
+    from laser_plugin.resume import capture, from_bytes, to_bytes
+
+    first = StreamingReconstructor(make_model(scene=scene), LaserConfig(window_size=8, overlap=3))
+    done = []
+    for frame in first.run(scene.frames()):
+        done.append(frame)
+        if first.num_windows == 3 and len(done) == first.num_frames:
+            break
+    state = from_bytes(to_bytes(capture(first)))
+    assert state.num_windows == 3
+    replicas = load_replicas("synthetic", ["cpu", "cpu"], scene=scene)
+    engine = MultiDeviceReconstructor(replicas, LaserConfig(window_size=8, overlap=3))
+    rest = list(engine.run(scene.frames(), resume=state))
+    assert_same_frames(done + rest, single_run)
+    assert sum(engine.windows_per_replica) == single_run[-1].window + 1 - 3

@@ -21,8 +21,6 @@ from laser_plugin.batch.manifest import Job
 from laser_plugin.config import LaserConfig
 from laser_plugin.errors import LaserError
 
-SYNTHETIC_SCENE_KEYS = ("scene", "frames", "height", "width", "seed")
-
 
 @dataclass
 class TaskSpec:
@@ -32,9 +30,9 @@ class TaskSpec:
     """Backend name in the ``laser_plugin.models`` registry."""
     weights: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments of the backend's factory. For ``synthetic``, the keys ``scene``,
-    ``frames``, ``height``, ``width``, ``seed`` select the synthetic scene the inputs were rendered
-    from (the emulated model recognises only its own scene's frames)."""
+    """Extra keyword arguments of the backend's factory. For ``synthetic``: ``scene`` (a name),
+    ``num_frames``, ``height``, ``width``, ``seed`` select the synthetic scene the inputs were
+    rendered from (the emulated model recognises only its own scene's frames)."""
     laser: LaserConfig = field(default_factory=LaserConfig)
     device: str = "cpu"
     """Device inside the task (``cuda`` is the GPU Ray assigned to it)."""
@@ -64,53 +62,30 @@ def build_model(spec: TaskSpec):
     if key not in _MODEL_CACHE:
         from laser_plugin.models import load_model
 
-        options = dict(spec.model_options)
-        if spec.model == "synthetic" and "scene" in options:
-            from laser_plugin.models.synthetic import make_scene
-
-            scene_args = {k: options.pop(k) for k in SYNTHETIC_SCENE_KEYS if k in options}
-            options["scene"] = make_scene(
-                str(scene_args["scene"]),
-                scene_args.get("frames"),
-                int(scene_args.get("height", 128)),
-                int(scene_args.get("width", 224)),
-                seed=int(scene_args.get("seed", 0)),
-            )
         _MODEL_CACHE.clear()  # one model per worker: a GPU holds one replica at a time
         _MODEL_CACHE[key] = load_model(
-            spec.model, weights=spec.weights, device=spec.device, **options
+            spec.model, weights=spec.weights, device=spec.device, **spec.model_options
         )
     return _MODEL_CACHE[key]
 
 
-class _StatusWriter:
-    """Sink around a :class:`RunWriter` that closes it as ``failed`` when the run raised.
-
-    (RunWriter.close defaults to ``complete``; resuming a batch trusts that status.)
-    """
+class _BatchNotes:
+    """Sink beside the run writer: reports fleet progress after each window, and puts a failed
+    run's error in its summary.json (on_interrupt comes before the writer's close)."""
 
     def __init__(self, writer, on_window: Callable[[int], None] | None = None):
         self.writer = writer
-        self.error: BaseException | None = None
         self._on_window = on_window
 
-    def on_frame(self, frame) -> None:
-        self.writer.on_frame(frame)
-
     def on_window(self, stats) -> None:
-        self.writer.on_window(stats)
         if self._on_window is not None:
             self._on_window(self.writer.num_frames)
 
     def on_interrupt(self, exc: BaseException) -> None:
-        self.error = exc
+        self.writer.extra["error"] = _one_line(exc)
 
     def close(self) -> None:
-        if self.error is None:
-            self.writer.close("complete")
-            return
-        self.writer.extra["error"] = _one_line(self.error)
-        self.writer.close("interrupted" if isinstance(self.error, KeyboardInterrupt) else "failed")
+        pass
 
 
 def _one_line(exc: BaseException) -> str:
@@ -159,17 +134,21 @@ def run_job(
             "attempt": attempt,
         }
         writer = RunWriter(out, settings=settings, save_source_images=spec.save_source_images)
-        sink = _StatusWriter(writer, None if report is None else (lambda n: report(job.name, n)))
+        notes = _BatchNotes(writer, None if report is None else (lambda n: report(job.name, n)))
         engine = StreamingReconstructor(
             model, spec.laser, keep_source_images=spec.save_source_images
         )
-        with warnings.catch_warnings(
-            record=True
-        ):  # kept in engine.warnings, not printed per worker
+        # Warnings are kept in engine.warnings (and the record), not printed by every worker.
+        with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
-            for _ in engine.run(
-                job.path, [sink], max_frames=spec.max_frames, fps=spec.fps, stride=spec.stride
-            ):
+            frames = engine.run(
+                job.path,
+                [writer, notes],
+                max_frames=spec.max_frames,
+                fps=spec.fps,
+                stride=spec.stride,
+            )
+            for _ in frames:
                 pass
         seconds = time.perf_counter() - start
         record.update(

@@ -46,7 +46,7 @@ class Batch:
     """Checkpoint (a local file the workers can read, or a model-hub id when online)."""
     model_option: tuple[str, ...] = ()
     """Extra backend options, KEY=VALUE (repeatable). For --model synthetic: scene=NAME,
-    frames=N, height=H, width=W, seed=S select the synthetic scene the inputs were rendered from."""
+    num_frames=N, height=H, width=W, seed=S select the synthetic scene the inputs were rendered from."""
     laser: FlatLaser = field(default_factory=LaserConfig)
     fleet: Annotated[FleetOptions, tyro.conf.OmitArgPrefixes] = field(default_factory=FleetOptions)
     stride: int = 1

@@ -283,9 +283,10 @@ class Run:
             devices = parse_devices(self.devices)
             device = ",".join(devices)
             replicas = load_replicas(self.model, devices, weights=self.weights)
-            make_engine = lambda _model, config, **kw: MultiDeviceReconstructor(
-                replicas, config, **kw
-            )  # noqa: E731
+
+            def make_engine(_model, config, **kw):
+                return MultiDeviceReconstructor(replicas, config, **kw)
+
             model = replicas[0]
         else:
             model = load_model(self.model, weights=self.weights, device=device)
