@@ -65,7 +65,7 @@ def prepare_output_dir(path: Path, overwrite: bool = False, resume: bool = False
     if path.exists() and any(path.iterdir()) and not resume:
         if not overwrite:
             raise OutputError(
-                f"output directory {path} is not empty (use --overwrite, or another directory)"
+                f"output directory {path} is not empty (--overwrite replaces it, --resume continues an interrupted run)"
             )
         foreign = [
             p.name
@@ -256,6 +256,46 @@ class RunWriter:
             self.write_points()
         self._write_summary("running")
 
+    def on_correction(self, frames: list[ReconstructedFrame]) -> None:
+        """Loop closure moved frames already written: rewrite their depth maps, then frames.jsonl
+        and trajectory.txt atomically (each replaced as a whole, so a reader sees the old or the
+        new version). The point map is rebuilt from the saved frames at close."""
+        fixed = {f.index: f for f in frames}
+        try:
+            for f in frames:
+                write_npy_atomic(
+                    self.dir / "depth" / f"{f.index:06d}.npy", f.depth.astype(np.float32)
+                )
+            self._frames.close()
+            self._traj.close()
+            records = [
+                json.loads(line)
+                for line in (self.dir / "frames.jsonl").read_text().splitlines()
+                if line
+            ]
+            traj = []
+            for rec in records:
+                if rec["index"] in fixed:
+                    rec["cam_to_world"] = fixed[rec["index"]].cam_to_world.tolist()
+                c2w = np.asarray(rec["cam_to_world"])
+                q, t = rotmat_to_quat_xyzw(c2w[:3, :3]), c2w[:3, 3]
+                traj.append(
+                    f"{rec['timestamp']:.6f} {t[0]:.9g} {t[1]:.9g} {t[2]:.9g} {q[0]:.9g} {q[1]:.9g} {q[2]:.9g} {q[3]:.9g}\n"
+                )
+            write_bytes_atomic(
+                self.dir / "frames.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode()
+            )
+            write_bytes_atomic(self.dir / "trajectory.txt", "".join(traj).encode())
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write loop corrections to {self.dir}: {exc.strerror or exc}"
+            ) from None
+        finally:
+            self._frames = open(self.dir / "frames.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+            self._traj = open(self.dir / "trajectory.txt", "a", encoding="utf-8")  # noqa: SIM115
+        self._map_stale = True
+        self.extra["corrected_frames"] = int(self.extra.get("corrected_frames", 0)) + len(frames)
+
     def on_interrupt(self, exc: BaseException) -> None:
         """The run stopped early: Ctrl-C/SIGTERM give 'interrupted', an error 'failed'."""
         self._status = (
@@ -276,6 +316,11 @@ class RunWriter:
             fh.close()
         # A stop between the lines of one frame leaves the text files out of step: trim them.
         self._reconcile(self._count_frames())
+        if getattr(self, "_map_stale", False):  # loop corrections moved saved frames
+            self.map = VoxelMap(max_points=self.map.max_points)
+            run = load_run(self.dir)
+            for i in range(len(run.frames)):
+                self._add_to_map(run.load_frame(i))
         try:
             self.write_points()
         finally:

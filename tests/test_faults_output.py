@@ -1,0 +1,489 @@
+"""Output faults: existing directories, read-only and full disks, Ctrl-C, SIGTERM and kill -9 mid-run,
+then `--resume`; a failing viewer sink; no file outside the output directory.
+
+Afterwards the run directory always loads through ``load_run`` and holds exactly the frames
+finalised before the stop, with trajectory.txt agreeing with frames.jsonl.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_faults_common import (
+    PlaneModel,
+    assert_user_error,
+    cli_command,
+    cli_env,
+    scene_images,
+    scene_spec,
+    textured_images,
+    write_images,
+)
+
+import laser_plugin.models.synthetic as synthetic
+from laser_plugin.cli.main import main
+from laser_plugin.io.run_dir import load_run
+from laser_plugin.models.synthetic import EmulatedModel, make_scene
+
+WINDOW = ("--window-size", "8", "--overlap", "3")  # 40 frames -> 8 windows
+
+
+def laser(capsys, *argv: str) -> tuple[int, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def scene_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scene") / "frames"
+    write_images(d, scene_images())
+    return d
+
+
+@pytest.fixture
+def scene_model(monkeypatch):
+    scene = make_scene("demo", 40, 64, 112)
+    monkeypatch.setattr(
+        synthetic, "make_model", lambda weights=None, device="cpu", **kw: EmulatedModel(scene)
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(scene_dir, tmp_path_factory):
+    """An uninterrupted run of the same input and settings."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    r = subprocess.run(
+        cli_command(
+            "run",
+            str(scene_dir),
+            "--output-dir",
+            str(out),
+            "--model",
+            "synthetic",
+            "--quiet",
+            *WINDOW,
+        ),
+        env=cli_env(scene_spec()),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    run = load_run(out)
+    assert run.status == "complete" and len(run.frames) == 40
+    return run
+
+
+def read_tum(path: Path) -> np.ndarray:
+    rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    return np.array(rows, dtype=np.float64).reshape(-1, 8)
+
+
+def assert_consistent(out: Path, exact_text_files: bool = True):
+    """load_run works; frames are 0..n-1, each loads; trajectory.txt agrees with frames.jsonl."""
+    run = load_run(out)
+    n = len(run.frames)
+    assert [f.index for f in run.frames] == list(range(n))
+    for i in range(n):
+        f = run.load_frame(i)
+        assert f.depth.shape == (64, 112) and np.isfinite(f.depth).all()
+    tum = read_tum(out / "trajectory.txt")
+    if exact_text_files:
+        assert len(tum) == n
+    else:  # a hard kill may land between a frame's trajectory line and its frames.jsonl line
+        assert n <= len(tum) <= n + 1
+    if n:
+        np.testing.assert_allclose(tum[:n, 1:4], run.cam_to_world()[:, :3, 3], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(tum[:n, 0], [f.timestamp for f in run.frames], atol=1e-6)
+    return run
+
+
+def assert_same_run(a, b):
+    assert [f.index for f in a.frames] == [f.index for f in b.frames]
+    np.testing.assert_allclose(a.cam_to_world(), b.cam_to_world(), atol=1e-6)
+    for i in range(len(a.frames)):
+        np.testing.assert_allclose(
+            a.load_frame(i).depth, b.load_frame(i).depth, rtol=1e-5, atol=1e-6
+        )
+
+
+def start(scene_dir, out, *extra, delay=0.3):
+    return subprocess.Popen(
+        cli_command(
+            "run", str(scene_dir), "--output-dir", str(out), "--model", "synthetic", *WINDOW, *extra
+        ),
+        env=cli_env(scene_spec(), delay=delay),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_frames(proc, out: Path, n: int, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    jsonl = out / "frames.jsonl"
+    while time.monotonic() < end:
+        if jsonl.exists() and jsonl.read_bytes().count(b"\n") >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.communicate()[1]}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("timed out waiting for frames")
+
+
+def resume(scene_dir, out):
+    return subprocess.run(
+        cli_command(
+            "run",
+            str(scene_dir),
+            "--output-dir",
+            str(out),
+            "--model",
+            "synthetic",
+            "--quiet",
+            *WINDOW,
+            "--resume",
+        ),
+        env=cli_env(scene_spec()),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+# -- existing output directory ----------------------------------------------------------------
+
+
+def test_existing_run_is_refused_then_overwritten(tmp_path, capsys, scene_dir, scene_model):
+    out = tmp_path / "out"
+    args = (
+        "run",
+        str(scene_dir),
+        "--output-dir",
+        str(out),
+        "--model",
+        "synthetic",
+        "--quiet",
+        *WINDOW,
+    )
+    assert laser(capsys, *args, "--max-frames", "10")[0] == 0
+    code, err = laser(capsys, *args)
+    assert_user_error(code, err, "is not empty", "--overwrite", "--resume")
+    assert len(load_run(out).frames) == 10  # untouched
+    code, err = laser(capsys, *args, "--max-frames", "12", "--overwrite")
+    assert code == 0, err
+    run = assert_consistent(out)
+    assert len(run.frames) == 12 and run.status == "complete"
+
+
+def test_overwrite_refuses_a_directory_of_other_files(tmp_path, capsys, scene_dir, scene_model):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    code, err = laser(
+        capsys,
+        "run",
+        str(scene_dir),
+        "--output-dir",
+        str(out),
+        "--model",
+        "synthetic",
+        "--overwrite",
+    )
+    assert_user_error(code, err, "refusing to overwrite", "thesis.tex")
+    assert (out / "thesis.tex").read_text() == "precious"
+
+
+def test_output_path_is_a_file(tmp_path, capsys, scene_dir, scene_model):
+    (tmp_path / "f").write_text("x")
+    code, err = laser(
+        capsys, "run", str(scene_dir), "--output-dir", str(tmp_path / "f"), "--model", "synthetic"
+    )
+    assert_user_error(code, err, "not a directory")
+
+
+def test_resume_needs_a_run_and_matching_settings(tmp_path, capsys, scene_dir, scene_model):
+    out = tmp_path / "out"
+    args = ("run", str(scene_dir), "--output-dir", str(out), "--model", "synthetic", "--quiet")
+    code, err = laser(capsys, *args, "--resume")
+    assert_user_error(code, err, "nothing to resume")
+    assert laser(capsys, *args, *WINDOW, "--max-frames", "20")[0] == 0
+    code, err = laser(
+        capsys, *args, "--window-size", "10", "--overlap", "3", "--max-frames", "20", "--resume"
+    )
+    assert_user_error(code, err, "cannot resume", "window_size was 8, now 10")
+    code, err = laser(capsys, *args, *WINDOW, "--resume", "--overwrite", "--max-frames", "20")
+    assert_user_error(code, err, "--resume", "--overwrite")
+
+
+# -- file systems -----------------------------------------------------------------------------
+
+
+def _mount_tmpfs(path: Path, options: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True
+    )
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {r.stderr.strip()}")
+
+
+@pytest.fixture
+def mounts():
+    made: list[Path] = []
+    yield lambda path, options: (_mount_tmpfs(path, options), made.append(path))
+    for path in reversed(made):
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def test_read_only_directory(tmp_path, capsys, scene_dir, scene_model, mounts):
+    ro = tmp_path / "ro"
+    mounts(ro, "ro,size=1m")
+    code, err = laser(
+        capsys, "run", str(scene_dir), "--output-dir", str(ro / "out"), "--model", "synthetic"
+    )
+    assert_user_error(code, err, "cannot write to output directory", "read-only file system")
+
+
+def test_disk_full_stops_with_one_line_then_resumes(
+    tmp_path, capsys, scene_dir, scene_model, mounts, reference
+):
+    disk = tmp_path / "disk"
+    mounts(disk, "size=1500k")
+    out = disk / "out"
+    args = (
+        "run",
+        str(scene_dir),
+        "--output-dir",
+        str(out),
+        "--model",
+        "synthetic",
+        "--quiet",
+        *WINDOW,
+    )
+    code, err = laser(capsys, *args)
+    line = assert_user_error(code, err, "no space left on device", "--resume")
+    run = assert_consistent(out)
+    assert 0 < len(run.frames) < 40, line  # stopped part-way, every saved frame complete
+    subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+    code, err = laser(capsys, *args, "--resume")
+    assert code == 0, err
+    resumed = assert_consistent(out)
+    assert resumed.status == "complete"
+    assert_same_run(resumed, reference)
+
+
+# -- interruptions ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_run_keeps_finalised_frames_and_resumes(tmp_path, scene_dir, reference, sig):
+    out = tmp_path / "out"
+    proc = start(scene_dir, out)
+    wait_for_frames(proc, out, 10)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "interrupted" in err
+    run = assert_consistent(out)
+    assert run.status == "interrupted"
+    assert 10 <= len(run.frames) < 40
+    r = resume(scene_dir, out)
+    assert r.returncode == 0, r.stderr
+    resumed = assert_consistent(out)
+    assert resumed.status == "complete" and resumed.summary.get("resumed") == 1
+    assert_same_run(resumed, reference)
+    assert (out / "points.ply").read_bytes() == (reference.path / "points.ply").read_bytes()
+
+
+def test_kill_9_mid_run_leaves_a_loadable_run_that_resumes(tmp_path, scene_dir, reference):
+    out = tmp_path / "out"
+    proc = start(scene_dir, out, delay=0.1)
+    wait_for_frames(proc, out, 14)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    run = assert_consistent(out, exact_text_files=False)
+    assert run.status == "running"  # nobody could write otherwise
+    assert 14 <= len(run.frames) <= 40
+    np.testing.assert_allclose(
+        run.cam_to_world(), reference.cam_to_world()[: len(run.frames)], atol=1e-6
+    )
+    r = resume(scene_dir, out)
+    assert r.returncode == 0, r.stderr
+    resumed = assert_consistent(out)
+    assert resumed.status == "complete"
+    assert_same_run(resumed, reference)
+
+
+def test_api_interrupt_then_resume_equals_uninterrupted(tmp_path):
+    """The resume state round trip without processes: a sink stops the run after 17 frames."""
+    from laser_plugin.cli.run import execute
+    from laser_plugin.config import LaserConfig
+
+    scene = make_scene("demo", 40, 64, 112)
+    for mode in ("earlier", "later"):
+        cfg = LaserConfig(window_size=8, overlap=3, overlap_estimate=mode)
+        settings = {"input": "scene", "model": "synthetic", "laser": cfg.to_dict()}
+
+        class Stop:
+            seen = 0
+
+            def on_frame(self, frame):
+                Stop.seen += 1
+                if Stop.seen == 17:
+                    raise KeyboardInterrupt
+
+            def close(self):
+                pass
+
+        kw = dict(settings=settings, quiet=True)
+        execute(
+            EmulatedModel(scene), scene.frames(), cfg, tmp_path / f"a{mode}", overwrite=False, **kw
+        )
+        with pytest.raises(KeyboardInterrupt):
+            execute(
+                EmulatedModel(scene),
+                scene.frames(),
+                cfg,
+                tmp_path / f"b{mode}",
+                overwrite=False,
+                extra_sinks=[Stop()],
+                **kw,
+            )
+        assert load_run(tmp_path / f"b{mode}").status == "interrupted"
+        execute(
+            EmulatedModel(scene),
+            scene.frames(),
+            cfg,
+            tmp_path / f"b{mode}",
+            overwrite=False,
+            resume=True,
+            **kw,
+        )
+        a, b = load_run(tmp_path / f"a{mode}"), load_run(tmp_path / f"b{mode}")
+        assert len(b.frames) == 40
+        assert_same_run(a, b)
+
+
+# -- sinks and file names ---------------------------------------------------------------------
+
+
+def test_a_sink_raising_mid_stream_is_detached_and_the_files_are_complete(tmp_path, capsys):
+    from laser_plugin.cli.run import execute
+    from laser_plugin.config import LaserConfig
+
+    class Viewer:
+        def __init__(self):
+            self.frames = []
+            self.closed = False
+
+        def on_frame(self, frame):
+            if len(self.frames) == 9:
+                raise ConnectionResetError("viewer went away")
+            self.frames.append(frame.index)
+
+        def close(self):
+            self.closed = True
+
+    class Healthy(Viewer):
+        def on_frame(self, frame):
+            self.frames.append(frame.index)
+
+    broken, healthy = Viewer(), Healthy()
+    scene = make_scene("demo", 40, 64, 112)
+    cfg = LaserConfig(window_size=8, overlap=3)
+    execute(
+        EmulatedModel(scene),
+        scene.frames(),
+        cfg,
+        tmp_path / "out",
+        overwrite=False,
+        settings={},
+        quiet=True,
+        extra_sinks=[broken, healthy],
+    )
+    err = capsys.readouterr().err
+    assert (
+        err.count("warning: sink Viewer failed in on_frame and was detached: viewer went away") == 1
+    )
+    assert broken.frames == list(range(9)) and broken.closed
+    assert healthy.frames == list(range(40)) and healthy.closed
+    run = assert_consistent(tmp_path / "out")
+    assert len(run.frames) == 40 and run.status == "complete"
+
+
+ODD_NAMES = [
+    "..png",
+    "a b;$(touch pwned).png",
+    "ñandú 雪.png",
+    "-rf.png",
+    "x\nfake.png",
+    "%s%n.png",
+    "'\".png",
+]
+
+
+def test_odd_input_names_write_nothing_outside_the_output_dir(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setattr(
+        synthetic, "make_model", lambda weights=None, device="cpu", **kw: PlaneModel()
+    )
+    src = tmp_path / "in" / "..." / "weird dir $HOME"
+    src.mkdir(parents=True)
+    for name, image in zip(ODD_NAMES, textured_images(len(ODD_NAMES))):
+        Image.fromarray(image).save(src / name, format="PNG")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    before = {p for p in tmp_path.rglob("*")}
+    out = tmp_path / "out"
+    code, err = laser(
+        capsys,
+        "run",
+        str(src),
+        "--output-dir",
+        str(out),
+        "--model",
+        "synthetic",
+        "--quiet",
+        "--window-size",
+        "4",
+        "--overlap",
+        "1",
+    )
+    assert code == 0, err
+    new = {p for p in tmp_path.rglob("*")} - before
+    outside = [p for p in new if out not in p.parents and p != out]
+    assert outside == []
+    run = load_run(out)
+    # Hidden files (names starting with ".", e.g. macOS "._IMG.jpg" debris) are not frames.
+    assert len(run.frames) == len([n for n in ODD_NAMES if not n.startswith(".")])
+    # Every file the run wrote is named by frame index, whatever the input names were.
+    assert all(Path(f.paths["image"]).name == f"{f.index:06d}.png" for f in run.frames)
+    assert not (cwd / "pwned").exists()
+
+
+def test_viser_default_bind_is_loopback():
+    """The viewer only listens beyond this machine when asked (see also tests/test_viser_*)."""
+    import inspect
+
+    from laser_plugin.cli.run import Viewers
+
+    assert Viewers().host == "127.0.0.1"
+    viser_integration = pytest.importorskip("laser_plugin.integrations.viser")
+    assert (
+        inspect.signature(viser_integration.make_viser_sink).parameters["host"].default
+        == "127.0.0.1"
+    )
