@@ -213,16 +213,28 @@ class Pi3Net(nn.Module):
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         b, n, _, height, width = images.shape
         h, w = height // PATCH, width // PATCH
-        x = ((images - self.image_mean) / self.image_std).reshape(b * n, 3, height, width)
-        tokens = self.encoder(x)  # (B*N, h*w, C)
-        regs = self.register_token.expand(b * n, -1, -1, -1).reshape(
-            b * n, self.cfg.num_registers, -1
-        )
-        tokens = torch.cat([regs, tokens], dim=1)
-        p = tokens.shape[1]
+        tokens = self.encoder(self.normalise(images))  # (B*N, h*w, C)
         pos = grid_positions(h, w, self.cfg.num_registers, images.device)  # (1, P, 2)
         rope_frame = Rope2D(pos, self.cfg.rope_freq)
         rope_global = Rope2D(pos.repeat(1, n, 1), self.cfg.rope_freq)
+        hidden = self.decode(tokens, b, n, rope_frame, rope_global)
+        return self.heads(hidden, b, n, (height, width))
+
+    def normalise(self, images: Tensor) -> Tensor:
+        """(B, N, 3, H, W) in [0, 1] -> (B*N, 3, H, W) ImageNet-normalised."""
+        b, n, _, height, width = images.shape
+        return ((images - self.image_mean) / self.image_std).reshape(b * n, 3, height, width)
+
+    def decode(self, tokens: Tensor, b: int, n: int, rope_frame, rope_global) -> tuple:
+        """Encoder tokens (B*N, h*w, C) -> (point, conf, camera) decoder outputs, each (B*N, P, .).
+
+        ``rope_*`` are :class:`Rope2D` objects or their (cos, sin) tables.
+        """
+        regs = self.register_token.expand(b * n, -1, -1, -1).reshape(
+            b * n, self.cfg.num_registers, -1
+        )
+        tokens = torch.cat([regs.to(tokens.dtype), tokens], dim=1)
+        p = tokens.shape[1]
         last = []
         for i, blk in enumerate(self.decoder):
             if i % 2 == 0:
@@ -232,12 +244,18 @@ class Pi3Net(nn.Module):
             if i >= len(self.decoder) - 2:
                 last.append(tokens.reshape(b * n, p, -1))
         hidden = torch.cat(last, dim=-1)  # (B*N, P, 2C)
+        return (
+            self.point_decoder(hidden, rope_frame),
+            self.conf_decoder(hidden, rope_frame),
+            self.camera_decoder(hidden, rope_frame),
+        )
 
-        point_hidden = self.point_decoder(hidden, rope_frame)
-        conf_hidden = self.conf_decoder(hidden, rope_frame)
-        camera_hidden = self.camera_decoder(hidden, rope_frame)
+    def heads(self, hidden: tuple, b: int, n: int, hw: tuple[int, int]) -> dict[str, Tensor]:
+        """Decoder outputs -> upstream's output dict; always fp32 (autocast off)."""
+        point_hidden, conf_hidden, camera_hidden = hidden
+        height, width = hw
         r = self.cfg.num_registers
-        with autocast_off(images.device.type):
+        with autocast_off(point_hidden.device.type):
             xyz = self.point_head(point_hidden[:, r:].float(), (height, width)).reshape(
                 b, n, height, width, 3
             )
@@ -317,10 +335,12 @@ def make_model(
     dtype: str | torch.dtype | None = None,
     random_init: bool = False,
     seed: int = 0,
+    fast: bool = False,
     **overrides: int,
-) -> Pi3Model:
+):
     """Build π³ and load its weights (a path, a hub id such as ``yyfz233/Pi3``, or the default
-    location); ``random_init=True`` skips loading (tests and speed benchmarks only)."""
+    location); ``random_init=True`` skips loading (tests and speed benchmarks only);
+    ``fast=True`` returns the fast streaming path (:mod:`laser_plugin.models.fast`)."""
     dev = resolve_device(device)
     compute = resolve_dtype(dtype, dev)
     cfg = size if isinstance(size, Pi3Config) else SIZES.get(size)
@@ -337,7 +357,14 @@ def make_model(
     else:
         net = build_net(cfg, "meta")
         from_pretrained(net, weights, CHECKPOINT)
-    return Pi3Model(net.to(device=dev, dtype=torch.float32), dev, compute)
+    model = Pi3Model(net.to(device=dev, dtype=torch.float32), dev, compute)
+    if fast:
+        # bf16 trunk, cached overlap tokens; compiled blocks and one CUDA graph on the GPU.
+        from laser_plugin.models.fast import accelerate
+
+        gpu = dev.type == "cuda"
+        return accelerate(model, dtype=compute, compile=gpu, cuda_graph=gpu)
+    return model
 
 
 def _init_tokens(net: Pi3Net) -> None:

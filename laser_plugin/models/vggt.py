@@ -127,22 +127,33 @@ class Aggregator(nn.Module):
         Upstream returns all 24 layers; we keep only those a head reads, to save memory.
         """
         b, s, _, height, width = images.shape
+        pos = grid_positions(height // PATCH, width // PATCH, self.patch_start, images.device)
+        rope_frame = Rope2D(pos, self.cfg.rope_freq)
+        rope_global = Rope2D(pos.repeat(1, s, 1), self.cfg.rope_freq)
+        return self.trunk(self.embed(images), b, s, keep, rope_frame, rope_global)
+
+    def embed(self, images: Tensor) -> Tensor:
+        """(B, S, 3, H, W) in [0, 1] -> (B*S, h*w, dim) DINOv2 patch tokens (per frame)."""
+        b, s, _, height, width = images.shape
         mean = torch.tensor(_MEAN, device=images.device).view(1, 1, 3, 1, 1)
         std = torch.tensor(_STD, device=images.device).view(1, 1, 3, 1, 1)
         x = ((images - mean) / std).reshape(b * s, 3, height, width)
-        patches = self.patch_embed(x)
+        return self.patch_embed(x)
+
+    def trunk(
+        self, patches: Tensor, b: int, s: int, keep: set[int], rope_frame, rope_global
+    ) -> dict[int, Tensor]:
+        """Patch tokens (B*S, h*w, dim) -> {layer: (B, S, P, 2*dim)}; ``rope_*`` are
+        :class:`Rope2D` objects or their (cos, sin) tables."""
         tokens = torch.cat(
             [
-                _first_and_rest(self.camera_token, b, s),
-                _first_and_rest(self.register_token, b, s),
+                _first_and_rest(self.camera_token, b, s).to(patches.dtype),
+                _first_and_rest(self.register_token, b, s).to(patches.dtype),
                 patches,
             ],
             dim=1,
         )
         p, c = tokens.shape[1], tokens.shape[2]
-        pos = grid_positions(height // PATCH, width // PATCH, self.patch_start, images.device)
-        rope_frame = Rope2D(pos, self.cfg.rope_freq)
-        rope_global = Rope2D(pos.repeat(1, s, 1), self.cfg.rope_freq)
         out = {}
         for i in range(self.cfg.depth):
             tokens = self.frame_blocks[i](tokens.reshape(b * s, p, c), rope_frame)
@@ -215,11 +226,30 @@ class VGGTNet(nn.Module):
         The DPT heads run ``chunk`` frames at a time (upstream's default: 8) to bound memory.
         """
         b, s, _, height, width = images.shape
-        keep = {self.cfg.depth - 1} | set(self.cfg.dpt_layers)
-        layers = self.aggregator(images, keep)
+        layers = self.aggregator(images, self.kept_layers)
+        return self.run_heads(layers, b, s, (height, width), heads, chunk)
+
+    @property
+    def kept_layers(self) -> set[int]:
+        """Aggregator layers the heads read."""
+        return {self.cfg.depth - 1} | set(self.cfg.dpt_layers)
+
+    def run_heads(
+        self,
+        layers: dict[int, Tensor],
+        b: int,
+        s: int,
+        hw: tuple[int, int],
+        heads: tuple[str, ...],
+        chunk: int = 8,
+        dpt_dtype: torch.dtype = torch.float32,
+    ) -> dict[str, Tensor]:
+        """Aggregator layers -> output dict. The camera head runs in fp32; the DPT heads get
+        their tokens in ``dpt_dtype`` (fp32 as upstream, or bf16 with bf16 head weights)."""
+        height, width = hw
         start = self.aggregator.patch_start
         out: dict[str, Tensor] = {}
-        with autocast_off(images.device.type):
+        with autocast_off(layers[self.cfg.depth - 1].device.type):
             if "camera" in heads:
                 out["pose_enc"] = self.camera_head(layers[self.cfg.depth - 1][:, :, 0].float())
             for name, head in (("depth", self.depth_head), ("point", self.point_head)):
@@ -227,8 +257,11 @@ class VGGTNet(nn.Module):
                     continue
                 raw = []
                 for f0 in range(0, s, chunk):
-                    sub = {i: t[:, f0 : f0 + chunk].flatten(0, 1) for i, t in layers.items()}
-                    raw.append(head(sub, (height, width), start).unflatten(0, (b, -1)))
+                    sub = {
+                        i: t[:, f0 : f0 + chunk].flatten(0, 1).to(dpt_dtype)
+                        for i, t in layers.items()
+                    }
+                    raw.append(head(sub, (height, width), start).unflatten(0, (b, -1)).float())
                 fmap = torch.cat(raw, dim=1).permute(0, 1, 3, 4, 2)  # (B, S, H, W, C)
                 conf = 1 + fmap[..., -1].exp()
                 if name == "depth":
@@ -307,10 +340,12 @@ def make_model(
     dtype: str | torch.dtype | None = None,
     random_init: bool = False,
     seed: int = 0,
+    fast: bool = False,
     **overrides: int,
-) -> VGGTModel:
+):
     """Build VGGT and load its weights (a path, a hub id such as ``facebook/VGGT-1B``, or the
-    default location); ``random_init=True`` skips loading (tests and speed benchmarks only)."""
+    default location); ``random_init=True`` skips loading (tests and speed benchmarks only);
+    ``fast=True`` returns the fast streaming path (:mod:`laser_plugin.models.fast`)."""
     dev = resolve_device(device)
     compute = resolve_dtype(dtype, dev)
     cfg = size if isinstance(size, VGGTConfig) else SIZES.get(size)
@@ -329,4 +364,11 @@ def make_model(
     else:
         net = build_net(cfg, "meta")
         from_pretrained(net, weights, CHECKPOINT)
-    return VGGTModel(net.to(device=dev, dtype=torch.float32), dev, compute)
+    model = VGGTModel(net.to(device=dev, dtype=torch.float32), dev, compute)
+    if fast:
+        # bf16 trunk, cached overlap tokens; compiled blocks and one CUDA graph on the GPU.
+        from laser_plugin.models.fast import accelerate
+
+        gpu = dev.type == "cuda"
+        return accelerate(model, dtype=compute, compile=gpu, cuda_graph=gpu)
+    return model

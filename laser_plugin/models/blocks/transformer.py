@@ -76,12 +76,24 @@ class Rope2D:
 
     def apply(self, x: Tensor) -> Tensor:
         """x: (B, heads, N, head_dim) -> same, rotated."""
-        cos, sin = self.tables(x.shape[-1], x.dtype, x.device)
-        quarter = x.shape[-1] // 4
-        a, b, c, d = x.split(quarter, dim=-1)
-        # rotate_half inside each axis half: (y1, y2) -> (-y2, y1)
-        rotated = torch.cat((-b, a, -d, c), dim=-1)
-        return x * cos + rotated * sin
+        return apply_rope(x, *self.tables(x.shape[-1], x.dtype, x.device))
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x (B, heads, N, head_dim) rotated by precomputed tables (B or 1, 1, N, head_dim).
+
+    A free function on plain tensors so that ``torch.compile`` can trace a block without guarding
+    on a :class:`Rope2D` object's cache.
+    """
+    quarter = x.shape[-1] // 4
+    a, b, c, d = x.split(quarter, dim=-1)
+    # rotate_half inside each axis half: (y1, y2) -> (-y2, y1)
+    rotated = torch.cat((-b, a, -d, c), dim=-1)
+    return x * cos + rotated * sin
+
+
+RopeArg = Rope2D | tuple[Tensor, Tensor] | None
+"""A block's rotary embedding: a :class:`Rope2D`, its (cos, sin) tables, or none."""
 
 
 def grid_positions(height: int, width: int, num_special: int, device: torch.device | str) -> Tensor:
@@ -123,7 +135,7 @@ class Attention(nn.Module):
         # π³ casts normalised q, k back to v's dtype (matters under autocast); VGGT does not.
         self.qk_to_v_dtype = qk_to_v_dtype
 
-    def forward(self, x: Tensor, rope: Rope2D | None = None) -> Tensor:
+    def forward(self, x: Tensor, rope: RopeArg = None) -> Tensor:
         """x: (B, N, dim) -> (B, N, dim)."""
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -131,8 +143,10 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if self.qk_to_v_dtype:
             q, k = q.to(v.dtype), k.to(v.dtype)
-        if rope is not None:
+        if isinstance(rope, Rope2D):
             q, k = rope.apply(q), rope.apply(k)
+        elif rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
@@ -158,6 +172,6 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.ls2: nn.Module = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
 
-    def forward(self, x: Tensor, rope: Rope2D | None = None) -> Tensor:
+    def forward(self, x: Tensor, rope: RopeArg = None) -> Tensor:
         x = x + self.ls1(self.attn(self.norm1(x), rope))
         return x + self.ls2(self.mlp(self.norm2(x)))

@@ -1,0 +1,572 @@
+"""Speed benchmark: the whole streaming pipeline (π³ or VGGT + LASER), baseline and fast path.
+
+Full-size networks with random weights (speed does not depend on the weights) over a synthetic
+600-frame video (a panning textured canvas, 360x640 source frames resized to 294x518 by the
+engine's own preprocessing). In one process, for the same weights and the same frames:
+
+- fp32 reference outputs of two windows (TF32 off), for the accuracy of every faster path;
+- baseline: the network as upstream runs it (fp32 weights under bf16 autocast, eager, every window
+  from scratch; π³ forced onto FlashAttention-2 as upstream's attention code does) in the plain
+  engine, alignment on the CPU after the network;
+- fast: bf16 trunk with fp32 heads, cached overlap-frame encoder tokens, regional torch.compile,
+  one CUDA graph, alignment on the GPU, everything pipelined (decode / network / align / sinks);
+- a ladder of network-only measurements, one optimisation at a time, and end-to-end variants that
+  isolate the pipeline and the alignment device.
+
+Reported: end-to-end new frames/s (frames in -> final frames out, preprocessing, alignment and
+layer alignment included), network-only frames/s, per-stage seconds, latency from a frame's
+arrival to its emission, peak GPU and host memory (and whether they stay flat), achieved TFLOP/s
+against the measured bf16 matrix-product ceiling, and ‖a−b‖/‖b‖ of depth and poses against fp32.
+
+    python benchmarks/speed.py --model pi3 --out speed_pi3.json           # on a GPU
+    python benchmarks/speed.py --model pi3 --device cpu --size tiny --frames 60   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import traceback
+
+import numpy as np
+import torch
+
+from laser_plugin import LaserConfig, StreamingReconstructor
+from laser_plugin.models.fast import accelerate, no_tf32
+from laser_plugin.pipeline import PipelinedReconstructor
+from laser_plugin.windows import schedule_windows
+
+
+# -- inputs ----------------------------------------------------------------------------------
+def make_canvas(height: int, width: int, frames: int, seed: int = 0) -> np.ndarray:
+    """A smooth random texture wide enough to pan across ``frames`` frames (2 px per frame)."""
+    rng = np.random.default_rng(seed)
+    w = width + 2 * frames + 8
+    coarse = rng.random((height // 8 + 2, w // 8 + 2, 3)).astype(np.float32)
+    fine = rng.random((height, w, 3)).astype(np.float32)
+    up = np.repeat(np.repeat(coarse, 8, 0), 8, 1)[:height, :w]
+    return ((0.7 * up + 0.3 * fine) * 255).astype(np.uint8)
+
+
+class Stream:
+    """The benchmark video: frame i is a crop of the canvas shifted by 2i pixels; records each
+    frame's arrival time (when the engine pulls it) for the latency figures."""
+
+    def __init__(self, canvas: np.ndarray, n: int, width: int) -> None:
+        self.canvas, self.n, self.width = canvas, n, width
+        self.arrival: dict[int, float] = {}
+
+    def __iter__(self):
+        for i in range(self.n):
+            frame = self.canvas[:, 2 * i : 2 * i + self.width].copy()
+            self.arrival[i] = time.perf_counter()
+            yield frame
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class Probe:
+    """A sink that does what a light viewer sink does (world points of each frame) and samples
+    memory after every window."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.gpu_mb: list[float] = []
+        self.rss_mb: list[float] = []
+        self.points = 0
+
+    def on_frame(self, frame) -> None:
+        self.points += len(frame.points_world(min_conf=0.5, stride=8))
+
+    def on_window(self, stats) -> None:
+        self.rss_mb.append(rss_mb())
+        if self.cuda:
+            self.gpu_mb.append(torch.cuda.memory_allocated() / 2**20)
+
+    def close(self) -> None:
+        pass
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- measurements ----------------------------------------------------------------------------
+def matmul_ceiling(device: torch.device) -> float | None:
+    """Measured bf16 matrix-product rate (TFLOP/s) of an 8192^3 product; None on the CPU."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        a @ b
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    del a, b
+    return 2 * 8192**3 / statistics.median(times) / 1e12
+
+
+def count_flops(fn, *args) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        fn(*args)
+    return float(fc.get_total_flops())
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().cpu(), b.double().cpu()
+    return float((a - b).norm() / b.norm())
+
+
+def errors(pred, ref) -> dict:
+    return {
+        "depth": rel(pred.depth, ref.depth),
+        "pose": rel(pred.cam_to_world, ref.cam_to_world),
+        "intrinsics": rel(pred.intrinsics, ref.intrinsics),
+        "finite": bool(
+            torch.isfinite(pred.depth).all() and torch.isfinite(pred.cam_to_world).all()
+        ),
+    }
+
+
+class Synced:
+    """Wraps a model so each call ends with a device sync (what a CPU alignment would force
+    anyway), so the engine's 'model' time is the network's time."""
+
+    def __init__(self, model, device, attention=None) -> None:
+        self.model, self.device, self.attention = model, device, attention
+        self.input_size = model.input_size
+
+    def __call__(self, images):
+        ctx = self.attention() if self.attention else contextlib.nullcontext()
+        with ctx:
+            out = self.model(images)
+        sync(self.device)
+        return out
+
+
+def flash_only():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+
+
+def prepared_windows(rec: StreamingReconstructor, stream: Stream, cfg: LaserConfig):
+    from laser_plugin.sources import open_source
+
+    rec._model_size = None
+    rec._sizes_warned = False
+    return schedule_windows(rec._prepared(open_source(stream)), cfg.window_size, cfg.overlap)
+
+
+def network_only(model, windows, device, max_windows: int | None = None) -> dict:
+    """Seconds per window of the model alone (inputs already preprocessed, in stream order)."""
+    times, new = [], 0
+    for k, w in enumerate(windows):
+        if max_windows is not None and k >= max_windows:
+            break
+        images = torch.stack([it.tensor for it in w.items])
+        sync(device)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            model(images)
+        sync(device)
+        times.append(time.perf_counter() - t)
+        new += len(w.items) - w.num_overlap
+    total = sum(times)
+    return {
+        "windows": len(times),
+        "new_frames": new,
+        "median_ms_per_window": 1e3 * statistics.median(times),
+        "new_fps": new / total,
+        "new_fps_steady": (new - (len(windows[0].items) if windows else 0))
+        / max(1e-9, total - times[0])
+        if len(times) > 1
+        else None,
+    }
+
+
+def end_to_end(make_runner, stream_factory, device, label: str) -> dict:
+    """Run the whole pipeline over a fresh stream; wall time from the first frame pulled to the
+    last frame out."""
+    stream = stream_factory()
+    probe = Probe(device.type == "cuda")
+    runner, rec = make_runner()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    emitted: dict[int, float] = {}
+    rss0 = rss_mb()
+    t0 = time.perf_counter()
+    for frame in runner.run(stream, [probe]):
+        emitted[frame.index] = time.perf_counter()
+    wall = time.perf_counter() - t0
+    sync(device)
+    lat = sorted(1e3 * (emitted[i] - stream.arrival[i]) for i in emitted)
+    half = len(probe.gpu_mb) // 2
+    out = {
+        "label": label,
+        "frames": len(emitted),
+        "wall_s": wall,
+        "new_fps": len(emitted) / wall,
+        "latency_ms": {
+            "p50": lat[len(lat) // 2],
+            "p95": lat[int(0.95 * (len(lat) - 1))],
+            "max": lat[-1],
+        },
+        "stages_s": {
+            **getattr(runner, "timings", {}),
+            **{f"engine.{k}": v for k, v in rec.timings.items()},
+        },
+        "rss_mb": {
+            "start": rss0,
+            "min": min(probe.rss_mb),
+            "max": max(probe.rss_mb),
+            "first_half_max": max(probe.rss_mb[: max(1, len(probe.rss_mb) // 2)]),
+            "second_half_max": max(probe.rss_mb[len(probe.rss_mb) // 2 :]),
+        },
+        "host_peak_rss_mb_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "points": probe.points,
+    }
+    if device.type == "cuda":
+        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        out["gpu_reserved_peak_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+        out["gpu_allocated_mb"] = {
+            "first_half_max": max(probe.gpu_mb[: max(1, half)]),
+            "second_half_max": max(probe.gpu_mb[half:]),
+        }
+    out["num_windows"] = rec.num_windows
+    return out
+
+
+class Sequential:
+    """The plain engine behind the same interface as the pipelined runner."""
+
+    def __init__(self, rec):
+        self.rec = rec
+        self.timings: dict = {}
+
+    def run(self, source, sinks):
+        return self.rec.run(source, sinks)
+
+
+# -- main ------------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=["pi3", "vggt"], default="pi3")
+    ap.add_argument("--size", default="large")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--frames", type=int, default=600)
+    ap.add_argument("--height", type=int, default=294)
+    ap.add_argument("--width", type=int, default=518)
+    ap.add_argument("--src-height", type=int, default=360)
+    ap.add_argument("--src-width", type=int, default=640)
+    ap.add_argument("--window", type=int, default=20)
+    ap.add_argument("--overlap", type=int, default=5)
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-graph", action="store_true")
+    ap.add_argument("--no-ladder", action="store_true")
+    ap.add_argument("--ladder-windows", type=int, default=8)
+    ap.add_argument("--baseline-frames", type=int, default=None, help="default: --frames")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    device = torch.device(args.device)
+    res: dict = {
+        "args": vars(args),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+    }
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        res["card"] = {
+            "name": p.name,
+            "sms": p.multi_processor_count,
+            "memory_gib": p.total_memory / 2**30,
+        }
+        res["cudnn"] = torch.backends.cudnn.version()
+    out_path = args.out
+
+    def save():
+        if out_path:
+            with open(out_path, "w") as f:
+                json.dump(res, f, indent=1, default=str)
+
+    def log(msg):
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    def step(name, fn):
+        t = time.perf_counter()
+        try:
+            res[name] = fn()
+            log(f"{name}: {json.dumps(res[name], default=str)[:600]}")
+        except Exception as exc:
+            res[name] = {
+                "error": f"{type(exc).__name__}: {exc}",
+                "trace": traceback.format_exc()[-2000:],
+            }
+            log(f"{name} FAILED: {exc}")
+        res.setdefault("step_seconds", {})[name] = time.perf_counter() - t
+        save()
+
+    cfg_cpu = LaserConfig(window_size=args.window, overlap=args.overlap, device="cpu")
+    cfg_dev = LaserConfig(window_size=args.window, overlap=args.overlap, device=args.device)
+    size = (args.height, args.width)
+    canvas = make_canvas(args.src_height, args.src_width, args.frames)
+    stream_n = lambda n: lambda: Stream(canvas, n, args.src_width)  # noqa: E731
+
+    step("ceiling_tflops", lambda: matmul_ceiling(device))
+    if args.model == "pi3":
+        from laser_plugin.models.pi3 import make_model
+    else:
+        from laser_plugin.models.vggt import make_model
+    t = time.perf_counter()
+    model = make_model(
+        device=args.device,
+        size=args.size,
+        random_init=True,
+        dtype="bf16" if device.type == "cuda" else "fp32",
+    )
+    sync(device)
+    res["build_s"] = time.perf_counter() - t
+    res["params_m"] = sum(p.numel() for p in model.net.parameters()) / 1e6
+
+    # Two windows of the stream, preprocessed as the engine does; the second overlaps the first.
+    rec0 = StreamingReconstructor(model, cfg_cpu, input_size=size)
+    wins = list(prepared_windows(rec0, Stream(canvas, args.window * 2, args.src_width), cfg_cpu))[
+        :2
+    ]
+    imgs = [torch.stack([it.tensor for it in w.items]) for w in wins]
+
+    # FLOPs per window (full window) and per frame of the per-frame encoder.
+    def flops():
+        enc = model.net.encoder if args.model == "pi3" else model.net.aggregator.patch_embed
+        one = imgs[0][:1].to(device)
+        full = count_flops(model, imgs[0])
+        per_frame_enc = count_flops(lambda x: enc(x), one)
+        return {
+            "window_tflop": full / 1e12,
+            "encoder_tflop_per_frame": per_frame_enc / 1e12,
+            "window_tflop_cached": (full - args.overlap * per_frame_enc) / 1e12,
+        }
+
+    step("flops", flops)
+
+    # fp32 reference of the two windows (same weights, same inputs).
+    refs = []
+
+    def reference():
+        compute = model.dtype
+        model.dtype = torch.float32
+        try:
+            with no_tf32(), torch.inference_mode():
+                for x in imgs:
+                    refs.append(model(x.clone()))
+        finally:
+            model.dtype = compute
+        return {"windows": len(refs)}
+
+    step("fp32_reference", reference)
+
+    attention = flash_only if (args.model == "pi3" and device.type == "cuda") else None
+    base = Synced(model, device, attention)
+
+    def baseline_accuracy():
+        with torch.inference_mode():
+            return [errors(base(x.clone()), r) for x, r in zip(imgs, refs, strict=True)]
+
+    step("baseline_accuracy", baseline_accuracy)
+    for _ in range(2):  # warm-up (cuDNN plans, allocator)
+        base(imgs[0])
+
+    def baseline_e2e():
+        def mk():
+            rec = StreamingReconstructor(base, cfg_cpu, input_size=size)
+            return Sequential(rec), rec
+
+        r = end_to_end(mk, stream_n(args.baseline_frames or args.frames), device, "baseline")
+        model_s = r["stages_s"].get("engine.model", float("nan"))
+        r["network_only_new_fps"] = r["frames"] / model_s
+        r["network_s"] = model_s
+        return r
+
+    step("baseline", baseline_e2e)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    # -- the fast path: cast in place (the reference outputs are already taken) --------------
+    t = time.perf_counter()
+    fast = accelerate(
+        model, dtype=model.dtype, compile=False, cuda_graph=False, cache_encoder=False
+    )
+    sync(device)
+    res["cast_s"] = time.perf_counter() - t
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    res["weights_mb_fast"] = (
+        sum(
+            p.numel() * p.element_size()
+            for p in model.net.parameters()
+            if p.device.type == device.type
+        )
+        / 2**20
+    )
+
+    warm_canvas = make_canvas(args.src_height, args.src_width, 3 * args.window, seed=1)
+
+    def warm():
+        """Every window shape the stream produces (all new, O cached, the last window's)."""
+        rec = StreamingReconstructor(fast, cfg_dev, input_size=size)
+        ws = list(
+            prepared_windows(rec, Stream(warm_canvas, 3 * args.window, args.src_width), cfg_dev)
+        )
+        for w in ws:
+            torch.stack([it.tensor for it in w.items])
+            with torch.inference_mode():
+                fast(torch.stack([it.tensor for it in w.items]))
+        sync(device)
+        fast.reset()
+
+    stream_windows = list(
+        prepared_windows(
+            StreamingReconstructor(fast, cfg_dev, input_size=size),
+            Stream(canvas, args.frames, args.src_width),
+            cfg_dev,
+        )
+    )
+
+    def ladder_step(name, **enable):
+        def run():
+            t = time.perf_counter()
+            fast.enable(**enable)
+            warm()
+            warm_s = time.perf_counter() - t
+            fast.reset()
+            r = network_only(fast, stream_windows, device, args.ladder_windows)
+            fast.reset()
+            with torch.inference_mode():
+                acc = [errors(fast(x.clone()), ref) for x, ref in zip(imgs, refs, strict=True)]
+            fast.reset()
+            return {
+                **r,
+                "warmup_s": warm_s,
+                "accuracy_vs_fp32": acc,
+                "graph_failed": getattr(fast.trunk_runner, "failed", None),
+            }
+
+        step(name, run)
+
+    if not args.no_ladder:
+        ladder_step("net_bf16_weights")
+        ladder_step("net_plus_token_cache", cache_encoder=True)
+    else:
+        fast.enable(cache_encoder=True)
+    if not args.no_compile:
+        ladder_step("net_plus_compile", compile=True)
+    if not args.no_graph and device.type == "cuda":
+        ladder_step("net_plus_cuda_graph", cuda_graph=True)
+    if args.no_ladder:
+        warm()
+
+    def fast_net():
+        fast.reset()
+        r = network_only(fast, stream_windows, device)
+        if res.get("flops", {}).get("window_tflop"):
+            f = res["flops"]
+            total = f["window_tflop"] + (r["windows"] - 1) * f["window_tflop_cached"]
+            r["achieved_tflops"] = total * r["new_fps"] / r["new_frames"]
+        r["cache_hits"] = fast.cache.hits if fast.cache else 0
+        return r
+
+    step("fast_network_only", fast_net)
+    stream_windows.clear()  # free the preprocessed frames before the end-to-end runs
+
+    def e2e(pipelined: bool, cfg: LaserConfig, label: str):
+        def mk():
+            fast.reset()
+            rec = StreamingReconstructor(fast, cfg, input_size=size)
+            return (
+                PipelinedReconstructor(rec, device=device) if pipelined else Sequential(rec)
+            ), rec
+
+        return lambda: end_to_end(mk, stream_n(args.frames), device, label)
+
+    step("fast_e2e_sequential_align_gpu", e2e(False, cfg_dev, "fast, sequential, align on GPU"))
+    step("fast_e2e_pipelined_align_cpu", e2e(True, cfg_cpu, "fast, pipelined, align on CPU"))
+    step("fast", e2e(True, cfg_dev, "fast, pipelined, align on GPU"))
+
+    # Baseline figures for the same-run comparison.
+    b, f = res.get("baseline", {}), res.get("fast", {})
+    if "new_fps" in b and "new_fps" in f:
+        res["speedup_e2e"] = f["new_fps"] / b["new_fps"]
+    if res.get("flops", {}).get("window_tflop") and "network_s" in b:
+        nb = b["num_windows"]
+        res["baseline_achieved_tflops"] = res["flops"]["window_tflop"] * nb / b["network_s"]
+    save()
+    summary(res)
+
+
+def summary(res: dict) -> None:
+    card = res.get("card", {}).get("name", "CPU")
+    print(f"\n== {res['args']['model']} on {card}, torch {res['torch']} ==")
+    print(f"ceiling bf16 matmul: {res.get('ceiling_tflops')}")
+    for key in (
+        "baseline",
+        "fast_e2e_sequential_align_gpu",
+        "fast_e2e_pipelined_align_cpu",
+        "fast",
+    ):
+        r = res.get(key, {})
+        if "new_fps" not in r:
+            print(f"{key}: {r.get('error', 'missing')}")
+            continue
+        gpu = f"gpu peak {r.get('gpu_peak_mb', 0) / 1024:.2f} GiB" if "gpu_peak_mb" in r else ""
+        print(
+            f"{key:32s} {r['new_fps']:7.1f} new fps e2e | latency p50 {r['latency_ms']['p50']:.0f} ms "
+            f"max {r['latency_ms']['max']:.0f} | {gpu} | rss {r['rss_mb']['max']:.0f} MB"
+        )
+    for key in (
+        "net_bf16_weights",
+        "net_plus_token_cache",
+        "net_plus_compile",
+        "net_plus_cuda_graph",
+        "fast_network_only",
+    ):
+        r = res.get(key)
+        if r and "new_fps" in r:
+            acc = r.get("accuracy_vs_fp32")
+            acc_s = f"| err w1 depth {acc[1]['depth']:.1e} pose {acc[1]['pose']:.1e}" if acc else ""
+            print(
+                f"{key:32s} {r['median_ms_per_window']:7.1f} ms/window {r['new_fps']:7.1f} new fps {acc_s}"
+            )
+        elif r:
+            print(f"{key}: {r.get('error')}")
+    if "baseline" in res and "network_only_new_fps" in res["baseline"]:
+        print(
+            f"baseline network-only {res['baseline']['network_only_new_fps']:.1f} new fps; "
+            f"baseline accuracy {res.get('baseline_accuracy')}"
+        )
+    print(f"speedup e2e {res.get('speedup_e2e')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""Pipelined streaming: decoding, the network and the alignment run at the same time.
+
+``StreamingReconstructor.run`` does everything in turn: decode and preprocess a frame, run the
+network on a full window, align it, hand the frames to the sinks. Here each stage has its own
+thread, joined by bounded queues (so memory stays flat):
+
+- decode: frames from the source, resized to the model size (``StreamingReconstructor``'s own
+  preprocessing);
+- network: ``predict`` of window k+1 (on its own CUDA stream when the model is on a GPU) while the
+  caller's thread runs ``align`` of window k, which must see windows in order;
+- sinks: ``on_frame`` / ``on_window`` calls, in order, off the critical path.
+
+The frames are the same as ``StreamingReconstructor.run``'s (the same predict/align calls in the
+same order); ``tests/test_pipeline.py`` checks that on the synthetic scene.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from laser_plugin.engine import StreamingReconstructor
+from laser_plugin.sources import open_source
+from laser_plugin.types import ReconstructedFrame
+from laser_plugin.windows import schedule_windows
+
+_END = object()
+
+
+class _Failure:
+    """An exception raised in a worker thread, carried to the caller's thread."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class PipelinedReconstructor:
+    """Runs a :class:`StreamingReconstructor` with its stages overlapped (see module doc)."""
+
+    def __init__(
+        self,
+        reconstructor: StreamingReconstructor,
+        *,
+        prefetch_windows: int = 1,
+        sink_thread: bool = True,
+        device: str | torch.device | None = None,
+    ) -> None:
+        """``prefetch_windows``: predicted windows that may wait for alignment (memory bound).
+        ``device``: where the model runs (default: the model's ``device`` attribute, else CPU);
+        a CUDA device gets a dedicated stream for the network."""
+        if prefetch_windows < 1:
+            raise ValueError("prefetch_windows must be at least 1")
+        self.rec = reconstructor
+        self.prefetch_windows = prefetch_windows
+        self.sink_thread = sink_thread
+        dev = device if device is not None else getattr(reconstructor.model, "device", "cpu")
+        self.model_device = torch.device(dev)
+        self.timings: dict[str, float] = {}
+        """Seconds per stage, summed over the stream: decode, predict, align, sinks, and
+        wait_predict (the caller waiting for the network: > 0 means the network is the bottleneck)."""
+
+    def _add(self, name: str, seconds: float) -> None:
+        self.timings[name] = self.timings.get(name, 0.0) + seconds
+
+    def run(
+        self,
+        source: str | Path | Iterable,
+        sinks: Sequence = (),
+        *,
+        max_frames: int | None = None,
+        fps: float = 30.0,
+        stride: int = 1,
+    ) -> Iterator[ReconstructedFrame]:
+        """Like :meth:`StreamingReconstructor.run`: yields each final frame once, in order."""
+        rec = self.rec
+        cfg = rec.config
+        # The per-stream state StreamingReconstructor.run sets up.
+        rec._cache = {}
+        rec._held = []
+        rec._model_size = None
+        rec._sizes_warned = False
+        stop = threading.Event()
+        frames_q: queue.Queue = queue.Queue(maxsize=2 * cfg.window_size)
+        pred_q: queue.Queue = queue.Queue(maxsize=self.prefetch_windows)
+        sink_q: queue.Queue = queue.Queue(maxsize=8 * cfg.window_size)
+        live = list(sinks)
+
+        def put(q: queue.Queue, item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def decode() -> None:
+            try:
+                src = open_source(source, fps=fps, stride=stride, max_frames=max_frames)
+                it = rec._prepared(src)
+                while True:
+                    t = time.perf_counter()
+                    item = next(it, _END)
+                    self._add("decode", time.perf_counter() - t)
+                    if item is _END or not put(frames_q, item):
+                        break
+                put(frames_q, _END)
+            except BaseException as exc:
+                put(frames_q, _Failure(exc))
+
+        def frames_from_queue() -> Iterator:
+            while not stop.is_set():
+                try:
+                    item = frames_q.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is _END:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.exc
+                yield item
+
+        def predict() -> None:
+            stream = None
+            if self.model_device.type == "cuda":
+                stream = torch.cuda.Stream(device=self.model_device)
+            try:
+                for window in schedule_windows(frames_from_queue(), cfg.window_size, cfg.overlap):
+                    if stop.is_set():
+                        return
+                    t = time.perf_counter()
+                    if stream is not None:
+                        with torch.cuda.stream(stream):
+                            pred = rec.predict(window)
+                        # The caller's thread reads and frees these on its own stream.
+                        stream.synchronize()
+                        for x in (pred.depth, pred.conf, pred.cam_to_world, pred.intrinsics):
+                            if x.is_cuda:
+                                x.record_stream(torch.cuda.default_stream(x.device))
+                    else:
+                        pred = rec.predict(window)
+                    self._add("predict", time.perf_counter() - t)
+                    if not put(pred_q, (window, pred)):
+                        return
+                put(pred_q, _END)
+            except BaseException as exc:
+                put(pred_q, _Failure(exc))
+
+        def deliver() -> None:
+            nonlocal live
+            while True:
+                item = sink_q.get()
+                if item is _END:
+                    return
+                t = time.perf_counter()
+                method, arg = item
+                live = rec._emit(live, method, arg)
+                self._add("sinks", time.perf_counter() - t)
+
+        def emit(method: str, arg) -> None:
+            nonlocal live
+            if self.sink_thread:
+                sink_q.put((method, arg))
+            else:
+                t = time.perf_counter()
+                live = rec._emit(live, method, arg)
+                self._add("sinks", time.perf_counter() - t)
+
+        workers = [
+            threading.Thread(target=decode, name="laser-decode", daemon=True),
+            threading.Thread(target=predict, name="laser-predict", daemon=True),
+        ]
+        sink_worker = threading.Thread(target=deliver, name="laser-sinks", daemon=True)
+        for w in workers:
+            w.start()
+        if self.sink_thread:
+            sink_worker.start()
+        ok = False
+        try:
+            while True:
+                t = time.perf_counter()
+                item = pred_q.get()  # the workers always end with _END or a _Failure
+                self._add("wait_predict", time.perf_counter() - t)
+                if item is _END:
+                    break
+                if isinstance(item, _Failure):
+                    raise item.exc
+                window, pred = item
+                t = time.perf_counter()
+                finals, stats = rec.align(window, pred)
+                self._add("align", time.perf_counter() - t)
+                for frame in finals:
+                    emit("on_frame", frame)
+                    yield frame
+                emit("on_window", stats)
+            for frame in rec._held:  # "later" mode: the last window's overlap frames
+                emit("on_frame", frame)
+                yield frame
+            rec.num_frames += len(rec._held)
+            rec._held = []
+            ok = True
+        except BaseException as exc:
+            if self.sink_thread:
+                sink_q.put(_END)
+                sink_worker.join()
+            rec._emit(live, "on_interrupt", exc)
+            raise
+        finally:
+            stop.set()
+            for w in workers:
+                w.join(timeout=30)
+            if self.sink_thread and sink_worker.is_alive():
+                sink_q.put(_END)
+                sink_worker.join()
+            for sink in live:
+                try:
+                    sink.close()
+                except Exception as exc:  # a sink failing must not lose the others' files
+                    rec._warn(f"sink {type(sink).__name__} failed to close: {exc}")
+            if ok and rec.num_frames == 0:
+                rec._warn("the stream had no frames")
+
+    def reconstruct(self, source, sinks: Sequence = (), **kw) -> list[ReconstructedFrame]:
+        """Run to completion and return all frames (for short streams; ``run`` streams)."""
+        return list(self.run(source, sinks, **kw))

@@ -1,0 +1,76 @@
+"""Fast inference path (laser_plugin.models.fast): same function as the reference path.
+
+Tiny random networks on the CPU. In fp32 the fast path (restructured trunk, rotary tables passed as
+tensors, overlap-frame encoder tokens reused) must give the reference outputs; in bf16 it must stay
+within bf16 rounding of them.
+"""
+
+import pytest
+import torch
+
+from laser_plugin.models import pi3, vggt
+from laser_plugin.models.fast import FrameTokenCache, accelerate
+
+MODULES = {"pi3": pi3, "vggt": vggt}
+
+
+def _pair(name, **kw):
+    mod = MODULES[name]
+    ref = mod.make_model(size="tiny", random_init=True, seed=3)
+    fast = accelerate(mod.make_model(size="tiny", random_init=True, seed=3), **kw)
+    return ref, fast
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("name", ["pi3", "vggt"])
+def test_fp32_fast_path_with_token_cache_equals_reference(name):
+    ref, fast = _pair(name, dtype=torch.float32)
+    frames = torch.rand(14, 3, 42, 70, generator=torch.Generator().manual_seed(0))
+    for start in (0, 4, 8):  # windows of 6 frames overlapping by 2
+        w = frames[start : start + 6]
+        a, b = ref(w.clone()), fast(w.clone())
+        for key in ("depth", "conf", "cam_to_world", "intrinsics"):
+            torch.testing.assert_close(getattr(b, key), getattr(a, key), rtol=1e-5, atol=1e-6)
+    assert fast.cache.hits == 4 and fast.cache.misses == 14
+
+
+@pytest.mark.parametrize("name", ["pi3", "vggt"])
+def test_bf16_fast_path_is_close_to_fp32(name):
+    ref, fast = _pair(name, dtype=torch.bfloat16, dpt_dtype=torch.bfloat16)
+    w = torch.rand(5, 3, 42, 70, generator=torch.Generator().manual_seed(1))
+    a, b = ref(w.clone()), fast(w.clone())
+    assert next(fast.net.parameters()).dtype in (torch.bfloat16, torch.float32)
+    assert _rel(b.depth, a.depth) < 3e-2
+    assert _rel(b.cam_to_world, a.cam_to_world) < 3e-2
+    assert _rel(b.depth, a.depth) > 0  # it really ran in bf16
+
+
+def test_changed_frame_is_not_served_from_the_cache():
+    ref, fast = _pair("pi3", dtype=torch.float32)
+    frames = torch.rand(6, 3, 42, 70, generator=torch.Generator().manual_seed(2))
+    fast(frames.clone())
+    edited = frames.clone()
+    edited[1, :, 20, 30] += 0.25  # one pixel that the strided key may not sample
+    b = fast(edited)
+    assert fast.cache.hits == 5  # frame 1 was recomputed
+    torch.testing.assert_close(b.depth, ref(edited).depth, rtol=1e-5, atol=1e-6)
+
+
+def test_cache_holds_only_the_latest_window():
+    cache = FrameTokenCache()
+    a = torch.rand(4, 3, 8, 8)
+    cache.store(a, cache.keys(a), torch.rand(4, 2, 3))
+    b = torch.rand(4, 3, 8, 8)
+    cache.store(b, cache.keys(b), torch.rand(4, 2, 3))
+    assert all(t is None for t in cache.lookup(a, cache.keys(a)))
+    assert all(t is not None for t in cache.lookup(b, cache.keys(b)))
+
+
+def test_make_model_fast_flag_returns_the_fast_path():
+    m = pi3.make_model(size="tiny", random_init=True, fast=True, dtype="fp32")
+    assert m.name == "pi3" and m.cache is not None and m.input_size(100, 100)[0] % 14 == 0
+    with pytest.raises(TypeError):
+        accelerate(object())
