@@ -263,3 +263,20 @@ def test_a_viewer_failure_reaches_the_engine_as_an_error(sink: ViserSink):
         sink.close()
     with pytest.raises(RuntimeError, match="the viser viewer failed"):
         sink.on_frame(make_frame(1))
+
+
+def test_busy_port_moves_to_the_next_free_one_and_the_url_says_so():
+    import socket
+    import urllib.request
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        s = make_viser_sink(port=busy, verbose=False)
+        try:
+            assert s.port != busy and s.url == f"http://127.0.0.1:{s.port}"
+            html = urllib.request.urlopen(s.url, timeout=10).read().decode()
+            assert "<html" in html.lower()
+        finally:
+            s.stop()
