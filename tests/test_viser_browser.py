@@ -90,6 +90,7 @@ class ClientScene:
         self.hidden: set[str] = set()
         self.camera: dict[str, np.ndarray] = {}  # last position / look_at set by the server
         self.frames = 0
+        self.cloud_dtype = "<f4"  # 0.2.x always sends float32
         self.errors: list[str] = []
         self._lock = threading.Lock()
 
@@ -126,6 +127,8 @@ class ClientScene:
             self.camera["look_at"] = np.asarray(message["look_at"], np.float64)
         elif kind == "PointCloudMessage":
             self.nodes[message["name"]] = (kind, _num_points(message, lengths))
+            if NEW_WIRE:  # 1.x may send float16 positions; ours must be float32
+                self.cloud_dtype = message["props"]["points"]["dtype"]
         elif kind in (
             "CameraFrustumMessage",
             "FrameMessage",
@@ -221,10 +224,14 @@ def save_screenshot(page, name: str, tmp_path: Path) -> Path:
     return out
 
 
-def _feed(sink: ViserSink, frames, done: threading.Event, errors: list, delay: float) -> None:
+def _feed(
+    sink: ViserSink, frames, done: threading.Event, errors: list, delay: float, fed=None
+) -> None:
     try:
         for frame in frames:
             sink.on_frame(frame)
+            if fed is not None:
+                fed.append(frame.index)  # on_frame came back: the engine could go on
             time.sleep(delay)
         sink.close()
     except Exception as exc:
@@ -263,6 +270,7 @@ def _check_demo_run(browser, sink, demo_frames, tmp_path):
     )
     assert not scene.errors
     assert scene.points() == len(sink._cloud)  # the whole bounded cloud, nothing lost
+    assert scene.cloud_dtype == "<f4"  # float32 positions, not viser 1.x's float16 default
     assert "/world/trajectory" in scene.nodes and "/current_camera" in scene.nodes
 
     # The control panel, as rendered: readout and the scrubber's range.
@@ -292,9 +300,9 @@ def _endless(frames, stop: threading.Event):
 
 def test_pause_button_stops_the_stream_and_resume_continues(browser, sink, demo_frames):
     page, scene = open_viewer(browser, sink)
-    done, stop, errors = threading.Event(), threading.Event(), []
+    done, stop, errors, fed = threading.Event(), threading.Event(), [], []
     stream = _endless(demo_frames, stop)
-    producer = threading.Thread(target=_feed, args=(sink, stream, done, errors, 0.1))
+    producer = threading.Thread(target=_feed, args=(sink, stream, done, errors, 0.1, fed))
     producer.start()
     try:
         assert wait_until(page, lambda: scene.frustums() >= 3)
@@ -305,8 +313,9 @@ def test_pause_button_stops_the_stream_and_resume_continues(browser, sink, demo_
         )
         page.get_by_role("button", name="Resume stream").wait_for(timeout=5000)
         page.wait_for_timeout(500)  # a frame already inside on_frame may still land
-        received, shown = sink.frames_received, scene.frustums()
+        received, shown, returned = sink.frames_received, scene.frustums(), len(fed)
         page.wait_for_timeout(1500)
+        assert len(fed) == returned, "the producer was not blocked while paused"
         assert sink.frames_received == received, "frames kept coming while paused"
         assert scene.frustums() == shown, "the browser kept receiving frames while paused"
         assert producer.is_alive() and not done.is_set()  # blocked in on_frame, not finished

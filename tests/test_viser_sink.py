@@ -85,10 +85,12 @@ def test_cloud_bound_and_frustum_thinning():
         s.stop()
 
 
-def _producer(sink: ViserSink, indices, done: threading.Event, errors: list):
+def _producer(sink: ViserSink, indices, done: threading.Event, errors: list, returned=None):
     try:
         for i in indices:
             sink.on_frame(make_frame(i))
+            if returned is not None:
+                returned.append(i)  # on_frame came back: the engine could go on
             time.sleep(0.01)
     except Exception as exc:  # surfaced by the test
         errors.append(exc)
@@ -97,14 +99,15 @@ def _producer(sink: ViserSink, indices, done: threading.Event, errors: list):
 
 
 def test_pause_blocks_the_producer_and_resume_releases_it(sink: ViserSink):
-    done, errors = threading.Event(), []
+    done, errors, returned = threading.Event(), [], []
     sink.on_frame(make_frame(0))
     sink.flush()
     sink.pause()
-    thread = threading.Thread(target=_producer, args=(sink, range(1, 30), done, errors))
+    thread = threading.Thread(target=_producer, args=(sink, range(1, 30), done, errors, returned))
     thread.start()
     time.sleep(0.6)
     assert sink.paused and not done.is_set()
+    assert returned == []  # the engine's call blocks: no frame is buffered behind the pause
     assert sink.frames_received == 1  # the producer is stuck in on_frame, nothing got through
     assert "paused" in sink._controls.readout.content
     assert sink.wait_if_paused(timeout=0.1) is False
