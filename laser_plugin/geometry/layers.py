@@ -81,7 +81,6 @@ def connected_components_torch(member: Tensor, conn_r: Tensor, conn_d: Tensor) -
     big = h * w
     idx = torch.arange(big, device=member.device).reshape(1, h, w).expand(n, h, w)
     lab = torch.where(member, idx, torch.full_like(idx, big))
-    flat_off = (torch.arange(n, device=member.device) * big).reshape(n, 1)
     for it in range(4 * (h + w)):
         new = lab.clone()
         new[:, :, :-1] = torch.where(conn_r, torch.minimum(new[:, :, :-1], lab[:, :, 1:]), new[:, :, :-1])
@@ -205,11 +204,14 @@ def segment_depth_layers(
 
 
 def upsample_labels(labels: Tensor, stride: int, height: int, width: int) -> Tensor:
-    """Nearest-neighbour labels at full resolution (N, H, W); the cropped border copies its edge."""
+    """Nearest-neighbour upsampling of a strided map (N, h, w) to (N, H, W) (labels or scales);
+    the border rows/columns the strided grid did not cover copy their neighbours."""
     if stride == 1:
         return labels
-    up = labels.repeat_interleave(stride, dim=1).repeat_interleave(stride, dim=2)
-    ph, pw = height - up.shape[1], width - up.shape[2]
-    if ph or pw:
-        up = F.pad(up[:, None].double(), (0, pw, 0, ph), mode="replicate")[:, 0].long()
-    return up
+    h, w = labels.shape[1] * stride, labels.shape[2] * stride
+    src = labels[:, None].float() if not labels.is_floating_point() else labels[:, None]
+    up = F.interpolate(src, size=(h, w), mode="nearest")
+    if (h, w) != (height, width):
+        up = F.pad(up, (0, width - w, 0, height - h), mode="replicate")
+    up = up[:, 0]
+    return up if labels.is_floating_point() else up.round().to(labels.dtype)

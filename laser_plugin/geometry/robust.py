@@ -33,6 +33,18 @@ def segment_median(values: Tensor, group: Tensor, num_groups: int) -> Tensor:
     return torch.where(counts > 0, med, torch.full_like(med, float("nan")))
 
 
+def thin(mask_or_count: int, max_samples: int, device=None) -> Tensor | None:
+    """Evenly spaced indices keeping at most ``max_samples`` of ``n`` (None: keep all).
+
+    A few tens of thousands of pixels pin a scale down to well under 0.1%; fitting millions
+    only costs time.
+    """
+    n = int(mask_or_count)
+    if n <= max_samples:
+        return None
+    return torch.linspace(0, n - 1, max_samples, device=device).round().long()
+
+
 def robust_scale(
     num: Tensor,
     den: Tensor,
@@ -41,6 +53,7 @@ def robust_scale(
     weight: Tensor | None = None,
     delta: float = 0.05,
     iterations: int = 10,
+    max_samples: int = 65536,
 ) -> ScaleFit:
     """Fit ``num ≈ s_g * den`` per group by IRLS with a Huber loss on relative residuals.
 
@@ -61,9 +74,15 @@ def robust_scale(
     if weight is not None:
         ok &= torch.isfinite(weight) & (weight > 0)
     num, den, group = num[ok], den[ok], group[ok]
+    group_all = group
     prior = weight[ok] if weight is not None else torch.ones_like(num)
+    keep = thin(num.numel(), max_samples, num.device)
+    if keep is not None:
+        num, den, group, prior = num[keep], den[keep], group[keep], prior[keep]
     x = den / num
     counts = torch.bincount(group, minlength=num_groups)
+    if keep is not None:  # report how many samples each group had before thinning
+        counts = torch.bincount(group_all, minlength=num_groups)
     # Start at the median of num/den per group (robust to up to 50% outliers).
     scale = 1.0 / segment_median(x, group, num_groups)
     scale = torch.where(torch.isfinite(scale), scale, torch.ones_like(scale))
