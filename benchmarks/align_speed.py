@@ -44,7 +44,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     cfg = LaserConfig()
-    L, O = cfg.window_size, cfg.overlap
+    L, O = cfg.window_size, cfg.overlap  # noqa: E741 - the paper's names
     scene = make_scene("demo", L + (L - O), args.height, args.width)
     model = make_model(scene=scene)
     prev_pred = model.predict(list(range(L))).to(dev)

@@ -9,4 +9,4 @@ import os as _os
 
 _src = _os.path.join(_os.path.dirname(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))), "integrations")
 if _os.path.isfile(_os.path.join(_src, "__init__.py")):
-    __path__.append(_src)  # noqa: F821 - __path__ is defined for packages
+    __path__.append(_src)
