@@ -1,0 +1,177 @@
+"""Multi-GPU speed: one stream on 1 vs N GPUs (laser_plugin.multi_device), full-size π³.
+
+Random weights (speed does not depend on them), the same seed on every replica. Frames are a
+panning random texture already at the network's input size (294x518, LASER's window size, as in
+shared/reference/gpu-baseline.md), held in memory, so neither decoding nor resizing is measured. In one process, for each number of GPUs n = 1 .. N:
+
+- network only: the windows predicted on n replicas through the multi-device runner's own
+  dispatch (a free replica takes the next window), no alignment;
+- end to end: ``MultiDeviceReconstructor`` over n replicas, alignment on ``--align-device``, frames
+  in -> final frames out; its frames are compared with the n=1 run (max abs difference of poses
+  and depths: the scale-out must not change the output).
+
+Reported: new frames/s (frames / seconds, after a warm-up window per replica) and the speed-up
+over n=1. The card and torch version are recorded with the figures.
+
+    python benchmarks/speed_multi_gpu.py --devices all --out speed_multi_gpu.json     # GPUs
+    python benchmarks/speed_multi_gpu.py --devices cpu,cpu --size tiny --frames 50    # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import queue
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from laser_plugin import LaserConfig
+from laser_plugin.models.pi3 import make_model
+from laser_plugin.multi_device import MultiDeviceReconstructor, parse_devices
+from laser_plugin.sources import open_source
+from laser_plugin.windows import schedule_windows
+
+
+def panning_frames(height: int, width: int, count: int, seed: int = 0) -> list[np.ndarray]:
+    """Frame i is a crop of a smooth random texture shifted by 2i pixels."""
+    rng = np.random.default_rng(seed)
+    w = width + 2 * count + 8
+    coarse = rng.random((height // 8 + 2, w // 8 + 2, 3)).astype(np.float32)
+    up = np.repeat(np.repeat(coarse, 8, 0), 8, 1)[:height, :w]
+    canvas = ((0.7 * up + 0.3 * rng.random((height, w, 3))) * 255).astype(np.uint8)
+    return [np.ascontiguousarray(canvas[:, 2 * i : 2 * i + width]) for i in range(count)]
+
+
+def sync(devices) -> None:
+    for d in devices:
+        if str(d).startswith("cuda"):
+            torch.cuda.synchronize(d)
+
+
+def network_only(engine: MultiDeviceReconstructor, windows, devices) -> float:
+    """Seconds to predict ``windows`` on the engine's replicas (its own dispatch, no alignment)."""
+    free: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for i in range(len(engine.replicas)):
+        free.put(i)
+    with ThreadPoolExecutor(len(engine.replicas)) as pool:
+        sync(devices)
+        start = time.perf_counter()
+        for f in [pool.submit(engine._predict_on_free, w, free) for w in windows]:
+            f.result()
+        sync(devices)
+        return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", default="all", help="e.g. cuda:0,cuda:1, all, or cpu,cpu")
+    ap.add_argument("--size", default="large", choices=["large", "tiny"])
+    ap.add_argument("--frames", type=int, default=365, help="stream length (default: 24 windows)")
+    ap.add_argument("--height", type=int, default=294)
+    ap.add_argument("--width", type=int, default=518)
+    ap.add_argument("--window-size", type=int, default=20)
+    ap.add_argument("--overlap", type=int, default=5)
+    ap.add_argument("--align-device", default=None, help="default: the first device")
+    ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    args = ap.parse_args(argv)
+
+    devices = parse_devices(args.devices)
+    align_device = args.align_device or devices[0]
+    info = {
+        "devices": devices,
+        "cards": [
+            torch.cuda.get_device_name(d) if d.startswith("cuda") else platform.processor() or "cpu"
+            for d in devices
+        ],
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "model": f"pi3 {args.size}, random weights",
+        "frames": args.frames,
+        "size": [args.height, args.width],
+        "window": [args.window_size, args.overlap],
+        "align_device": align_device,
+    }
+    print(json.dumps(info), flush=True)
+    t = time.perf_counter()
+    replicas = [make_model(device=d, size=args.size, random_init=True, seed=0) for d in devices]
+    info["build_s"] = round(time.perf_counter() - t, 2)
+    frames = panning_frames(args.height, args.width, args.frames)
+    config = LaserConfig(window_size=args.window_size, overlap=args.overlap, device=align_device)
+    results = []
+    reference = None
+    for n in range(1, len(devices) + 1):
+        engine = MultiDeviceReconstructor(
+            replicas[:n], config, keep_source_images=False, input_size=(args.height, args.width)
+        )
+        engine._model_size = None  # _prepared's state, normally set by run()
+        engine._sizes_warned = False
+        windows = list(
+            schedule_windows(
+                engine._prepared(open_source(frames)), config.window_size, config.overlap
+            )
+        )
+        network_only(engine, windows[:n], devices[:n])  # warm-up: one window per replica
+        net_s = network_only(engine, windows, devices[:n])
+        new_frames = args.frames  # every frame is new exactly once
+        for _ in engine.run(
+            frames[: config.window_size + 2 * (config.window_size - config.overlap)]
+        ):
+            pass  # warm-up of the alignment kernels
+        engine.timings, engine.num_windows, engine.num_frames = {}, 0, 0
+        engine.windows_per_replica, engine.max_buffered = [0] * n, 0
+        sync(devices[:n])
+        start = time.perf_counter()
+        out = [(f.cam_to_world, f.depth) for f in engine.run(frames)]
+        sync(devices[:n])
+        e2e_s = time.perf_counter() - start
+        row = {
+            "gpus": n,
+            "windows": len(windows),
+            "network_only_new_fps": round(new_frames / net_s, 2),
+            "network_only_ms_per_window": round(1000 * net_s / len(windows), 1),
+            "end_to_end_new_fps": round(len(out) / e2e_s, 2),
+            "end_to_end_s": round(e2e_s, 3),
+            "windows_per_replica": engine.windows_per_replica,
+            "max_buffered": engine.max_buffered,
+            "align_ms_per_window": {
+                k: round(1000 * v / max(engine.num_windows, 1), 1)
+                for k, v in engine.timings.items()
+                if k != "model"
+            },
+        }
+        if devices[0].startswith("cuda"):
+            row["peak_gib"] = [
+                round(torch.cuda.max_memory_allocated(d) / 2**30, 2) for d in devices[:n]
+            ]
+        if reference is None:
+            reference = out
+        else:
+            row["max_abs_pose_diff_vs_1"] = float(
+                max(np.abs(a[0] - b[0]).max() for a, b in zip(out, reference))
+            )
+            row["max_abs_depth_diff_vs_1"] = float(
+                max(np.abs(a[1] - b[1]).max() for a, b in zip(out, reference))
+            )
+        if results:
+            row["network_speedup"] = round(
+                row["network_only_new_fps"] / results[0]["network_only_new_fps"], 3
+            )
+            row["end_to_end_speedup"] = round(
+                row["end_to_end_new_fps"] / results[0]["end_to_end_new_fps"], 3
+            )
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    info["results"] = results
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(info, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
