@@ -59,12 +59,17 @@ class Stream:
     """The benchmark video: frame i is a crop of the canvas shifted by 2i pixels; records each
     frame's arrival time (when the engine pulls it) for the latency figures."""
 
-    def __init__(self, canvas: np.ndarray, n: int, width: int) -> None:
-        self.canvas, self.n, self.width = canvas, n, width
+    def __init__(self, canvas: np.ndarray, n: int, width: int, rate: float | None = None) -> None:
+        self.canvas, self.n, self.width, self.rate = canvas, n, width, rate
         self.arrival: dict[int, float] = {}
 
     def __iter__(self):
+        start = time.perf_counter()
         for i in range(self.n):
+            if self.rate:  # a live camera: frame i exists only at start + i / rate
+                wait = start + i / self.rate - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
             frame = self.canvas[:, 2 * i : 2 * i + self.width].copy()
             self.arrival[i] = time.perf_counter()
             yield frame
@@ -179,8 +184,9 @@ def prepared_windows(rec: StreamingReconstructor, stream: Stream, cfg: LaserConf
 
 def network_only(model, windows, device, max_windows: int | None = None) -> dict:
     """Seconds per window of the model alone (inputs already preprocessed, in stream order)."""
-    times, new = [], 0
+    times, new, first = [], 0, None
     for k, w in enumerate(windows):
+        first = len(w.items) if first is None else first
         if max_windows is not None and k >= max_windows:
             break
         images = torch.stack([it.tensor for it in w.items])
@@ -197,10 +203,7 @@ def network_only(model, windows, device, max_windows: int | None = None) -> dict
         "new_frames": new,
         "median_ms_per_window": 1e3 * statistics.median(times),
         "new_fps": new / total,
-        "new_fps_steady": (new - (len(windows[0].items) if windows else 0))
-        / max(1e-9, total - times[0])
-        if len(times) > 1
-        else None,
+        "new_fps_steady": (new - first) / max(1e-9, total - times[0]) if len(times) > 1 else None,
     }
 
 
@@ -254,6 +257,45 @@ def end_to_end(make_runner, stream_factory, device, label: str) -> dict:
         }
     out["num_windows"] = rec.num_windows
     return out
+
+
+def align_profile(model, cfg, size, canvas, args, device, windows: int = 8) -> dict:
+    """Where alignment time goes: cProfile over ``align`` of a few windows (plain engine, nothing
+    else running), cumulative seconds per window for the engine and geometry functions. Host
+    syncs are charged to the function that forces them."""
+    import cProfile
+    import pstats
+
+    model.reset()
+    rec = StreamingReconstructor(model, cfg, input_size=size)
+    rec._cache, rec._held = {}, []
+    preds = []
+    for k, w in enumerate(
+        prepared_windows(rec, Stream(canvas, 20 + 15 * windows, args.src_width), cfg)
+    ):
+        if k >= windows:
+            break
+        preds.append((w, rec.predict(w)))
+    sync(device)
+    prof = cProfile.Profile()
+    t = time.perf_counter()
+    prof.enable()
+    for w, p in preds:
+        rec.align(w, p)
+    sync(device)
+    prof.disable()
+    wall = time.perf_counter() - t
+    stats = pstats.Stats(prof).stats
+    per_fn = {}
+    for (file, _line, fn), (_, _, _, cum, _) in stats.items():
+        if "laser_plugin" in file and ("geometry" in file or "engine" in file or "convert" in file):
+            per_fn[f"{file.split('laser_plugin/')[-1]}:{fn}"] = 1e3 * cum / len(preds)
+    top = dict(sorted(per_fn.items(), key=lambda kv: -kv[1])[:25])
+    return {
+        "windows": len(preds),
+        "ms_per_window": 1e3 * wall / len(preds),
+        "cum_ms_per_window": top,
+    }
 
 
 class Sequential:
@@ -332,7 +374,7 @@ def main() -> None:
     cfg_dev = LaserConfig(window_size=args.window, overlap=args.overlap, device=args.device)
     size = (args.height, args.width)
     canvas = make_canvas(args.src_height, args.src_width, args.frames)
-    stream_n = lambda n: lambda: Stream(canvas, n, args.src_width)  # noqa: E731
+    stream_n = lambda n, rate=None: lambda: Stream(canvas, n, args.src_width, rate)  # noqa: E731
 
     step("ceiling_tflops", lambda: matmul_ceiling(device))
     if args.model == "pi3":
@@ -446,13 +488,12 @@ def main() -> None:
         sync(device)
         fast.reset()
 
-    stream_windows = list(
-        prepared_windows(
+    def stream_windows():  # lazily: holding 600 preprocessed frames would inflate host memory
+        return prepared_windows(
             StreamingReconstructor(fast, cfg_dev, input_size=size),
             Stream(canvas, args.frames, args.src_width),
             cfg_dev,
         )
-    )
 
     def ladder_step(name, **enable):
         def run():
@@ -461,7 +502,7 @@ def main() -> None:
             warm()
             warm_s = time.perf_counter() - t
             fast.reset()
-            r = network_only(fast, stream_windows, device, args.ladder_windows)
+            r = network_only(fast, stream_windows(), device, args.ladder_windows)
             fast.reset()
             with torch.inference_mode():
                 acc = [errors(fast(x.clone()), ref) for x, ref in zip(imgs, refs, strict=True)]
@@ -489,7 +530,7 @@ def main() -> None:
 
     def fast_net():
         fast.reset()
-        r = network_only(fast, stream_windows, device)
+        r = network_only(fast, stream_windows(), device)
         if res.get("flops", {}).get("window_tflop"):
             f = res["flops"]
             total = f["window_tflop"] + (r["windows"] - 1) * f["window_tflop_cached"]
@@ -498,21 +539,40 @@ def main() -> None:
         return r
 
     step("fast_network_only", fast_net)
-    stream_windows.clear()  # free the preprocessed frames before the end-to-end runs
 
-    def e2e(pipelined: bool, cfg: LaserConfig, label: str):
+    def e2e(pipelined: bool, cfg: LaserConfig, label: str, priority=True, rate=None, n=None):
         def mk():
             fast.reset()
             rec = StreamingReconstructor(fast, cfg, input_size=size)
-            return (
-                PipelinedReconstructor(rec, device=device) if pipelined else Sequential(rec)
-            ), rec
+            if not pipelined:
+                return Sequential(rec), rec
+            return PipelinedReconstructor(rec, device=device, align_priority=priority), rec
 
-        return lambda: end_to_end(mk, stream_n(args.frames), device, label)
+        return lambda: end_to_end(mk, stream_n(n or args.frames, rate), device, label)
 
     step("fast_e2e_sequential_align_gpu", e2e(False, cfg_dev, "fast, sequential, align on GPU"))
     step("fast_e2e_pipelined_align_cpu", e2e(True, cfg_cpu, "fast, pipelined, align on CPU"))
+    step(
+        "fast_e2e_pipelined_normal_priority",
+        e2e(
+            True, cfg_dev, "fast, pipelined, align on GPU, default-priority stream", priority=False
+        ),
+    )
     step("fast", e2e(True, cfg_dev, "fast, pipelined, align on GPU"))
+    if "new_fps" in res.get("fast", {}):
+        # Latency at a live camera's pace: frames arrive at 80% of the measured throughput.
+        rate = 0.8 * res["fast"]["new_fps"]
+        step(
+            "fast_live_latency",
+            e2e(
+                True,
+                cfg_dev,
+                f"fast, live source at {rate:.0f} fps",
+                rate=rate,
+                n=min(args.frames, 300),
+            ),
+        )
+    step("align_profile", lambda: align_profile(fast, cfg_dev, size, canvas, args, device))
 
     # Baseline figures for the same-run comparison.
     b, f = res.get("baseline", {}), res.get("fast", {})
