@@ -39,6 +39,8 @@ class Args:
     """Device for the backend."""
     max_frames: int | None = None
     """Stop after this many frames (the demo scene's length when it runs)."""
+    demo_size: tuple[int, int] = (128, 224)
+    """Height and width of the demo scene's frames."""
     delay: float = 0.0
     """Seconds to wait after each frame, to watch the map grow."""
     keep_open: bool = True
@@ -55,7 +57,8 @@ def main(args: Args) -> ViserSink:
     if args.video is None:
         from laser_plugin.models.synthetic import make_model, make_scene
 
-        scene = make_scene("demo", num_frames=args.max_frames)
+        height, width = args.demo_size
+        scene = make_scene("demo", num_frames=args.max_frames, height=height, width=width)
         model, source = make_model(scene=scene), scene.frames()
     else:
         from laser_plugin.models import load_model
