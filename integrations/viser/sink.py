@@ -557,7 +557,12 @@ class ViserSink:
         c.follow.on_update(lambda _: self._on_follow())
         c.show_frustums.on_update(lambda _: self._on_show_frustums())
         for handle in (c.color_mode, c.min_conf, c.point_size):
-            handle.on_update(lambda _: self.flush())
+            handle.on_update(lambda _: self._refresh())
+
+    def _refresh(self) -> None:
+        """Re-send what is shown (a display setting changed); never waits for the queue."""
+        with self._lock:
+            self._push()
 
     def _on_scrub(self) -> None:
         with self._lock:
