@@ -81,7 +81,8 @@ def connect(options: FleetOptions) -> bool:
         if address and address != "local":
             ray.init(address=address, **common)
         else:
-            ray.init(num_cpus=options.num_cpus, include_dashboard=False, **common)
+            # address=None would still read RAY_ADDRESS; "local" always starts a fresh local Ray.
+            ray.init(address="local", num_cpus=options.num_cpus, include_dashboard=False, **common)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"Ray at {address}" if address and address != "local" else "a local Ray"
         raise ConfigError(
