@@ -219,3 +219,52 @@ def test_is_loopback():
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
     assert not is_loopback("myhost.example")
+
+
+def test_pausable_worker_keeps_order_holds_while_paused_and_reports_errors():
+    import threading
+    import time
+
+    from laser_plugin.integrations.viser.worker import PausableWorker
+
+    handled: list[int] = []
+
+    def handle(kind: str, item: int) -> None:
+        if kind == "boom":
+            raise ValueError("bad item")
+        handled.append(item)
+
+    worker = PausableWorker(handle, tick=lambda: None, interval=0.05, max_queue=2)
+    try:
+        for i in range(5):
+            worker.put("item", i)
+        worker.drain()
+        assert handled == [0, 1, 2, 3, 4]
+
+        worker.pause()
+        assert worker.wait_if_paused(timeout=0.05) is False
+        returned: list[int] = []
+
+        def produce():
+            for i in range(5, 10):
+                worker.put("item", i)  # the queue holds 2: the third put blocks
+                returned.append(i)
+
+        thread = threading.Thread(target=produce)
+        thread.start()
+        time.sleep(0.4)
+        assert handled == [0, 1, 2, 3, 4]  # nothing handled while paused
+        assert len(returned) <= 3  # the producer is held by the bounded queue
+        worker.resume()
+        thread.join(5)
+        worker.drain()
+        assert handled == list(range(10))
+
+        worker.put("boom", 0)
+        worker.drain()
+        with pytest.raises(RuntimeError, match="the test worker failed: bad item"):
+            worker.raise_error("the test worker")
+    finally:
+        worker.stop()
+    worker.put("item", 99)  # after stop: dropped, never blocks
+    assert 99 not in handled

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-import queue
 import socket
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +30,7 @@ from laser_plugin.integrations.viser.sampling import (
     thumbnail,
     vertical_fov,
 )
+from laser_plugin.integrations.viser.worker import PausableWorker
 
 from laser_plugin.errors import ConfigError
 from laser_plugin.types import ReconstructedFrame, WindowStats
@@ -125,9 +124,6 @@ class ViserSink:
 
         self._compat = SceneCompat(self.server)
         self._lock = threading.RLock()
-        self._resume = threading.Event()
-        self._resume.set()
-        self._stopped = threading.Event()
         self._state = "waiting for frames"
 
         self._cloud: VoxelCloud | None = None
@@ -142,12 +138,6 @@ class ViserSink:
         self._last_window: WindowStats | None = None
         self._dirty = False
         self._slider_max = 1
-        # Frames go through a short queue to the viewer thread: the engine pays ~0.1 ms per
-        # frame, not the sampling, voxel merge and JPEG thumbnails.
-        self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=cfg.max_queue)
-        self._pending = 0
-        self._pending_lock = threading.Lock()
-        self._error: Exception | None = None
         self._last_index: int | None = None
         self._homed = False  # browsers already open get one view of the first frames
 
@@ -158,23 +148,26 @@ class ViserSink:
         self.pushes = 0
         """Cloud updates sent so far."""
 
+        # Frames go through a bounded queue to the viewer thread: the engine pays for the
+        # subsample and thumbnail only, not the voxel merge, JPEG encoding and messages.
+        self._worker = PausableWorker(
+            self._handle, self._tick, cfg.update_interval, cfg.max_queue, name="viser-viewer"
+        )
+
         self.server.scene.set_up_direction("-y")  # OpenCV world: y points down
         self._cameras_root = self.server.scene.add_frame(CAMERAS_NODE, show_axes=False)
         self._controls = build_controls(self.server, cfg)
         self._wire_controls()
         self.server.on_client_connect(self._on_client_connect)
 
-        self._worker = threading.Thread(target=self._run, name="viser-viewer", daemon=True)
-        self._worker.start()
-
     # ------------------------------------------------------------------ Sink protocol
 
     def on_frame(self, frame: ReconstructedFrame) -> None:
         """Queue one finalised frame for the viewer; blocks while the viewer is paused (and
         when ``max_queue`` frames are already waiting)."""
-        self._raise_worker_error()
+        self._worker.raise_error("the viser viewer")
         self.wait_if_paused()
-        if self._stopped.is_set():
+        if self._worker.stopped.is_set():
             return
         if self._last_index is not None and frame.index <= self._last_index:
             raise ValueError(
@@ -182,7 +175,7 @@ class ViserSink:
                 f"after {self._last_index}"
             )
         self._last_index = int(frame.index)
-        self._put("frame", self._light(frame))
+        self._worker.put("frame", self._light(frame))
 
     def _light(self, frame: ReconstructedFrame) -> _FrameItem:
         """What the viewer needs of a frame, small enough to queue many (~100 kB): the pixel
@@ -203,72 +196,28 @@ class ViserSink:
 
     def on_window(self, stats: WindowStats) -> None:
         """Show the last window's registration figures in the readout."""
-        self._put("window", stats)
+        self._worker.put("window", stats)
 
     def on_correction(self, frames: list[ReconstructedFrame]) -> None:
         """Move already shown frames (and their points) to corrected poses (loop closure)."""
-        self._put("correction", list(frames))
+        self._worker.put("correction", list(frames))
 
     def on_interrupt(self, exc: BaseException) -> None:
         """The run stopped early (Ctrl-C, an error): say so and show what arrived."""
-        self._put("interrupt", None)
+        self._worker.put("interrupt", None)
 
     def close(self) -> None:
         """End of stream: show everything queued. The viewer keeps serving until ``stop()``."""
-        self._put("close", None)
-        self._drain()
-        self._raise_worker_error()
+        self._worker.put("close", None)
+        self._worker.drain()
+        self._worker.raise_error("the viser viewer")
 
     # ------------------------------------------------------------------ the viewer thread
 
-    def _put(self, kind: str, item: Any) -> None:
-        with self._pending_lock:
-            self._pending += 1
-        while not self._stopped.is_set():
-            try:
-                self._inbox.put((kind, item), timeout=0.2)
-                return
-            except queue.Full:
-                continue
-        with self._pending_lock:
-            self._pending -= 1
-
-    def _drain(self) -> None:
-        """Wait until the viewer thread has handled everything queued (or the sink stopped)."""
-        while self._pending and not self._stopped.is_set():
-            time.sleep(0.005)
-
-    def _raise_worker_error(self) -> None:
-        if self._error is not None:
-            raise RuntimeError(f"the viser viewer failed: {self._error}") from self._error
-
-    def _run(self) -> None:
-        """Handle queued items in order; push to the browsers every ``update_interval``."""
-        interval = max(self.config.update_interval, 0.02)
-        next_push = time.monotonic() + interval
-        while not self._stopped.is_set():
-            try:
-                kind, item = self._inbox.get(timeout=min(max(next_push - time.monotonic(), 0), 0.2))
-            except queue.Empty:
-                kind, item = None, None
-            if kind is not None:
-                try:
-                    # Paused: hold the rest of the stream too, so nothing new reaches the
-                    # browsers until the user resumes.
-                    while not self._resume.wait(0.2) and not self._stopped.is_set():
-                        pass
-                    if not self._stopped.is_set():
-                        self._handle(kind, item)
-                except Exception as exc:  # reported to the engine at its next call
-                    self._error = self._error or exc
-                finally:
-                    with self._pending_lock:
-                        self._pending -= 1
-            if time.monotonic() >= next_push:
-                if self._dirty:
-                    with self._lock:
-                        self._push()
-                next_push = time.monotonic() + interval
+    def _tick(self) -> None:
+        if self._dirty:
+            with self._lock:
+                self._push()
 
     def _handle(self, kind: str, item: Any) -> None:
         with self._lock:
@@ -332,11 +281,11 @@ class ViserSink:
 
     @property
     def paused(self) -> bool:
-        return not self._resume.is_set()
+        return self._worker.paused
 
     def pause(self) -> None:
         """Pause the stream: the next ``on_frame`` blocks until ``resume()``."""
-        self._resume.clear()
+        self._worker.pause()
         with self._lock:
             self._controls.pause.visible = False
             self._controls.resume.visible = True
@@ -348,37 +297,28 @@ class ViserSink:
             self._controls.resume.visible = False
             self._controls.pause.visible = True
             self._dirty = True
-        self._resume.set()
+        self._worker.resume()
 
     def wait_if_paused(self, timeout: float | None = None) -> bool:
         """Block while paused (the engine's producer side calls this through ``on_frame``).
 
         Returns True when the stream may go on (not paused, or stopped), False on timeout.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        # Short waits in a loop: Ctrl-C stays responsive and stop() always releases us.
-        while not self._resume.wait(0.2):
-            if self._stopped.is_set():
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-        return True
+        return self._worker.wait_if_paused(timeout)
 
     def flush(self) -> None:
         """Handle everything queued (unless paused), then send the cloud, trajectory and
         readout to the browsers now."""
         if not self.paused:
-            self._drain()
+            self._worker.drain()
         with self._lock:
             self._push()
 
     def stop(self) -> None:
         """Shut the server down; a paused ``on_frame`` returns (and later frames are ignored)."""
-        if self._stopped.is_set():
+        if self._worker.stopped.is_set():
             return
-        self._stopped.set()
-        self._resume.set()
-        self._worker.join(timeout=2.0)
+        self._worker.stop()
         self.server.stop()
 
     def serve_forever(self) -> None:
@@ -386,7 +326,7 @@ class ViserSink:
         if self.config.verbose:
             print(f"viser viewer open at {self.url} (Ctrl-C to quit)", file=sys.stderr, flush=True)
         try:
-            while not self._stopped.wait(0.5):
+            while not self._worker.stopped.wait(0.5):
                 pass
         except KeyboardInterrupt:
             pass
