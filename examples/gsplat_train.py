@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from laser_plugin.integrations.nerfstudio.pipeline import reconstruct_to_nerfstudio
-from laser_plugin.integrations.nerfstudio.schema import TransformsFile
-from laser_plugin.integrations.nerfstudio.writer import NerfstudioExportConfig, NerfstudioWriter
 
 from laser_plugin.config import LaserConfig
 from laser_plugin.geometry.conventions import opengl_to_opencv_c2w
+from laser_plugin.integrations.nerfstudio.pipeline import reconstruct_to_nerfstudio
+from laser_plugin.integrations.nerfstudio.schema import TransformsFile
+from laser_plugin.integrations.nerfstudio.writer import NerfstudioExportConfig, NerfstudioWriter
 from laser_plugin.io.ply import read_ply
 from laser_plugin.types import ReconstructedFrame
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import tyro
-from laser_plugin.integrations.viser import ViserConfig, ViserSink
 
 from laser_plugin import LaserConfig, StreamingReconstructor
 from laser_plugin.errors import LaserError
+from laser_plugin.integrations.viser import ViserConfig, ViserSink
 
 
 @dataclass

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import tyro
-from laser_plugin.integrations.rerun import RerunConfig, make_rerun_sink
 
 from laser_plugin import LaserConfig, StreamingReconstructor
 from laser_plugin.errors import LaserError
+from laser_plugin.integrations.rerun import RerunConfig, make_rerun_sink
 
 
 @dataclass

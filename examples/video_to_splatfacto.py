@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Literal
 
 import tyro
-from laser_plugin.integrations.nerfstudio.pipeline import ExportSummary, reconstruct_to_nerfstudio
-from laser_plugin.integrations.nerfstudio.writer import NerfstudioExportConfig
 
 from laser_plugin.config import LaserConfig
 from laser_plugin.errors import LaserError
+from laser_plugin.integrations.nerfstudio.pipeline import ExportSummary, reconstruct_to_nerfstudio
+from laser_plugin.integrations.nerfstudio.writer import NerfstudioExportConfig
 
 
 @dataclass

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from laser_plugin.integrations.nerfstudio import ColmapExportConfig, ColmapWriter
 from nerfstudio_scene import HEIGHT, K_MODEL, PLANE_Z, WIDTH, plane_frame
+
+from laser_plugin.integrations.nerfstudio import ColmapExportConfig, ColmapWriter
 
 pytestmark = pytest.mark.nerfstudio
 N = 6

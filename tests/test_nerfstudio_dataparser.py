@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from laser_plugin.integrations.nerfstudio import NerfstudioExportConfig, NerfstudioWriter
 from nerfstudio_scene import HEIGHT, K_MODEL, PLANE_Z, WIDTH, plane_frame
 
 from laser_plugin.geometry.conventions import opencv_to_opengl_c2w
+from laser_plugin.integrations.nerfstudio import NerfstudioExportConfig, NerfstudioWriter
 from laser_plugin.io.ply import read_ply
 
 pytestmark = pytest.mark.nerfstudio
@@ -155,8 +155,9 @@ def test_laser_data_is_a_subcommand_of_the_dataparser_union():
     """What `ns-train splatfacto ... laser-data --scale-factor 2` parses (ns-train itself needs a
     CUDA torchvision; its dataparser argument is exactly this union)."""
     import tyro
-    from laser_plugin.integrations.nerfstudio.dataparser import LaserDataParserConfig
     from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
+
+    from laser_plugin.integrations.nerfstudio.dataparser import LaserDataParserConfig
 
     cfg = tyro.cli(
         AnnotatedDataParserUnion, args=["laser-data", "--data", "d", "--scale-factor", "2"]

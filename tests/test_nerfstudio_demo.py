@@ -120,9 +120,8 @@ def test_laser_data_parses_demo_export(demo_run, exported):
 
 def test_interrupted_stream_still_leaves_a_valid_dataset(tmp_path):
     """The engine closes sinks when the stream breaks: the frames finished so far form a dataset."""
-    from laser_plugin.integrations.nerfstudio.pipeline import reconstruct_to_nerfstudio
-
     from laser_plugin import LaserConfig
+    from laser_plugin.integrations.nerfstudio.pipeline import reconstruct_to_nerfstudio
     from laser_plugin.models.synthetic import make_model, make_scene
 
     scene = make_scene("demo", num_frames=NUM_FRAMES)

@@ -6,6 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from nerfstudio_scene import HEIGHT, K_MODEL, PLANE_Z, WIDTH, plane_frame
+from PIL import Image
+
+from laser_plugin.errors import OutputError
+from laser_plugin.geometry.conventions import opengl_to_opencv_c2w
 from laser_plugin.integrations.nerfstudio import (
     NerfstudioExportConfig,
     NerfstudioWriter,
@@ -13,11 +18,6 @@ from laser_plugin.integrations.nerfstudio import (
     TransformsFile,
 )
 from laser_plugin.integrations.nerfstudio.writer import held_out_indices
-from nerfstudio_scene import HEIGHT, K_MODEL, PLANE_Z, WIDTH, plane_frame
-from PIL import Image
-
-from laser_plugin.errors import OutputError
-from laser_plugin.geometry.conventions import opengl_to_opencv_c2w
 from laser_plugin.io.ply import read_ply
 
 N = 10

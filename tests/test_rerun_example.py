@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from laser_plugin.integrations.rerun import RerunConfig
 
 from laser_plugin import LaserConfig
+from laser_plugin.integrations.rerun import RerunConfig
 
 RrdReader = pytest.importorskip("rerun.chunk").RrdReader
 

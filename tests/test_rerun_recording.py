@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from laser_plugin.integrations.rerun import RerunConfig, make_rerun_sink
 
 from laser_plugin import LaserConfig, StreamingReconstructor
+from laser_plugin.integrations.rerun import RerunConfig, make_rerun_sink
 from laser_plugin.io.run_dir import RunWriter
 from laser_plugin.models.synthetic import make_model, make_scene
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from laser_plugin.errors import ConfigError, OutputError
 from laser_plugin.integrations.rerun import (
     RerunConfig,
     RerunTarget,
     make_rerun_sink,
     parse_rerun_spec,
 )
-
-from laser_plugin.errors import ConfigError, OutputError
 from laser_plugin.types import ReconstructedFrame, WindowStats
 
 rr = pytest.importorskip("rerun")

@@ -9,6 +9,9 @@ import math
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
+
+from laser_plugin.errors import ConfigError
 from laser_plugin.integrations.viser.cloud import COARSEN_FACTOR, VoxelCloud, voxel_keys
 from laser_plugin.integrations.viser.colors import (
     COLOR_MODES,
@@ -25,9 +28,6 @@ from laser_plugin.integrations.viser.sampling import (
     vertical_fov,
 )
 from laser_plugin.integrations.viser.sink import is_loopback
-from scipy.spatial.transform import Rotation
-
-from laser_plugin.errors import ConfigError
 from laser_plugin.types import ReconstructedFrame
 
 

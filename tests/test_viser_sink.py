@@ -14,9 +14,8 @@ import pytest
 
 pytest.importorskip("viser")
 
-from laser_plugin.integrations.viser import ViserSink, make_viser_sink, replay
-
 from laser_plugin.errors import InputError
+from laser_plugin.integrations.viser import ViserSink, make_viser_sink, replay
 from laser_plugin.types import ReconstructedFrame
 
 H, W = 24, 32

@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from laser_plugin.errors import ConfigError, OutputError
+from laser_plugin.geometry.camera import rotmat_to_quat_xyzw
 from laser_plugin.integrations.nerfstudio.files import (
     ImageFormat,
     ImageResolution,
@@ -29,9 +32,6 @@ from laser_plugin.integrations.nerfstudio.files import (
     frame_image,
 )
 from laser_plugin.integrations.nerfstudio.schema import PinholeIntrinsics
-
-from laser_plugin.errors import ConfigError, OutputError
-from laser_plugin.geometry.camera import rotmat_to_quat_xyzw
 from laser_plugin.io.atomic import write_bytes_atomic
 from laser_plugin.mapping import VoxelMap
 from laser_plugin.types import ReconstructedFrame

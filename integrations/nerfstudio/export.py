@@ -9,11 +9,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from laser_plugin.errors import InputError
 from laser_plugin.integrations.nerfstudio.colmap import ColmapExportConfig, ColmapWriter
 from laser_plugin.integrations.nerfstudio.pipeline import ExportSummary
 from laser_plugin.integrations.nerfstudio.writer import NerfstudioExportConfig, NerfstudioWriter
-
-from laser_plugin.errors import InputError
 from laser_plugin.io.run_dir import load_run
 
 

@@ -7,8 +7,8 @@ import warnings
 from typing import Literal
 
 import numpy as np
-from laser_plugin.integrations.nerfstudio.schema import PinholeIntrinsics
 
+from laser_plugin.integrations.nerfstudio.schema import PinholeIntrinsics
 from laser_plugin.types import ReconstructedFrame
 
 ImageResolution = Literal["source", "model"]

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from laser_plugin.integrations.nerfstudio.writer import NerfstudioExportConfig, NerfstudioWriter
-
 from laser_plugin.config import LaserConfig
 from laser_plugin.errors import InputError
+from laser_plugin.integrations.nerfstudio.writer import NerfstudioExportConfig, NerfstudioWriter
 
 
 @dataclass

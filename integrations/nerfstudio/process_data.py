@@ -17,10 +17,10 @@ from types import ModuleType
 from typing import Annotated, Union, get_args, get_origin
 
 import tyro
-from laser_plugin.integrations.nerfstudio.writer import NerfstudioExportConfig
 
 from laser_plugin.config import LaserConfig
 from laser_plugin.errors import LaserError
+from laser_plugin.integrations.nerfstudio.writer import NerfstudioExportConfig
 
 SUBCOMMAND = "laser"
 
@@ -71,7 +71,6 @@ class ProcessLaser:
 
     def run(self):
         from laser_plugin.integrations.nerfstudio.pipeline import reconstruct_to_nerfstudio
-
         from laser_plugin.models import load_model
 
         if self.frame_stride < 1:

@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from laser_plugin.errors import OutputError
+from laser_plugin.geometry.conventions import opencv_to_opengl_c2w
 from laser_plugin.integrations.nerfstudio.files import (
     ImageFormat,
     ImageResolution,
@@ -33,9 +36,6 @@ from laser_plugin.integrations.nerfstudio.files import (
     resize_image,
 )
 from laser_plugin.integrations.nerfstudio.schema import DepthFormat, FrameEntry, TransformsFile
-
-from laser_plugin.errors import OutputError
-from laser_plugin.geometry.conventions import opencv_to_opengl_c2w
 from laser_plugin.io.atomic import write_bytes_atomic
 from laser_plugin.io.ply import write_ply
 from laser_plugin.mapping import VoxelMap

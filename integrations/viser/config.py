@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from laser_plugin.integrations.viser.colors import COLOR_MODES, ColorMode
-
 from laser_plugin.errors import ConfigError
+from laser_plugin.integrations.viser.colors import COLOR_MODES, ColorMode
 
 
 @dataclass

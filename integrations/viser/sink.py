@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from laser_plugin.errors import ConfigError
 from laser_plugin.integrations.viser.cloud import VoxelCloud
 from laser_plugin.integrations.viser.colors import point_colors
 from laser_plugin.integrations.viser.compat import SceneCompat
@@ -31,8 +33,6 @@ from laser_plugin.integrations.viser.sampling import (
     vertical_fov,
 )
 from laser_plugin.integrations.viser.worker import PausableWorker
-
-from laser_plugin.errors import ConfigError
 from laser_plugin.types import ReconstructedFrame, WindowStats
 
 CLOUD_NODE = "/world/cloud"
