@@ -247,6 +247,9 @@ class Run:
     """Also keep the original-resolution images (for nerfstudio exports)."""
     quiet: bool = False
     """No progress bar or summary."""
+    loop_closure: bool = True
+    """Close loops (place recognition, verification, Sim(3) pose graph; corrected frames are
+    rewritten) when the backend gives descriptors (synthetic does). Not with --devices/--resume."""
 
     def main(self) -> int:
         import torch
@@ -290,6 +293,13 @@ class Run:
             model = replicas[0]
         else:
             model = load_model(self.model, weights=self.weights, device=device)
+            if self.loop_closure and not self.resume:  # laser_plugin.loop
+
+                def make_engine(model_, config, **kw):
+                    from laser_plugin.loop import LoopClosingReconstructor
+
+                    return LoopClosingReconstructor(model_, config, **kw)
+
         settings = {
             "command": "run",
             "input": str(source.resolve()),

@@ -56,6 +56,10 @@ class LoopEvent(NamedTuple):
     accepted: bool
     reason: str
     covisibility: float
+    current_frames: tuple[int, ...] = ()
+    """Keyframes of the current window that were verified."""
+    candidate_frames: tuple[int, ...] = ()
+    """Keyframes of the candidate window."""
 
 
 class LoopClosingReconstructor(StreamingReconstructor):
@@ -83,6 +87,7 @@ class LoopClosingReconstructor(StreamingReconstructor):
             "corrected_frames": 0,
         }
         self.loop_timings = {
+            "spill": 0.0,
             "detection": 0.0,
             "verification": 0.0,
             "optimisation": 0.0,
@@ -159,8 +164,9 @@ class LoopClosingReconstructor(StreamingReconstructor):
         if not built or not getattr(self, "_enabled", False):
             return finals, stats
         if pred.descriptors is None:
+            # "On when the backend provides descriptors": without them, plain LASER, silently
+            # (``enabled`` tells, and ``laser run`` reports it).
             self._enabled = False
-            self._warn("the model gives no descriptors: loop closure is off for this run")
             return finals, stats
         self._add_window(window, pred, built, times)
         # New frames leave already corrected (their window's correction follows the last loop).
@@ -225,6 +231,7 @@ class LoopClosingReconstructor(StreamingReconstructor):
             k, images=np.stack([f.image for f in kf]), depth=np.stack([f.depth for f in kf]).astype(np.float16),
             conf=np.stack([(np.clip(f.conf, 0, 1) * 255 + 0.5).astype(np.uint8) for f in kf]),
             cam_to_world=np.stack([f.cam_to_world for f in kf]), intrinsics=np.stack([f.intrinsics for f in kf]),
+            frames=np.array([f.index for f in kf]),
         )  # fmt: skip
         t = self._loop_timed("spill", t, times)
         if candidate is None:
@@ -237,29 +244,31 @@ class LoopClosingReconstructor(StreamingReconstructor):
         tensors = [window.items[pos[f.index]].tensor for f in kf]
         result = self._verify(candidate.window, current, tensors)
         t = self._loop_timed("verification", t, times)
+        frames_q = tuple(f.index for f in kf)
+        frames_c = tuple(int(i) for i in self._keyframes.get(candidate.window)["frames"])
+
+        def event(accepted: bool, reason: str) -> LoopEvent:
+            return LoopEvent(k, candidate.window, candidate.similarity, accepted, reason, result.covisibility,
+                             frames_q, frames_c)  # fmt: skip
+
         if not result.accepted:
-            self._record(
-                LoopEvent(
-                    k,
-                    candidate.window,
-                    candidate.similarity,
-                    False,
-                    result.reason,
-                    result.covisibility,
-                )
-            )
+            self._record(event(False, result.reason))
             return
         m = self._node_of[candidate.window]
         z = sim3_inverse(self._raw[m]) @ result.correction @ anchor
         edge = g.add_edge(m, node, z, self._loop_noise, loop=True)
+        if g.edge_residuals()[edge] <= 1.0:
+            # Already consistent (within one sigma): keep the edge, skip the solve and the
+            # re-emission, which keeps a many-lap stream from re-optimising at every revisit.
+            self._record(event(True, ""))
+            self._cooldown_until = k + 1 + cfg.cooldown_windows
+            return
         _, dropped = g.optimize_pruned(cfg.prune, cfg.iterations)
         t = self._loop_timed("optimisation", t, times)
         self.counts["pruned"] += len(dropped)
         ok = edge not in dropped
         reason = "" if ok else "inconsistent with the pose graph after optimisation"
-        self._record(
-            LoopEvent(k, candidate.window, candidate.similarity, ok, reason, result.covisibility)
-        )
+        self._record(event(ok, reason))
         if ok:
             self._cooldown_until = k + 1 + cfg.cooldown_windows
         self._reemit(exclude=node)
