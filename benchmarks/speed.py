@@ -540,6 +540,16 @@ def main() -> None:
 
     step("fast_network_only", fast_net)
 
+    def fast_accuracy():
+        """The final fast configuration against fp32 (window 1 reuses window 0's overlap tokens)."""
+        fast.reset()
+        with torch.inference_mode():
+            acc = [errors(fast(x.clone()), ref) for x, ref in zip(imgs, refs, strict=True)]
+        fast.reset()
+        return acc
+
+    step("fast_accuracy", fast_accuracy)
+
     def e2e(pipelined: bool, cfg: LaserConfig, label: str, priority=True, rate=None, n=None):
         def mk():
             fast.reset()

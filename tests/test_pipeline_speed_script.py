@@ -1,0 +1,32 @@
+"""benchmarks/speed.py runs end to end on the CPU (tiny networks) and reports what it promises."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_speed_script_smoke(tmp_path):
+    out = tmp_path / "speed.json"
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--model", "pi3", "--device", "cpu",
+        "--size", "tiny", "--frames", "24", "--height", "42", "--width", "56", "--src-height", "45",
+        "--src-width", "60", "--window", "8", "--overlap", "3", "--no-compile", "--no-ladder",
+        "--out", str(out),
+    ]  # fmt: skip
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    for key in ("baseline", "fast", "fast_network_only", "fast_e2e_sequential_align_gpu"):
+        assert "error" not in res[key], res[key]
+    assert res["baseline"]["frames"] == 24 and res["fast"]["frames"] == 24
+    assert res["fast"]["new_fps"] > 0 and res["baseline"]["network_only_new_fps"] > 0
+    assert res["fast"]["latency_ms"]["max"] >= res["fast"]["latency_ms"]["p50"] > 0
+    assert res["fast_network_only"]["cache_hits"] > 0  # overlap tokens were reused
+    # On the CPU both paths run in fp32: the same numbers as the fp32 reference, cache included.
+    assert res["baseline_accuracy"][1]["depth"] < 1e-5
+    assert res["fast_accuracy"][1]["depth"] < 1e-5 and res["fast_accuracy"][1]["pose"] < 1e-5
+    assert "speedup_e2e" in res and "== pi3 on CPU" in proc.stdout
