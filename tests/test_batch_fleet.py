@@ -78,8 +78,9 @@ def test_fleet_outputs_retries_failures_and_resume(clips, tmp_path):
     empty.mkdir()
     jobs = [Job(n, str(f)) for n, f in folders.items()]
     jobs += [Job("empty", str(empty)), Job("missing", str(tmp_path / "no_such_clip"))]
-    # "desk" crashes its worker once (a lost worker), then succeeds on the retry.
-    spec = flaky_spec(tmp_path / "markers", {"desk": CLIPS["desk"][0]}, times=1, how="crash")
+    # "desk" crashes its worker once in its second window (a lost worker); the retry continues
+    # from the first window's saved state.
+    spec = flaky_spec(tmp_path / "markers", {"desk": CLIPS["desk"][0] + 12}, times=1, how="crash")
     states = []
     result = run_batch(
         jobs, tmp_path / "out", spec, FleetOptions(retries=2), on_update=states.append
@@ -97,7 +98,8 @@ def test_fleet_outputs_retries_failures_and_resume(clips, tmp_path):
     assert by["hall"]["attempts"] == by["door"]["attempts"] == 1 and by["hall"]["errors"] == []
     assert by["desk"]["attempts"] == 2 and len(by["desk"]["errors"]) == 1
     assert "WorkerCrashedError" in by["desk"]["errors"][0] or "died" in by["desk"]["errors"][0]
-    assert load_run(tmp_path / "out" / "desk").summary["settings"]["attempt"] == 2
+    assert by["desk"]["resumed_frames"] == 8 and "resumed_frames" not in by["hall"]
+    assert load_run(tmp_path / "out" / "desk").summary["batch_attempt"] == 2
 
     # User errors fail at once: retrying an empty folder or a missing path cannot help.
     assert by["empty"]["status"] == "failed" and by["empty"]["attempts"] == 1

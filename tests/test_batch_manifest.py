@@ -101,8 +101,11 @@ def test_run_job_writes_the_same_run_as_the_engine(tmp_path):
         f for _, f in reported
     )
     run = load_run(tmp_path / "out" / "clip")
-    assert run.summary["settings"]["command"] == "batch" and run.summary["settings"]["attempt"] == 1
+    assert run.summary["settings"]["command"] == "batch" and run.summary["batch_attempt"] == 1
     assert_run_matches(run, direct_run(clip), clip)
+    # Running a finished video again (laser batch --force) redoes it rather than resuming it.
+    again = run_job(Job("clip", str(clip)), str(tmp_path / "out"), synthetic_spec(), attempt=1)
+    assert again["ok"] and again["frames"] == 16 and "resumed_frames" not in again
 
 
 def test_run_job_failures_are_records_with_retryable(tmp_path):

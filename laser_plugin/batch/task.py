@@ -8,6 +8,7 @@ same way every time, anything else (a device out of memory, a lost node) may not
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 import traceback
@@ -42,6 +43,9 @@ class TaskSpec:
     fps: float = 30.0
     max_frames: int | None = None
     save_source_images: bool = True
+    resume_partial: bool = True
+    """Continue an unfinished run of the same video and settings from its last finished window
+    (the engine state saved after every window) instead of starting it again."""
     model_factory: Callable[[str], Any] | None = None
     """Python API only: ``factory(device) -> model``, used instead of the registry."""
 
@@ -88,6 +92,22 @@ class _BatchNotes:
         pass
 
 
+def _resumable_state(run_dir: Path, settings: dict[str, Any]):
+    """The engine state of an unfinished run of the same video and settings in ``run_dir``, if
+    any (a crashed or preempted attempt continues from its last finished window)."""
+    from laser_plugin.resume import check_settings, load_state, read_settings
+
+    if not (run_dir / "summary.json").is_file() or read_settings(run_dir, "status") == "complete":
+        return None  # nothing to continue, or a finished run being redone (--force)
+    try:
+        state = load_state(run_dir)
+        if state is not None:
+            check_settings(state.settings, settings)
+    except LaserError:  # unreadable, or other settings: start again
+        return None
+    return state
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
@@ -108,6 +128,7 @@ def run_job(
 
     from laser_plugin.engine import StreamingReconstructor
     from laser_plugin.io.run_dir import RunWriter, prepare_output_dir
+    from laser_plugin.resume import StateSaver
 
     start = time.perf_counter()
     record: dict[str, Any] = {
@@ -121,7 +142,7 @@ def run_job(
     writer = None
     try:
         torch.set_num_threads(max(1, spec.threads))
-        out = prepare_output_dir(Path(output_root) / job.name, overwrite=True)
+        run_dir = Path(output_root) / job.name
         model = build_model(spec)
         settings = {
             "command": "batch",
@@ -129,24 +150,45 @@ def run_job(
             "name": job.name,
             "model": spec.model,
             "weights": spec.weights,
+            "model_options": {k: repr(v) for k, v in sorted(spec.model_options.items())},
             "device": spec.device,
+            "laser": dataclasses.asdict(spec.laser),
             "stride": spec.stride,
-            "attempt": attempt,
+            "fps": spec.fps,
+            "max_frames": spec.max_frames,
+            "save_source_images": spec.save_source_images,
         }
-        writer = RunWriter(out, settings=settings, save_source_images=spec.save_source_images)
+        state = _resumable_state(run_dir, settings) if spec.resume_partial else None
+        out = prepare_output_dir(run_dir, overwrite=state is None, resume=state is not None)
+        writer = RunWriter(
+            out,
+            settings=settings,
+            save_source_images=spec.save_source_images,
+            resume_frames=None if state is None else state.num_frames,
+        )
+        writer.extra["batch_attempt"] = attempt
+        if state is not None:
+            writer.num_windows = state.num_windows
+            writer.window_stats = [
+                w for w in writer.window_stats if w.get("window", 0) < state.num_windows
+            ]
+            record["resumed_frames"] = state.num_frames
         notes = _BatchNotes(writer, None if report is None else (lambda n: report(job.name, n)))
         engine = StreamingReconstructor(
             model, spec.laser, keep_source_images=spec.save_source_images
         )
+        # The writer first (it fsyncs the window's frames), then the state that refers to them.
+        sinks = [writer, StateSaver(engine, out, settings), notes]
         # Warnings are kept in engine.warnings (and the record), not printed by every worker.
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
             frames = engine.run(
                 job.path,
-                [writer, notes],
+                sinks,
                 max_frames=spec.max_frames,
                 fps=spec.fps,
                 stride=spec.stride,
+                resume=state,
             )
             for _ in frames:
                 pass
