@@ -22,7 +22,7 @@ SCENE_ARGS = ("demo", 40, 64, 112)  # name, frames, height, width: small enough 
 
 # Runs the real `laser` command. LASER_TEST_MODEL=scene:NAME:N:H:W -> the synthetic backend over
 # that scene; =plane -> PlaneModel (reconstructs any input). LASER_TEST_DELAY=s slows every model
-# call (so a signal can land mid-run).
+# call (so a signal can land mid-run); LASER_TEST_COUNT=1 prints the number of model calls at exit.
 DRIVER = r"""
 import os, sys, time
 sys.path.insert(0, os.environ["LASER_TEST_DIR"])
@@ -50,17 +50,28 @@ if model is not None:
             time.sleep(delay)
             return self.inner(images)
     synthetic.make_model = lambda weights=None, device="cpu", **kw: Slow(model)
+    if os.environ.get("LASER_TEST_COUNT"):
+        import atexit
+        counted = Slow(model)
+        calls = [0]
+        _call = Slow.__call__
+        def counting(self, images):
+            calls[0] += 1
+            return _call(self, images)
+        Slow.__call__ = counting
+        atexit.register(lambda: print(f"model calls: {calls[0]}", file=sys.stderr))
 from laser_plugin.cli import main
 raise SystemExit(main())
 """
 
 
-def cli_env(model: str | None = None, delay: float = 0.0) -> dict[str, str]:
+def cli_env(model: str | None = None, delay: float = 0.0, count: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         LASER_TEST_DIR=str(Path(__file__).parent),
         LASER_TEST_MODEL=model or "",
         LASER_TEST_DELAY=str(delay),
+        LASER_TEST_COUNT="1" if count else "",
         OMP_NUM_THREADS="1",
         PYTHONWARNINGS="default",
     )

@@ -95,17 +95,19 @@ def execute(
     extra_sinks: list | None = None,
     resume: bool = False,
     make_engine=None,
+    checkpoint_interval: float = 0.0,
 ):
     """Run the engine with a progress bar, writing ``output_dir``; return (engine, writer).
 
-    The engine state is saved under ``output_dir/state`` after every window, so an interrupted
-    run can be continued with ``resume=True`` (same source and settings).
+    The engine state is saved under ``output_dir/state`` between windows (at most every
+    ``checkpoint_interval`` seconds), so an interrupted run can be continued with ``resume=True``
+    (same source and settings).
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from laser_plugin.engine import StreamingReconstructor
-    from laser_plugin.resume import StateSaver, check_settings, load_state
+    from laser_plugin.resume import StateSaver, check_settings, load_state, read_settings
 
     config.validate()
     if resume and overwrite:
@@ -113,10 +115,12 @@ def execute(
     state = None
     if resume:
         out = prepare_output_dir(output_dir, resume=True)
+        check_settings(read_settings(out), settings)
         state = load_state(out)
         if state is not None:
             check_settings(state.settings, settings)
-        else:  # stopped before its first window completed: nothing to keep
+        else:  # stopped before its first saved window: nothing to keep
+            print("warning: no saved state yet: starting from the first frame", file=sys.stderr)
             out = prepare_output_dir(output_dir, overwrite=True)
     else:
         out = prepare_output_dir(output_dir, overwrite=overwrite)
@@ -138,7 +142,7 @@ def execute(
     # The writer first (it fsyncs the window's frames), then the state that refers to them.
     sinks = [
         writer,
-        StateSaver(engine, out, settings),
+        StateSaver(engine, out, settings, checkpoint_interval),
         *(viewers.sinks() if viewers else []),
         *(extra_sinks or []),
     ]
@@ -201,6 +205,20 @@ def print_summary(
     console.print(table)
 
 
+def resume_is_done(output_dir: Path, settings: dict) -> bool:
+    """For --resume: True (and says so) when the run in output_dir already completed."""
+    from laser_plugin.resume import check_settings, read_settings
+
+    out = Path(output_dir).expanduser()
+    if not (out / "summary.json").is_file():
+        return False
+    check_settings(read_settings(out), settings)
+    if read_settings(out, "status") != "complete":
+        return False
+    print(f"nothing to resume: the run in {out} is complete", file=sys.stderr)
+    return True
+
+
 def _guard(fn):
     """Run fn; on Ctrl-C/SIGTERM report what was kept, and exit 130."""
     try:
@@ -237,6 +255,8 @@ class Run:
     resume: bool = False
     """Continue the interrupted run in output_dir from its last finished window (same input and
     settings); gives the same result as an uninterrupted run."""
+    checkpoint_interval: float = 10.0
+    """Seconds between saves of the state --resume continues from (0: after every window)."""
     max_frames: int | None = None
     """Stop after this many frames."""
     stride: int = 1
@@ -247,9 +267,6 @@ class Run:
     """Also keep the original-resolution images (for nerfstudio exports)."""
     quiet: bool = False
     """No progress bar or summary."""
-    loop_closure: bool = True
-    """Close loops (place recognition, verification, Sim(3) pose graph; corrected frames are
-    rewritten) when the backend gives descriptors (synthetic does). Not with --devices/--resume."""
 
     def main(self) -> int:
         import torch
@@ -262,6 +279,8 @@ class Run:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError("--device cuda was asked for but no CUDA device is available")
         self.laser.validate()
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume continues a run; --overwrite replaces it: give one")
         if self.stride < 1:
             raise ConfigError(f"--stride must be at least 1, got {self.stride}")
         if self.max_frames is not None and self.max_frames < 1:
@@ -293,13 +312,6 @@ class Run:
             model = replicas[0]
         else:
             model = load_model(self.model, weights=self.weights, device=device)
-            if self.loop_closure and not self.resume:  # laser_plugin.loop
-
-                def make_engine(model_, config, **kw):
-                    from laser_plugin.loop import LoopClosingReconstructor
-
-                    return LoopClosingReconstructor(model_, config, **kw)
-
         settings = {
             "command": "run",
             "input": str(source.resolve()),
@@ -312,6 +324,9 @@ class Run:
             "max_frames": self.max_frames,
             "save_source_images": self.save_source_images,
         }
+
+        if self.resume and resume_is_done(self.output_dir, settings):
+            return 0
 
         def go():
             engine, writer = execute(
@@ -329,6 +344,7 @@ class Run:
                 quiet=self.quiet,
                 resume=self.resume,
                 make_engine=make_engine,
+                checkpoint_interval=self.checkpoint_interval,
             )
             print_summary(engine, writer, quiet=self.quiet)
 
