@@ -33,9 +33,10 @@ def parse_model_options(items: tuple[str, ...]) -> dict[str, Any]:
 @dataclass
 class Batch:
     """Reconstruct every video of a manifest on Ray: one task per video (one GPU each when the
-    cluster has GPUs), failed videos retried, finished ones skipped when run again."""
+    cluster has GPUs); a failed video is retried, continuing from its last finished window;
+    finished videos are skipped when the command is run again."""
 
-    manifest: tyro.conf.Positional[Path]
+    manifest: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="MANIFEST")]
     """Text file with one video file or image folder per line, or a CSV (columns path[,name]) or
     JSONL ({"path": ..., "name": ...}) file. Relative paths are relative to the manifest."""
     output_root: Path
