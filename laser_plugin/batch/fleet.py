@@ -34,8 +34,8 @@ class FleetOptions:
     retries: int = 2
     """Further attempts for a video whose attempt failed with a retryable error."""
     address: str | None = None
-    """Ray cluster to attach to (``ray://HOST:10001``, ``HOST:6379``, ``auto``); default:
-    ``RAY_ADDRESS`` if set, else a single-node Ray started here. ``local`` forces the latter."""
+    """Ray cluster to attach to (ray://HOST:10001, HOST:6379, auto); default: RAY_ADDRESS if
+    set, else a single-node Ray started here; 'local' forces the latter."""
     gpus_per_task: float = 1.0
     """GPUs reserved per video when the cluster has GPUs (0.5 packs two videos per GPU)."""
     cpus_per_task: float = 1.0
