@@ -57,7 +57,13 @@ def gt_covisibility(scene, frames_a, frames_b) -> float:
 
 
 def run_sequence(
-    name: str, n: int, drift_rot_deg: float, drift_scale: float, height: int, width: int
+    name: str,
+    n: int,
+    drift_rot_deg: float,
+    drift_scale: float,
+    height: int,
+    width: int,
+    min_similarity: float = LoopConfig.min_similarity,
 ) -> dict:
     scene = make_scene(name, n, height, width)
     model = EmulatedModel(
@@ -69,7 +75,9 @@ def run_sequence(
         t = time.perf_counter()
         base = StreamingReconstructor(model, LaserConfig()).reconstruct(scene.frames())
         t_base = time.perf_counter() - t
-        rec = LoopClosingReconstructor(model, LaserConfig(), LoopConfig())
+        rec = LoopClosingReconstructor(
+            model, LaserConfig(), LoopConfig(min_similarity=min_similarity)
+        )
         t = time.perf_counter()
         frames = rec.reconstruct(scene.frames())
         t_loop = time.perf_counter() - t
@@ -117,6 +125,10 @@ def main(argv=None) -> dict:
     )
     ap.add_argument("--drift-rot-deg", type=float, default=0.05)
     ap.add_argument("--drift-scale", type=float, default=0.01)
+    ap.add_argument(
+        "--min-similarity", type=float, default=LoopConfig.min_similarity,
+        help="descriptor threshold; a low one sends many look-alike candidates to verification (stress test)",
+    )  # fmt: skip
     ap.add_argument("--height", type=int, default=64)
     ap.add_argument("--width", type=int, default=112)
     ap.add_argument("--out", type=Path, default=None)
@@ -127,7 +139,15 @@ def main(argv=None) -> dict:
           f"{'false':>5} {'detect':>7} {'all loop':>8}")  # fmt: skip
     for name in args.sequences:
         n = int(SEQUENCES[name][0] * args.scale_frames)
-        r = run_sequence(name, n, args.drift_rot_deg, args.drift_scale, args.height, args.width)
+        r = run_sequence(
+            name,
+            n,
+            args.drift_rot_deg,
+            args.drift_scale,
+            args.height,
+            args.width,
+            args.min_similarity,
+        )
         r["revisits"] = SEQUENCES[name][1]
         results[name] = r
         print(

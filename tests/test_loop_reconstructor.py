@@ -124,6 +124,25 @@ def test_look_alike_place_is_rejected_by_verification():
         rec.cleanup()
 
 
+def test_later_overlap_mode_emits_every_frame_once_and_consistently():
+    scene = make_scene("loop", 80, 32, 56)
+    rec = LoopClosingReconstructor(
+        EmulatedModel(scene, DRIFT), LaserConfig(overlap_estimate="later"), LoopConfig()
+    )
+    sink = Recorder()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frames = rec.reconstruct(scene.frames(), [sink])
+    try:
+        assert [f.index for f in frames] == list(range(80))
+        idx, corrected = rec.corrected_trajectory()
+        assert sorted(idx) == list(range(80))
+        held = np.stack([sink.frames[i].cam_to_world for i in idx])
+        np.testing.assert_allclose(held, corrected, atol=1e-5)
+    finally:
+        rec.cleanup()
+
+
 class NoDescriptors:
     def __init__(self, model):
         self.model = model

@@ -158,9 +158,10 @@ class LoopClosingReconstructor(StreamingReconstructor):
         times: dict[str, float] = {}
         self._timed("model", t0, times)
         finals, stats = self.align(window, pred, times)
-        built = finals + [
-            f for f in getattr(self, "_held", []) if f.window == window.index and f not in finals
-        ]
+        # In "later" mode the window also builds the frames it holds back; all get corrected.
+        ids = {id(f) for f in finals}
+        held = getattr(self, "_held", [])
+        built = finals + [f for f in held if f.window == window.index and id(f) not in ids]
         if not built or not getattr(self, "_enabled", False):
             return finals, stats
         if pred.descriptors is None:
@@ -201,6 +202,13 @@ class LoopClosingReconstructor(StreamingReconstructor):
         self._raw.append(anchor)
         self._emitted.append(np.eye(4))
         self._node_of[k] = node
+        # "later" mode rebuilds the frames the previous window held back: they are this
+        # window's now (the trailing entries of the log and of the previous node's range).
+        while self._log and self._log[-1][0] >= built[0].index:
+            self._log.pop()
+        if self._node_frames:
+            first, last = self._node_frames[-1]
+            self._node_frames[-1] = (first, min(last, built[0].index - 1))
         self._node_frames.append((built[0].index, built[-1].index))
         for f in built:
             self._frames.put(
