@@ -194,6 +194,7 @@ SCENES = {
 }
 
 
+@lru_cache(maxsize=4)  # deterministic, so model replicas and tests share one scene (and its renders)
 def make_scene(
     name: str = "demo",
     num_frames: int | None = None,
