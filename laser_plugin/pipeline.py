@@ -17,6 +17,7 @@ same order); ``tests/test_pipeline.py`` checks that on the synthetic scene.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -50,15 +51,19 @@ class PipelinedReconstructor:
         sink_thread: bool = True,
         device: str | torch.device | None = None,
         align_priority: bool = True,
+        switch_interval: float | None = None,
     ) -> None:
         """``prefetch_windows``: predicted windows that may wait for alignment (memory bound).
         ``device``: where the model runs (default: the model's ``device`` attribute, else CPU);
         a CUDA device gets a dedicated stream for the network. ``align_priority``: align on a
-        high-priority CUDA stream (when alignment runs on the GPU)."""
+        high-priority CUDA stream (when alignment runs on the GPU). ``switch_interval``: the
+        interpreter's thread switch interval while streaming (seconds; None keeps Python's 5 ms),
+        so the network thread gets the interpreter back sooner between its kernel launches."""
         if prefetch_windows < 1:
             raise ValueError("prefetch_windows must be at least 1")
         self.rec = reconstructor
         self.prefetch_windows = prefetch_windows
+        self.switch_interval = switch_interval
         self.sink_thread = sink_thread
         dev = device if device is not None else getattr(reconstructor.model, "device", "cpu")
         self.model_device = torch.device(dev)
@@ -191,6 +196,9 @@ class PipelinedReconstructor:
         if self.sink_thread:
             sink_worker.start()
         ok = False
+        old_interval = sys.getswitchinterval()
+        if self.switch_interval:
+            sys.setswitchinterval(self.switch_interval)
         try:
             while True:
                 t = time.perf_counter()
@@ -225,6 +233,7 @@ class PipelinedReconstructor:
             rec._emit(live, "on_interrupt", exc)
             raise
         finally:
+            sys.setswitchinterval(old_interval)
             stop.set()
             for w in workers:
                 w.join(timeout=30)

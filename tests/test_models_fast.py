@@ -25,9 +25,10 @@ def _rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
+@pytest.mark.parametrize("graph_heads", [False, True])
 @pytest.mark.parametrize("name", ["pi3", "vggt"])
-def test_fp32_fast_path_with_token_cache_equals_reference(name):
-    ref, fast = _pair(name, dtype=torch.float32)
+def test_fp32_fast_path_with_token_cache_equals_reference(name, graph_heads):
+    ref, fast = _pair(name, dtype=torch.float32, graph_heads=graph_heads)
     frames = torch.rand(14, 3, 42, 70, generator=torch.Generator().manual_seed(0))
     for start in (0, 4, 8):  # windows of 6 frames overlapping by 2
         w = frames[start : start + 6]

@@ -29,7 +29,11 @@ from torch import Tensor, nn
 
 from laser_plugin.models.blocks.runtime import check_images
 from laser_plugin.models.blocks.transformer import Rope2D, grid_positions
-from laser_plugin.models.convert import pi3_to_prediction, vggt_to_prediction
+from laser_plugin.models.convert import (
+    intrinsics_from_points,
+    pi3_to_prediction,
+    vggt_to_prediction,
+)
 from laser_plugin.types import WindowPrediction
 
 
@@ -45,6 +49,10 @@ class FastOptions:
     """Regional ``torch.compile`` of the transformer blocks (cold compile: tens of seconds)."""
     cuda_graph: bool = False
     """Capture the trunk and decoders in one CUDA graph per input shape (CUDA only)."""
+    graph_heads: bool = False
+    """Put the output heads and the conversion to depth/conf/intrinsics (and VGGT's cameras) in
+    the graph too, so a window costs the host almost no Python (π³'s 3x3 SVD stays outside: it
+    synchronises). Outputs are copied out of the graph's buffers before they are returned."""
     dpt_dtype: torch.dtype | None = None
     """VGGT depth-head dtype (None: the trunk dtype on CUDA, fp32 on the CPU)."""
     dpt_chunk: int = 4
@@ -176,9 +184,18 @@ class _FastBase:
         self._tables: dict[tuple, tuple] = {}
         self.mean = torch.tensor([0.485, 0.456, 0.406], device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor([0.229, 0.224, 0.225], device=self.device).view(1, 3, 1, 1)
-        self.trunk_runner: Callable = self._trunk
-        if options.cuda_graph and self.device.type == "cuda":
-            self.trunk_runner = GraphedTrunk(self._trunk)
+        self._hw: tuple[int, int] = (0, 0)
+        self.trunk_runner: Callable = self._make_runner()
+
+    def _make_runner(self) -> Callable:
+        """The part of a window that runs as one unit: trunk (+ heads), graphed on CUDA."""
+        fn = self._trunk_and_heads if self.options.graph_heads else self._trunk
+        if self.options.cuda_graph and self.device.type == "cuda":
+            return GraphedTrunk(fn)
+        return fn
+
+    def _trunk_and_heads(self, tokens: Tensor):
+        raise NotImplementedError
 
     def enable(
         self,
@@ -186,6 +203,7 @@ class _FastBase:
         compile: bool | None = None,
         cuda_graph: bool | None = None,
         cache_encoder: bool | None = None,
+        graph_heads: bool | None = None,
     ) -> None:
         """Switch features on (or the cache off) after construction, e.g. to measure each step."""
         if cache_encoder is not None:
@@ -194,13 +212,12 @@ class _FastBase:
         if compile and not self.options.compile:
             self.options.compile = True
             compile_blocks(self._blocks())
-        if (
-            cuda_graph
-            and self.device.type == "cuda"
-            and not isinstance(self.trunk_runner, GraphedTrunk)
-        ):
+        if graph_heads is not None and graph_heads != self.options.graph_heads:
+            self.options.graph_heads = graph_heads
+            self.trunk_runner = self._make_runner()
+        if cuda_graph and not self.options.cuda_graph:
             self.options.cuda_graph = True
-            self.trunk_runner = GraphedTrunk(self._trunk)
+            self.trunk_runner = self._make_runner()
 
     def _blocks(self) -> list[nn.Module]:
         raise NotImplementedError
@@ -293,11 +310,34 @@ class FastPi3(_FastBase):
                 h, w, cfg.num_registers, n, cfg.rope_freq, cfg.dec_dim // cfg.dec_heads,
                 self.options.dtype, self.device,
             )  # fmt: skip
+        self._hw = (height, width)
         with torch.inference_mode():
             tokens = self._encode_frames(images, self.net.encoder)
+            if self.options.graph_heads:
+                depth, conf, intr, rot, trans = (t.clone() for t in self.trunk_runner(tokens))
+                poses = self.net.camera_head.assemble(rot, trans)
+                pred = WindowPrediction(depth=depth, conf=conf, cam_to_world=poses, intrinsics=intr)
+                pred.validate()
+                return pred
             hidden = self.trunk_runner(tokens)
             out = self.net.heads(hidden, 1, n, (height, width))
             return pi3_to_prediction(out["local_points"][0], out["conf"][0], out["camera_poses"][0])
+
+    def _trunk_and_heads(self, tokens: Tensor):
+        """tokens (L, h*w, C) -> depth (L, H, W), conf (L, H, W), intrinsics (L, 3, 3), rotation
+        logits (L, 9), translation (L, 3): :meth:`Pi3Net.heads` and :func:`pi3_to_prediction`
+        without the SVD."""
+        net = self.net
+        point_hidden, conf_hidden, camera_hidden = self._trunk(tokens)
+        r = net.cfg.num_registers
+        hw = self._hw
+        xyz = net.point_head(point_hidden[:, r:].float(), hw)
+        z = torch.exp(xyz[..., 2:])
+        local_points = torch.cat([xyz[..., :2] * z, z], dim=-1)
+        conf = torch.sigmoid(net.conf_head(conf_hidden[:, r:].float(), hw)[..., 0])
+        rot, trans = net.camera_head.raw(camera_hidden[:, r:].float())
+        intr = intrinsics_from_points(local_points, conf)
+        return local_points[..., 2].contiguous(), conf, intr, rot, trans
 
 
 class FastVGGT(_FastBase):
@@ -346,14 +386,24 @@ class FastVGGT(_FastBase):
                 h, w, 1 + cfg.num_registers, n, cfg.rope_freq, cfg.dim // cfg.heads,
                 self.options.dtype, self.device,
             )  # fmt: skip
+        self._hw = (height, width)
         with torch.inference_mode():
             tokens = self._encode_frames(images, self.net.aggregator.patch_embed)
-            layers = self.trunk_runner(tokens)
-            out = self.net.run_heads(
-                layers, 1, n, (height, width), ("camera", "depth"), self.options.dpt_chunk,
-                self.dpt_dtype,
-            )  # fmt: skip
-            return vggt_to_prediction(out["pose_enc"][0], out["depth"][0], out["depth_conf"][0])
+            if self.options.graph_heads:
+                pose_enc, depth, depth_conf = (t.clone() for t in self.trunk_runner(tokens))
+                return vggt_to_prediction(pose_enc, depth, depth_conf)
+            return vggt_to_prediction(*self._heads(self.trunk_runner(tokens)))
+
+    def _heads(self, layers) -> tuple[Tensor, Tensor, Tensor]:
+        n = layers[self.net.cfg.depth - 1].shape[1]
+        out = self.net.run_heads(
+            layers, 1, n, self._hw, ("camera", "depth"), self.options.dpt_chunk, self.dpt_dtype
+        )
+        return out["pose_enc"][0], out["depth"][0], out["depth_conf"][0]
+
+    def _trunk_and_heads(self, tokens: Tensor):
+        """tokens -> pose encoding (L, 9), depth (L, H, W, 1), depth confidence (L, H, W)."""
+        return self._heads(self._trunk(tokens))
 
 
 def accelerate(model, options: FastOptions | None = None, **kw):

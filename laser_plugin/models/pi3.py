@@ -159,12 +159,21 @@ class CameraHead(nn.Module):
 
     def forward(self, feat: Tensor) -> Tensor:
         """feat (F, h*w, dim) -> (F, 4, 4)."""
+        return self.assemble(*self.raw(feat))
+
+    def raw(self, feat: Tensor) -> tuple[Tensor, Tensor]:
+        """feat (F, h*w, dim) -> rotation logits (F, 9), translation (F, 3) (no host syncs)."""
         for blk in self.res_conv:
             feat = blk(feat)
         feat = self.more_mlps(feat.mean(dim=1))
-        pose = torch.zeros(feat.shape[0], 4, 4, device=feat.device, dtype=feat.dtype)
-        pose[:, :3, :3] = svd_orthogonalize(self.fc_rot(feat))
-        pose[:, :3, 3] = self.fc_t(feat)
+        return self.fc_rot(feat), self.fc_t(feat)
+
+    @staticmethod
+    def assemble(rot: Tensor, trans: Tensor) -> Tensor:
+        """(F, 9), (F, 3) -> (F, 4, 4); the SVD here synchronises a CUDA device with the host."""
+        pose = torch.zeros(rot.shape[0], 4, 4, device=rot.device, dtype=rot.dtype)
+        pose[:, :3, :3] = svd_orthogonalize(rot)
+        pose[:, :3, 3] = trans
         pose[:, 3, 3] = 1.0
         return pose
 
