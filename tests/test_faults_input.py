@@ -77,6 +77,7 @@ def test_empty_folder(tmp_path, capsys, plane):
     (tmp_path / "empty").mkdir()
     code, err = laser(capsys, *run_args(tmp_path / "empty", tmp_path / "out"))
     assert_user_error(code, err, "no images")
+    assert not (tmp_path / "out").exists()  # nothing written for bad input
 
 
 def test_folder_with_only_non_images(tmp_path, capsys, plane):
@@ -86,6 +87,7 @@ def test_folder_with_only_non_images(tmp_path, capsys, plane):
     (d / "clip.json").write_text("{}")
     code, err = laser(capsys, *run_args(d, tmp_path / "out"))
     assert_user_error(code, err, "no images")
+    assert not (tmp_path / "out").exists()  # nothing written for bad input
 
 
 def test_non_images_mixed_in(tmp_path, capsys, plane):
@@ -107,6 +109,7 @@ def test_unsupported_container(tmp_path, capsys, plane):
     f.write_bytes(b"1 2 3\n")
     code, err = laser(capsys, *run_args(f, tmp_path / "out"))
     assert_user_error(code, err, "unsupported input", "scan.xyz")
+    assert not (tmp_path / "out").exists()  # nothing written for bad input
 
 
 def test_garbage_with_video_suffix(tmp_path, capsys, plane):
@@ -114,6 +117,7 @@ def test_garbage_with_video_suffix(tmp_path, capsys, plane):
     f.write_bytes(np.random.default_rng(0).bytes(4000))
     code, err = laser(capsys, *run_args(f, tmp_path / "out"))
     assert_user_error(code, err, "clip.mp4")
+    assert not (tmp_path / "out").exists()  # nothing written for bad input
 
 
 def test_video_decodes_lazily_and_fully(tmp_path, capsys, plane):
@@ -163,6 +167,7 @@ def test_video_cut_before_any_frame(tmp_path, capsys, plane, suffix):
     cut = _cut(make_video(tmp_path / f"clip{suffix}", textured_images(10)), 0.3)
     code, err = laser(capsys, *run_args(cut, tmp_path / "out"))
     assert_user_error(code, err, cut.name)
+    assert not (tmp_path / "out").exists()  # nothing written for bad input
 
 
 def test_image_modes_are_normalised(tmp_path):
@@ -289,3 +294,24 @@ def test_summary_records_the_input_settings(tmp_path, capsys, plane):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["settings"]["stride"] == 2
     assert summary["frames"] == 4  # frames 0, 2, 4, 6
+
+
+def test_audio_only_file(tmp_path, capsys, plane):
+    import av
+
+    path = tmp_path / "voice.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mp2", rate=44100)
+        stream.layout = "mono"
+        for i in range(5):
+            frame = av.AudioFrame.from_ndarray(
+                np.zeros((1, 1152), np.int16), format="s16", layout="mono"
+            )
+            frame.sample_rate, frame.pts = 44100, i * 1152
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    code, err = laser(capsys, *run_args(path, tmp_path / "out"))
+    assert_user_error(code, err, "voice.mkv has no video stream")
+    assert not (tmp_path / "out").exists()

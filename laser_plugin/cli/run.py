@@ -17,7 +17,7 @@ import tyro
 from laser_plugin.config import LaserConfig
 from laser_plugin.errors import ConfigError, InputError
 from laser_plugin.io.run_dir import RunWriter, prepare_output_dir
-from laser_plugin.sources import list_images
+from laser_plugin.sources import open_source
 
 FlatLaser = Annotated[LaserConfig, tyro.conf.OmitArgPrefixes]
 
@@ -290,10 +290,15 @@ class Run:
         source = Path(self.input).expanduser()
         if not source.exists():
             raise InputError(f"input not found: {source}")
-        if source.is_dir():
-            with warnings.catch_warnings():  # the run itself warns about skipped files
-                warnings.simplefilter("ignore")
-                list_images(source)  # fails now, in one line, on a folder without images
+        # Fail on unreadable input now, in one line, before anything is loaded or written (the
+        # run itself reports skipped files).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frames = open_source(source, fps=self.fps, stride=self.stride)
+            try:
+                next(frames, None)
+            finally:
+                frames.close()
         make_engine = None
         if self.devices is not None:  # one replica per device (laser_plugin.multi_device)
             from laser_plugin.multi_device import (
