@@ -168,3 +168,39 @@ def test_code_running_pickle_is_refused(tmp_path, frames):
     )
     assert_user_error(r.returncode, r.stderr, "refusing to load")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore detail"),
+        MemoryError("cannot allocate"),
+    ],
+    ids=["cuda-oom", "host-oom"],
+)
+def test_out_of_memory_is_one_line(tmp_path, capsys, frames, monkeypatch, exc):
+    import laser_plugin.models.synthetic as synthetic
+
+    def oom(images):
+        raise exc
+
+    oom.input_size = lambda h, w: (h, w)
+    monkeypatch.setattr(synthetic, "make_model", lambda weights=None, device="cpu", **kw: oom)
+    code, err = laser(
+        capsys, "run", str(frames), "--output-dir", str(tmp_path / "o"), "--model", "synthetic"
+    )
+    line = assert_user_error(code, err, "out of memory", "--window-size")
+    assert "more detail" not in line
+
+
+def test_other_runtime_errors_are_not_disguised(tmp_path, frames, monkeypatch):
+    """A bug is not a user mistake: it keeps its traceback."""
+    import laser_plugin.models.synthetic as synthetic
+
+    def broken(images):
+        raise RuntimeError("shape mismatch in layer 3")
+
+    broken.input_size = lambda h, w: (h, w)
+    monkeypatch.setattr(synthetic, "make_model", lambda weights=None, device="cpu", **kw: broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main(["run", str(frames), "--output-dir", str(tmp_path / "o"), "--model", "synthetic"])

@@ -37,12 +37,30 @@ def main(argv: list[str] | None = None) -> int:
         command = tyro.cli(_command_union(), args=argv)
         result = command.main()
     except LaserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("interrupted: partial results were kept", file=sys.stderr)
         raise SystemExit(130) from None
+    except (MemoryError, RuntimeError) as exc:
+        # torch.cuda.OutOfMemoryError is a RuntimeError; matched by name so no torch import here.
+        if not isinstance(exc, MemoryError) and type(exc).__name__ != "OutOfMemoryError":
+            raise
+        print(
+            f"error: out of memory ({_one_line(exc, first_only=True)}): try a smaller --window-size or another --device;"
+            " the frames finalised so far were kept",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
     return int(result or 0)
+
+
+def _one_line(exc: BaseException, first_only: bool = False) -> str:
+    """The message on one line (a multi-line message would read as several errors)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[0] if first_only else " ".join(lines)
 
 
 if __name__ == "__main__":
