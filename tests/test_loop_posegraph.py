@@ -132,3 +132,13 @@ def test_edge_needs_existing_distinct_nodes():
     g.add_node(np.eye(4))
     with pytest.raises(ValueError, match="distinct existing"):
         g.add_edge(0, 1, np.eye(4), EdgeNoise())
+
+
+def test_nodes_below_fixed_below_do_not_move():
+    g, gt = drifted_graph()
+    before = [n.copy() for n in g.nodes]
+    g.add_edge(40, len(gt) - 1, sim3_inverse(gt[40]) @ gt[-1], NOISE, loop=True)
+    res = g.optimize(30, fixed_below=41)
+    assert res.final_cost < res.initial_cost
+    np.testing.assert_array_equal(np.stack(g.nodes[:41]), np.stack(before[:41]))
+    assert np.abs(np.stack(g.nodes[41:]) - np.stack(before[41:])).max() > 1e-3

@@ -48,9 +48,9 @@ class LoopConfig:
     """Whitened residual above which a loop edge is dropped after optimisation (a false loop)."""
     iterations: int = 20
     """Levenberg-Marquardt iterations per optimisation."""
-    reemit_tolerance: float = 1e-3
+    reemit_tolerance: float = 2e-3
     """Re-emit a past frame when its correction moves it more than this (relative to the scene
-    depth, or in radians)."""
+    depth, or in radians, or in log scale); smaller moves wait for the next correction."""
     correction_chunk: int = 256
     """Frames per ``on_correction`` call (bounds memory while re-emitting a long stream)."""
     spill_dir: str | None = None

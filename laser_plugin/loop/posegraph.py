@@ -147,12 +147,31 @@ class PoseGraph:
         return np.linalg.norm(r, axis=1)
 
     # -- solving -----------------------------------------------------------------------------
-    def optimize(self, iterations: int = 20, fixed: int = 0, tol: float = 1e-9) -> OptimizeResult:
-        """Levenberg-Marquardt over all nodes but ``fixed``; updates ``self.nodes`` in place."""
+    def optimize(
+        self, iterations: int = 20, fixed_below: int = 1, tol: float = 1e-9
+    ) -> OptimizeResult:
+        """Levenberg-Marquardt over the nodes ``>= fixed_below``; updates ``self.nodes`` in place.
+
+        Node 0 always fixes the gauge. A larger ``fixed_below`` (the oldest node a new loop
+        reaches) keeps the older map as it is and bounds the cost of one optimisation by the
+        loop's length instead of the stream's.
+        """
         n = len(self.nodes)
-        if n < 2 or not any(self._active):
+        fixed_below = max(1, int(fixed_below))
+        if n < 2 or not any(self._active) or fixed_below >= n:
             return OptimizeResult(0.0, 0.0, 0)
         act, ii, jj, zinv, w, loop = self._arrays()
+        touch = (ii >= fixed_below) | (jj >= fixed_below)  # edges between fixed nodes are constant
+        act, ii, jj, zinv, w, loop = (
+            act[touch],
+            ii[touch],
+            jj[touch],
+            zinv[touch],
+            w[touch],
+            loop[touch],
+        )
+        if len(ii) == 0:
+            return OptimizeResult(0.0, 0.0, 0)
         t = np.stack(self.nodes)
         r = self._residual(t[ii], t[jj], zinv, w)
         cost = cost0 = self._cost(r, loop)
@@ -161,8 +180,7 @@ class PoseGraph:
         eye7 = np.eye(7)
         steps_p = sim3_exp(h * eye7, self.length)  # (7, 4, 4) right perturbations
         steps_m = sim3_exp(-h * eye7, self.length)
-        free = np.ones(n, dtype=bool)
-        free[fixed] = False
+        free = np.arange(n) >= fixed_below
         col_of = np.full(n, -1)
         col_of[free] = np.arange(free.sum())
         it = 0
@@ -222,7 +240,7 @@ class PoseGraph:
         return OptimizeResult(cost0, cost, it, loops)
 
     def optimize_pruned(
-        self, prune: float, iterations: int = 20, max_rounds: int = 5
+        self, prune: float, iterations: int = 20, max_rounds: int = 5, fixed_below: int = 1
     ) -> tuple[OptimizeResult, list[int]]:
         """Optimise; while a loop edge keeps a whitened residual above ``prune``, drop the worst
         one and re-optimise from the starting poses. Returns the result and the dropped edges.
@@ -233,7 +251,7 @@ class PoseGraph:
         start = [n.copy() for n in self.nodes]
         dropped: list[int] = []
         for _ in range(max_rounds):
-            res = self.optimize(iterations)
+            res = self.optimize(iterations, fixed_below)
             bad = {e: v for e, v in res.loop_residuals.items() if v > prune}
             if not bad:
                 return res, dropped
@@ -241,4 +259,4 @@ class PoseGraph:
             self.deactivate(worst)
             dropped.append(worst)
             self.nodes = [n.copy() for n in start]
-        return self.optimize(iterations), dropped
+        return self.optimize(iterations, fixed_below), dropped

@@ -271,7 +271,8 @@ class LoopClosingReconstructor(StreamingReconstructor):
             self._record(event(True, ""))
             self._cooldown_until = k + 1 + cfg.cooldown_windows
             return
-        _, dropped = g.optimize_pruned(cfg.prune, cfg.iterations)
+        # Nodes older than the loop's far end stay fixed (see PoseGraph.optimize).
+        _, dropped = g.optimize_pruned(cfg.prune, cfg.iterations, fixed_below=m + 1)
         t = self._loop_timed("optimisation", t, times)
         self.counts["pruned"] += len(dropped)
         ok = edge not in dropped
