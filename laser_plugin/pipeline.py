@@ -51,14 +51,15 @@ class PipelinedReconstructor:
         sink_thread: bool = True,
         device: str | torch.device | None = None,
         align_priority: bool = True,
-        switch_interval: float | None = None,
+        switch_interval: float | None = 0.0005,
     ) -> None:
         """``prefetch_windows``: predicted windows that may wait for alignment (memory bound).
         ``device``: where the model runs (default: the model's ``device`` attribute, else CPU);
         a CUDA device gets a dedicated stream for the network. ``align_priority``: align on a
         high-priority CUDA stream (when alignment runs on the GPU). ``switch_interval``: the
-        interpreter's thread switch interval while streaming (seconds; None keeps Python's 5 ms),
-        so the network thread gets the interpreter back sooner between its kernel launches."""
+        interpreter's thread switch interval while streaming (seconds; None keeps Python's 5 ms):
+        shorter, the network and alignment threads get the interpreter back sooner between their
+        many small GPU calls (π³ on an H100: 102 new fps at 0.5 ms against 72-95 at 5 ms)."""
         if prefetch_windows < 1:
             raise ValueError("prefetch_windows must be at least 1")
         self.rec = reconstructor

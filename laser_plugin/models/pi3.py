@@ -368,11 +368,12 @@ def make_model(
         from_pretrained(net, weights, CHECKPOINT)
     model = Pi3Model(net.to(device=dev, dtype=torch.float32), dev, compute)
     if fast:
-        # bf16 trunk, cached overlap tokens; compiled blocks and one CUDA graph on the GPU.
+        # bf16 trunk, cached overlap tokens; compiled blocks and one CUDA graph (trunk and heads)
+        # on the GPU. Measured in benchmarks/SPEED_NOTES.md.
         from laser_plugin.models.fast import accelerate
 
         gpu = dev.type == "cuda"
-        return accelerate(model, dtype=compute, compile=gpu, cuda_graph=gpu)
+        return accelerate(model, dtype=compute, compile=gpu, cuda_graph=gpu, graph_heads=gpu)
     return model
 
 

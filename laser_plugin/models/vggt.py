@@ -366,7 +366,8 @@ def make_model(
         from_pretrained(net, weights, CHECKPOINT)
     model = VGGTModel(net.to(device=dev, dtype=torch.float32), dev, compute)
     if fast:
-        # bf16 trunk, cached overlap tokens; compiled blocks and one CUDA graph on the GPU.
+        # bf16 trunk, cached overlap tokens; compiled blocks and one CUDA graph of the trunk on
+        # the GPU (measured in benchmarks/SPEED_NOTES.md; the DPT head in the graph is not yet).
         from laser_plugin.models.fast import accelerate
 
         gpu = dev.type == "cuda"
