@@ -673,6 +673,22 @@ def summary(res: dict) -> None:
             f"baseline network-only {res['baseline']['network_only_new_fps']:.1f} new fps; "
             f"baseline accuracy {res.get('baseline_accuracy')}"
         )
+    ceiling = res.get("ceiling_tflops")
+    fast_tf = res.get("fast_network_only", {}).get("achieved_tflops")
+    base_tf = res.get("baseline_achieved_tflops")
+    if fast_tf and base_tf:
+        pct = (lambda x: f" ({100 * x / ceiling:.0f}% of {ceiling:.0f})") if ceiling else str
+        print(
+            f"achieved TFLOP/s: fast {fast_tf:.0f}{pct(fast_tf)}, baseline {base_tf:.0f}{pct(base_tf)}"
+        )
+    for key in ("baseline", "fast"):
+        r = res.get(key, {})
+        if "stages_s" in r:
+            per = {
+                k: round(1e3 * v / max(1, r["num_windows"]), 1) for k, v in r["stages_s"].items()
+            }
+            print(f"{key} stages, ms per window: {per}")
+            print(f"{key} host peak RSS {r['host_peak_rss_mb_process']:.0f} MB (process)")
     print(f"speedup e2e {res.get('speedup_e2e')}; best {res.get('best_e2e')}")
 
 
