@@ -67,14 +67,23 @@ class Viewers:
         return out
 
 
-def _sigterm_as_interrupt() -> None:
-    """Treat SIGTERM like Ctrl-C so a terminated run also leaves a consistent partial result."""
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Treat SIGTERM like Ctrl-C while a run lasts, so a terminated run also leaves a consistent
+    partial result; the previous handler is restored afterwards (for API callers)."""
 
     def handler(signum, frame):
         raise KeyboardInterrupt
 
-    with contextlib.suppress(ValueError):  # not in the main thread
-        signal.signal(signal.SIGTERM, handler)
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def execute(
@@ -147,7 +156,6 @@ def execute(
         *(extra_sinks or []),
     ]
     console = Console(stderr=True, quiet=quiet)
-    _sigterm_as_interrupt()
     start = time.perf_counter()
     count = 0 if state is None else state.num_frames
     with Progress(
@@ -160,7 +168,7 @@ def execute(
         transient=False,
     ) as progress:
         task = progress.add_task("frames", total=total, fps=0.0)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _sigterm_as_interrupt():
             warnings.simplefilter("default")
             warnings.showwarning = _show_warning
             for _ in engine.run(
