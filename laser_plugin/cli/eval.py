@@ -53,6 +53,10 @@ class Eval:
     """Layer-wise scale alignment; --no-layer-alignment is plain Sim(3) stitching."""
     intra_edges: bool = True
     """Intra-window layer edges; --no-intra-edges is the paper's 'w/o E_intra' ablation."""
+    overlap_estimate: Literal["earlier", "later"] = "later"
+    """Which window's estimate an overlap frame keeps. Evaluation defaults to "later" (each overlap
+    frame re-emitted with the next window's layer-aligned estimate), the convention under which
+    the paper's "w/o E_intra" row differs from plain Sim(3); "earlier" is `laser run`'s default."""
     depth_align: Literal["scale", "median", "scale_shift", "lstsq", "none"] = "scale"
     """Per-sequence depth alignment before AbsRel/δ (the published numbers use 'scale')."""
     sweep: bool = False
@@ -119,6 +123,7 @@ class Eval:
             iou_threshold=self.iou_threshold,
             layer_alignment=self.layer_alignment,
             intra_edges=self.intra_edges,
+            overlap_estimate=self.overlap_estimate,
             device=self.device,
         ).validate()
         configs = (
