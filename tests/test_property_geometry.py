@@ -189,9 +189,9 @@ def test_robust_scale_never_nan(num, data):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="robust_scale's Huber/Tukey residual 1 - s*den/num gives samples with large den/num "
-    "leverage den/num: 43% outliers with den 3x too large pull the scale to 0.41 (breakdown ~25%, "
-    "not 50%); reported to the lead (a log-ratio residual would be symmetric)",
+    reason="robust_scale's residual 1 - s*den/num gives a sample leverage den/num, so outliers whose "
+    "new depth is too large weigh more: 43% at 3x pull the scale to 0.41, 35% at 5x to 0.25 "
+    "(too-small outliers hold to 45%); reported to the lead (a log-ratio residual is symmetric)",
 )
 def test_robust_scale_breakdown_is_symmetric():
     num = torch.full((120,), 3.5, dtype=F64)
