@@ -516,3 +516,40 @@ def test_viser_default_bind_is_loopback():
         inspect.signature(viser_integration.make_viser_sink).parameters["host"].default
         == "127.0.0.1"
     )
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.makedirs, (self.marker,))
+
+
+def test_resume_state_is_never_unpickled(tmp_path, capsys, scene_dir, scene_model):
+    """A tampered OUT/state/engine.npz holding a pickle is refused in one line; its code never runs."""
+    out = tmp_path / "out"
+    args = (
+        "run",
+        str(scene_dir),
+        "--output-dir",
+        str(out),
+        "--model",
+        "synthetic",
+        "--quiet",
+        *WINDOW,
+    )
+    assert laser(capsys, *args, "--max-frames", "16", "--checkpoint-interval", "0")[0] == 0
+    summary = out / "summary.json"
+    summary.write_text(
+        summary.read_text().replace('"status": "complete"', '"status": "interrupted"')
+    )
+    marker = tmp_path / "pwned"
+    evil = np.empty(1, dtype=object)
+    evil[0] = _Payload(marker)
+    np.savez(out / "state" / "engine.npz", meta=evil)
+    code, err = laser(capsys, *args, "--max-frames", "16", "--checkpoint-interval", "0", "--resume")
+    assert_user_error(code, err, "cannot read the resume state")
+    assert not marker.exists()
