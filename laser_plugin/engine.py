@@ -171,13 +171,19 @@ class StreamingReconstructor:
             self._emit(live, "on_interrupt", exc)
             raise
         finally:
+            failed = None
             for sink in live:
                 try:
                     sink.close()
                 except Exception as exc:  # a sink failing must not lose the others' files
-                    self._warn(f"sink {type(sink).__name__} failed to close: {exc}")
+                    if getattr(sink, "essential", False):
+                        failed = failed or exc
+                    else:
+                        self._warn(f"sink {type(sink).__name__} failed to close: {exc}")
             if ok and self.num_frames == 0:
                 self._warn("the stream had no frames")
+            if ok and failed is not None:  # the results are incomplete: not a success
+                raise failed
 
     def reconstruct(self, source, sinks: Sequence = (), **kw) -> list[ReconstructedFrame]:
         """Run to completion and return all frames (for short streams; ``run`` streams)."""

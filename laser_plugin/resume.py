@@ -61,7 +61,15 @@ class EngineState:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-_CACHE_FIELDS = ("depth", "confident", "cam_to_world", "intrinsics", "labels", "depth_strided")
+def _cache_fields() -> list[str]:
+    """Every per-frame field of the engine's overlap cache (whatever the engine adds later)."""
+    import dataclasses
+
+    from laser_plugin.engine import _Final
+
+    return [f.name for f in dataclasses.fields(_Final) if f.name != "index"]
+
+
 _FRAME_ARRAYS = (
     "image",
     "cam_to_world",
@@ -85,7 +93,7 @@ def _np(x) -> np.ndarray | None:
 def capture(engine, settings: dict[str, Any] | None = None) -> EngineState:
     """Snapshot the engine between windows (cheap: the cache is L-1 frames)."""
     cache = {
-        idx: {name: _np(getattr(f, name)) for name in _CACHE_FIELDS}
+        idx: {name: _np(getattr(f, name, None)) for name in _cache_fields()}
         for idx, f in engine._cache.items()
     }
     return EngineState(
@@ -141,7 +149,7 @@ def from_bytes(data: bytes) -> EngineState:
     for key, how in meta.get("packed", {}).items():
         arrays[key] = _unpack(arrays[key], how)
     cache = {
-        int(idx): {name: arrays.get(f"cache/{idx}/{name}") for name in _CACHE_FIELDS}
+        int(idx): {name: arrays.get(f"cache/{idx}/{name}") for name in _cache_fields()}
         for idx in meta["cache"]
     }
     held = []
@@ -171,7 +179,8 @@ def restore(engine, state: EngineState) -> None:
         return None if a is None else torch.from_numpy(np.array(a)).to(dev)
 
     engine._cache = {
-        idx: _Final(idx, *(t(e[name]) for name in _CACHE_FIELDS)) for idx, e in state.cache.items()
+        idx: _Final(idx, **{name: t(e.get(name)) for name in _cache_fields()})
+        for idx, e in state.cache.items()
     }
     engine._held = list(state.held)
     engine._model_size = state.model_size

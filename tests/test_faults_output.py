@@ -553,3 +553,36 @@ def test_resume_state_is_never_unpickled(tmp_path, capsys, scene_dir, scene_mode
     code, err = laser(capsys, *args, "--max-frames", "16", "--checkpoint-interval", "0", "--resume")
     assert_user_error(code, err, "cannot read the resume state")
     assert not marker.exists()
+
+
+def test_write_failure_mid_run_is_one_line_without_root(tmp_path, scene_dir):
+    """A file-size limit (RLIMIT_FSIZE, no privileges needed) makes a write fail mid-run, as a
+    full disk would: one line, exit 2, and the frames saved so far load."""
+    import resource
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    out = tmp_path / "out"
+    args = (
+        "run",
+        str(scene_dir),
+        "--output-dir",
+        str(out),
+        "--model",
+        "synthetic",
+        "--quiet",
+        *WINDOW,
+    )
+    r = subprocess.run(
+        cli_command(*args),
+        env=cli_env(scene_spec()),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit,
+    )
+    assert_user_error(r.returncode, r.stderr, "file too large")
+    run = assert_consistent(out)
+    assert run.status == "failed" or len(run.frames) < 40

@@ -17,6 +17,7 @@ its files exist, so an interrupted run is a valid run holding the frames finalis
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -314,17 +315,24 @@ class RunWriter:
             except OSError:
                 pass  # disk full: what was flushed before is what the run holds
             fh.close()
-        # A stop between the lines of one frame leaves the text files out of step: trim them.
-        self._reconcile(self._count_frames())
-        if getattr(self, "_map_stale", False):  # loop corrections moved saved frames
-            self.map = VoxelMap(max_points=self.map.max_points)
-            run = load_run(self.dir)
-            for i in range(len(run.frames)):
-                self._add_to_map(run.load_frame(i))
         try:
+            # A stop between the lines of one frame leaves the text files out of step: trim them.
+            self._reconcile(self._count_frames())
+            if getattr(self, "_map_stale", False):  # loop corrections moved saved frames
+                self.map = VoxelMap(max_points=self.map.max_points)
+                run = load_run(self.dir)
+                for i in range(len(run.frames)):
+                    self._add_to_map(run.load_frame(i))
             self.write_points()
+        except OSError as exc:
+            status = "failed"
+            raise OutputError(
+                f"cannot finish the run directory {self.dir}: {exc.strerror or exc} "
+                f"({self.num_frames} frames were saved)"
+            ) from None
         finally:
-            self._write_summary(status)
+            with contextlib.suppress(OSError):  # else the last window's summary stays
+                self._write_summary(status)
 
     # -- resume ----------------------------------------------------------------------------
     def _count_frames(self) -> int:
