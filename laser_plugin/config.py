@@ -49,6 +49,12 @@ class LaserConfig:
     short side, else 2 (keeps 518x294 fast while small images keep their detail)."""
     min_layer_pixels: int = 32
     """Shared pixels an inter-window edge needs before its scale is trusted."""
+    layer_fusion: Literal["previous", "confidence"] = "previous"
+    """How an inter-window edge sets a layer's scale. "previous": the earlier estimate is imposed
+    (the paper). "confidence": the two are blended in log-scale by the model's own mean confidence
+    on the shared pixels, so a layer first seen in an unreliable window is pulled toward a later,
+    more reliable one (an extension; needs a backend whose confidence is comparable across
+    windows, as π³'s probabilities are)."""
     overlap_estimate: Literal["earlier", "later"] = "earlier"
     """Which window's estimate an overlap frame keeps. "earlier": the first window that saw it
     (lowest latency: a frame is final as soon as its first window is aligned). "later": the next
@@ -85,6 +91,8 @@ class LaserConfig:
         for name in ("irls_iterations", "max_layers", "min_layer_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.layer_fusion not in ("previous", "confidence"):
+            raise ConfigError(f"layer_fusion must be previous or confidence, got {self.layer_fusion!r}")
         if self.overlap_estimate not in ("earlier", "later"):
             raise ConfigError(f"overlap_estimate must be earlier or later, got {self.overlap_estimate!r}")
         if self.registration not in ("cameras", "points", "both"):

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from laser_plugin.config import LaserConfig
 from laser_plugin.errors import ConfigError
-from laser_plugin.geometry.layers import segment_depth_layers, upsample_labels
+from laser_plugin.geometry.layers import segment_depth_layers, strided_depth, upsample_labels
 from laser_plugin.geometry.lsa import align_layers
 from laser_plugin.geometry.sanitize import sanitize_prediction
 from laser_plugin.geometry.sim3 import (
@@ -68,6 +68,7 @@ class _Final:
     intrinsics: Tensor  # (3, 3)
     labels: Tensor | None  # (h, w) strided layer labels
     depth_strided: Tensor | None  # (h, w)
+    conf_strided: Tensor | None = None  # (h, w) the model's own confidence (layer_fusion)
 
 
 def rank_normalise(conf: Tensor, valid: Tensor, samples: int = 65536, bins: int = 1024) -> Tensor:
@@ -273,6 +274,9 @@ class StreamingReconstructor:
             n_inter = n_intra = 0
             layers = None
             stride = cfg.stride_for(*depth.shape[-2:])
+            conf_strided = None
+            if cfg.layer_alignment and cfg.layer_fusion == "confidence":
+                conf_strided = strided_depth(conf.clamp_min(1e-12) * valid, stride)
             if cfg.layer_alignment:
                 layers = segment_depth_layers(
                     depth, stride, cfg.crease, cfg.depth_jump, cfg.max_layers, cfg.min_layer_fraction
@@ -282,11 +286,14 @@ class StreamingReconstructor:
                 if n_o and all(p.labels is not None for p in prev):
                     k_s = intr.clone()
                     k_s[:, :2] /= stride
+                    fuse = cfg.layer_fusion == "confidence" and all(p.conf_strided is not None for p in prev)
                     la = align_layers(
                         layers.labels, layers.depth,
                         torch.stack([p.labels for p in prev]), torch.stack([p.depth_strided for p in prev]),
                         poses, k_s, cfg.iou_threshold, cfg.intra_edges, cfg.intra_warp,
                         cfg.huber_delta, cfg.irls_iterations, cfg.min_layer_pixels,
+                        conf_prev=torch.stack([p.conf_strided for p in prev]) if fuse else None,
+                        conf_new=conf_strided if fuse else None,
                     )
                     t = self._timed("layer_graph", t, times)
                     h, w = depth.shape[-2:]
@@ -308,7 +315,9 @@ class StreamingReconstructor:
                 h, w = depth.shape[-2:]
                 labels_full = upsample_labels(layers.labels, stride, h, w)
 
-            finals = self._finalise(window, depth, conf_n, confident, poses, intr, labels_full, node_scale, layers)
+            finals = self._finalise(
+                window, depth, conf_n, confident, poses, intr, labels_full, node_scale, layers, conf_strided
+            )
             self._timed("finalise", t, times)
 
         stats = WindowStats(
@@ -375,7 +384,7 @@ class StreamingReconstructor:
             warns.append(f"only {reg.num_pixels} usable overlap pixels after the confidence cut; used all valid pixels")
         return reg
 
-    def _finalise(self, window, depth, conf_n, confident, poses, intr, labels_full, node_scale, layers):
+    def _finalise(self, window, depth, conf_n, confident, poses, intr, labels_full, node_scale, layers, conf_strided=None):
         """Build the frames this window finalises and update the overlap cache.
 
         "earlier": frames not seen before are final now. "later": the frames held back from the
@@ -396,6 +405,7 @@ class StreamingReconstructor:
                     it.index, depth[j], confident[j], poses[j], intr[j],
                     None if layers is None else layers.labels[j],
                     None if layers is None else layers.depth[j],
+                    None if conf_strided is None else conf_strided[j],
                 )
             if j < first:
                 continue

@@ -91,8 +91,16 @@ def align_layers(
     huber_delta: float = 0.05,
     iterations: int = 10,
     min_pixels: int = 32,
+    conf_prev: Tensor | None = None,
+    conf_new: Tensor | None = None,
 ) -> LayerAlignment:
     """Per-layer scales for a window registered by Sim(3) (all on the strided grid).
+
+    With ``conf_prev`` (O, h, w) and ``conf_new`` (L, h, w), absolute model confidences, each
+    inter-window edge is fused instead of imposed (an extension beyond the paper): the scale
+    ``s_e`` becomes ``s_e ** (c_prev / (c_prev + c_new))`` with the mean confidences of the
+    shared pixels, so a layer the new window sees much more reliably keeps more of its own
+    depth. Without them, every edge imposes the earlier estimate (the paper).
 
     labels_new, depth_new: (L, h, w) for the new window, its first O frames being the overlap;
     labels_prev, depth_prev: (O, h, w) final estimates of those overlap frames; poses (L, 4, 4)
@@ -130,7 +138,16 @@ def align_layers(
             e = edge_ids[ok]
             node = (e // (m * m)) * m + e % m  # (frame, b) node of the new window
             wgt = iou[e]
-            acc_sum.index_add_(0, node, wgt * fit.scale[ok].double())
+            edge_scale = fit.scale[ok].double()
+            if conf_prev is not None and conf_new is not None:
+                grp = pix_edge[sel]
+                cp = torch.zeros(num_inter, dtype=torch.float64, device=dev).index_add_(
+                    0, grp, conf_prev.reshape(-1)[sel].double())
+                cn = torch.zeros(num_inter, dtype=torch.float64, device=dev).index_add_(
+                    0, grp, conf_new[:n_o].reshape(-1)[sel].double())
+                frac = (cp / (cp + cn).clamp_min(1e-12))[ok]
+                edge_scale = edge_scale ** frac
+            acc_sum.index_add_(0, node, wgt * edge_scale)
             acc_w.index_add_(0, node, wgt)
 
     # Intra-window edges, then propagation in frame order.

@@ -187,6 +187,7 @@ SCENES = {
     "lateral": ("lateral", 80),
     "forward": ("forward", 120),
     "turn": ("turn", 120),
+    "stop_and_go": ("stop_and_go", 120),
     "pure_rotation": ("pure_rotation", 60),
     "low_parallax": ("low_parallax", 60),
     "loop": ("loop", 300),

@@ -99,6 +99,20 @@ def demo(n: int) -> np.ndarray:
     return poses(pos, yaw)
 
 
+def stop_and_go(n: int) -> np.ndarray:
+    """Walk down the corridor with two stops (low-parallax windows) and a slow pan while stopped."""
+    speed = _speed_profile(n, [(0.15, 0.09), (0.3, 0.003), (0.15, 0.08), (0.25, 0.003), (0.15, 0.08)])
+    s = np.linspace(0, 1, n)
+    pos = np.zeros((n, 3))
+    pos[0] = [-0.6, 0.0, 0.3]
+    x_sway = 0.8 * np.sin(2 * np.pi * s)
+    for i in range(1, n):
+        pos[i] = pos[i - 1] + speed[i] * np.array([0.0, 0.0, 1.0])
+    pos[:, 0] = x_sway * (speed / speed.max())  # sway only while walking
+    yaw = 0.35 * np.sin(2 * np.pi * s * 2.0)
+    return poses(pos, yaw)
+
+
 def loop(n: int, laps: float = 1.0) -> np.ndarray:
     """A closed oval around the room, back to the start: revisits for loop closure."""
     a = np.linspace(0, 2 * np.pi * laps, n, endpoint=False)
@@ -121,6 +135,7 @@ TRAJECTORIES = {
     "lateral": lateral,
     "forward": forward,
     "turn": turn,
+    "stop_and_go": stop_and_go,
     "pure_rotation": pure_rotation,
     "low_parallax": low_parallax,
     "loop": loop,
