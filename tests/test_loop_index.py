@@ -57,3 +57,18 @@ def test_spilled_voxel_map_applies_per_window_corrections(tmp_path):
     # Window 0 stays in [0, 1]; window 1 moved by +10 along x.
     assert (pts[:, 0] < 1.05).sum() + (pts[:, 0] > 11.9).sum() == len(pts)
     assert (pts[:, 0] > 11.9).sum() > 0
+
+
+def test_record_log_appends_truncates_and_reads(tmp_path):
+    from laser_plugin.spill import RecordLog
+
+    log = RecordLog(tmp_path, "rows", 3)
+    for i in range(5):
+        log.append(np.array([i, 2.0 * i, -i]))
+    assert len(log) == 5
+    np.testing.assert_array_equal(log.last(), [4, 8, -4])
+    log.truncate(3)
+    log.append(np.array([9.0, 9.0, 9.0]))
+    np.testing.assert_array_equal(log.read(), [[0, 0, 0], [1, 2, -1], [2, 4, -2], [9, 9, 9]])
+    assert (tmp_path / "rows.f64").stat().st_size == 4 * 3 * 8
+    log.close()

@@ -38,7 +38,7 @@ from laser_plugin.loop.index import KeyframeIndex
 from laser_plugin.loop.posegraph import EdgeNoise, PoseGraph
 from laser_plugin.loop.sim3np import correct_pose, sim3_inverse, sim3_split
 from laser_plugin.loop.verify import FrameEstimates, verify_loop
-from laser_plugin.spill import SpillStore
+from laser_plugin.spill import RecordLog, SpillStore
 from laser_plugin.types import (
     ReconstructedFrame,
     ReconstructionModel,
@@ -117,16 +117,24 @@ class LoopClosingReconstructor(StreamingReconstructor):
 
     def corrected_trajectory(self) -> tuple[np.ndarray, np.ndarray]:
         """(frame indices (N,), corrected camera-to-world (N, 4, 4)) of every frame emitted so far."""
-        if not self._log:
+        if not len(self._log):
             return np.zeros(0, np.int64), np.zeros((0, 4, 4))
-        idx = np.array([r[0] for r in self._log], np.int64)
-        out = np.empty((len(idx), 4, 4))
-        for n, (_, win, pose) in enumerate(self._log):
-            out[n] = correct_pose(self.correction(win), pose)[0]
+        rows = self._log.read()
+        idx = rows[:, 0].astype(np.int64)
+        out = np.tile(np.eye(4), (len(rows), 1, 1))
+        out[:, :3, :] = rows[:, 2:].reshape(-1, 3, 4)
+        for win in np.unique(rows[:, 1]).astype(int):
+            sel = rows[:, 1] == win
+            s, r, t = sim3_split(self.correction(int(win)))
+            out[sel, :3, 3] = s * out[sel, :3, 3] @ r.T + t
+            out[sel, :3, :3] = r @ out[sel, :3, :3]
         return idx, out
 
     def cleanup(self) -> None:
         """Delete what this reconstructor spilled to disk."""
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+            self._log.path.unlink(missing_ok=True)
         for s in self._stores:
             s.cleanup()
         self._stores = []
@@ -146,8 +154,8 @@ class LoopClosingReconstructor(StreamingReconstructor):
         self._frames = SpillStore(cfg.spill_dir, "frames")
         self._keyframes = SpillStore(self._frames.dir.parent, "keyframes")
         self._stores = [self._frames, self._keyframes]
-        # (index, window, raw pose): 8 + 8 + 128 bytes a frame; the one per-frame RAM cost.
-        self._log: list[tuple[int, int, np.ndarray]] = []
+        # Per frame (index, window, raw pose 3x4) on disk: nothing per frame stays in RAM.
+        self._log = RecordLog(self._frames.dir.parent, "poses", 14)
         self._cooldown_until = 0
         self._seq_noise = EdgeNoise(cfg.seq_scale, cfg.seq_rotation_deg, cfg.seq_translation)
         self._loop_noise = EdgeNoise(cfg.loop_scale, cfg.loop_rotation_deg, cfg.loop_translation)
@@ -204,8 +212,8 @@ class LoopClosingReconstructor(StreamingReconstructor):
         self._node_of[k] = node
         # "later" mode rebuilds the frames the previous window held back: they are this
         # window's now (the trailing entries of the log and of the previous node's range).
-        while self._log and self._log[-1][0] >= built[0].index:
-            self._log.pop()
+        while len(self._log) and self._log.last()[0] >= built[0].index:
+            self._log.truncate(len(self._log) - 1)
         if self._node_frames:
             first, last = self._node_frames[-1]
             self._node_frames[-1] = (first, min(last, built[0].index - 1))
@@ -218,7 +226,7 @@ class LoopClosingReconstructor(StreamingReconstructor):
                 layer_scales=f.layer_scales if f.layer_scales is not None else np.zeros(0, np.float32),
                 meta=np.array([f.timestamp, f.window]), cam_to_world=f.cam_to_world, intrinsics=f.intrinsics,
             )  # fmt: skip
-            self._log.append((f.index, k, f.cam_to_world.copy()))
+            self._log.append(np.concatenate([[f.index, k], f.cam_to_world[:3].ravel()]))
         t = self._loop_timed("spill", t, times)
 
         # Keyframes: K frames spread over the frames this window finalises.
