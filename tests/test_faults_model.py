@@ -165,7 +165,7 @@ CASES = {
     # Reflections are projected onto rotations, but the poses are then wrong: said twice.
     "flipped_rotation": (flipped_rotation, ["rotations were not proper", DISAGREE], None, None),
     "degenerate_rotation": (degenerate_rotation, ["rotations were not proper"], 2.0, None),
-    "nan_pose": (nan_pose, ["non-finite camera pose"], 2.0, 1.0),
+    "nan_pose": (nan_pose, ["non-finite or degenerate camera pose"], 2.0, 1.0),
     "bad_intrinsics": (bad_intrinsics, ["invalid intrinsics"], 1.5, 0.2),
 }
 

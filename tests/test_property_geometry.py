@@ -187,12 +187,6 @@ def test_robust_scale_never_nan(num, data):
     assert torch.isfinite(fit.residual).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="robust_scale's residual 1 - s*den/num gives a sample leverage den/num, so outliers whose "
-    "new depth is too large weigh more: 43% at 3x pull the scale to 0.41, 35% at 5x to 0.25 "
-    "(too-small outliers hold to 45%); reported to the lead (a log-ratio residual is symmetric)",
-)
 def test_robust_scale_breakdown_is_symmetric():
     num = torch.full((120,), 3.5, dtype=F64)
     too_far = num.clone()
@@ -200,9 +194,7 @@ def test_robust_scale_breakdown_is_symmetric():
     too_near = num.clone()
     too_near[:52] /= 3.0
     assert float(robust_scale(num, too_near).scale[0]) == pytest.approx(1.0, rel=1e-3)  # holds
-    assert float(robust_scale(num, too_far).scale[0]) == pytest.approx(
-        1.0, rel=1e-3
-    )  # fails: 0.407
+    assert float(robust_scale(num, too_far).scale[0]) == pytest.approx(1.0, rel=1e-3)
 
 
 def test_robust_scale_error_grows_gracefully_with_outliers():
@@ -344,7 +336,7 @@ def test_align_layers_degrades_gracefully_with_outlier_pixels(scales, frac, seed
     gen = torch.Generator().manual_seed(seed)
     depth_new = depth_true / planted[labels]
     out = torch.rand(depth_new.shape, generator=gen) < frac
-    # Outliers where the new window is 3x too near (the xfail test above: 3x too far).
+    # Outliers where the new window is 3x too near (the symmetric test above: 3x too far).
     depth_new = torch.where(out, depth_new / 3.0, depth_new)
     n_o = 2
     la = align_layers(labels, depth_new, labels[:n_o], depth_true[:n_o], poses, k)

@@ -55,16 +55,17 @@ def robust_scale(
     iterations: int = 10,
     max_samples: int = 65536,
 ) -> ScaleFit:
-    """Fit ``num ≈ s_g * den`` per group by IRLS with a Huber loss on relative residuals.
+    """Fit ``num ≈ s_g * den`` per group by IRLS with a Huber loss on log-ratio residuals.
 
-    The residual of a sample is ``r = 1 - s * den / num`` (scale-free, so near and far pixels count
-    alike). Each iteration solves the weighted least squares ``s = Σ w x / Σ w x²`` with
-    ``x = den / num`` and Huber weights ``w = min(1, delta / |r|)``. The start is the median ratio,
-    so up to half the samples may be outliers. The Huber threshold adapts to the data:
-    ``min(delta, 1.345 * 1.4826 * MAD(r))`` per group (the usual 95%-efficiency tuning on a robust
-    sigma), so a clean group is fitted tightly and outliers bias the scale little. A few final
-    iterations with Tukey's biweight (cut at 4.685 robust sigmas) remove the small pull that
-    Huber weights still leave to gross one-sided outliers.
+    The residual of a sample is ``r = log(num / den) - log s``: scale-free (near and far pixels
+    count alike) and symmetric (a depth twice too large weighs as much as one half too small, so
+    the breakdown point is the same either way). Each iteration is a weighted mean
+    ``log s = Σ w log(num/den) / Σ w`` with Huber weights ``w = min(1, delta / |r|)``. The start is
+    the median ratio, so up to half the samples may be outliers. The Huber threshold adapts to the
+    data: ``min(delta, 1.345 * 1.4826 * MAD(r))`` per group (the usual 95%-efficiency tuning on a
+    robust sigma), so a clean group is fitted tightly. A few final iterations with Tukey's
+    biweight (cut at 4.685 robust sigmas) remove the small pull Huber weights leave to gross
+    outliers.
 
     num, den: (N,) positive values; group: (N,) int64 in [0, G); weight: (N,) prior weights.
     """
@@ -79,32 +80,27 @@ def robust_scale(
     keep = thin(num.numel(), max_samples, num.device)
     if keep is not None:
         num, den, group, prior = num[keep], den[keep], group[keep], prior[keep]
-    x = den / num
-    counts = torch.bincount(group, minlength=num_groups)
-    if keep is not None:  # report how many samples each group had before thinning
-        counts = torch.bincount(group_all, minlength=num_groups)
-    # Start at the median of num/den per group (robust to up to 50% outliers).
-    scale = 1.0 / segment_median(x, group, num_groups)
-    scale = torch.where(torch.isfinite(scale), scale, torch.ones_like(scale))
-    mad = segment_median((1.0 - scale[group] * x).abs(), group, num_groups)
-    mad = torch.nan_to_num(mad, nan=delta)
+    y = torch.log(num) - torch.log(den)
+    counts = torch.bincount(group_all if keep is not None else group, minlength=num_groups)
+
+    def weighted_mean(w: Tensor, current: Tensor) -> Tensor:
+        sw = torch.zeros(num_groups, dtype=y.dtype, device=y.device).index_add_(0, group, w)
+        swy = torch.zeros(num_groups, dtype=y.dtype, device=y.device).index_add_(0, group, w * y)
+        new = swy / sw.clamp_min(1e-30)
+        return torch.where((sw > 0) & torch.isfinite(new), new, current)
+
+    log_s = torch.nan_to_num(segment_median(y, group, num_groups), nan=0.0)
+    mad = torch.nan_to_num(segment_median((y - log_s[group]).abs(), group, num_groups), nan=delta)
     delta_g = torch.clamp(1.345 * 1.4826 * mad, min=1e-4, max=delta)[group]
     for _ in range(iterations):
-        r = 1.0 - scale[group] * x
-        w = prior * torch.clamp(delta_g / r.abs().clamp_min(1e-12), max=1.0)
-        sxx = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group, w * x * x)
-        sx = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group, w * x)
-        new = sx / sxx.clamp_min(1e-30)
-        scale = torch.where((sxx > 0) & torch.isfinite(new) & (new > 0), new, scale)
+        r = y - log_s[group]
+        log_s = weighted_mean(prior * torch.clamp(delta_g / r.abs().clamp_min(1e-12), max=1.0), log_s)
     if iterations > 0:
-        mad = torch.nan_to_num(segment_median((1.0 - scale[group] * x).abs(), group, num_groups), nan=delta)
+        mad = torch.nan_to_num(segment_median((y - log_s[group]).abs(), group, num_groups), nan=delta)
         cut = torch.clamp(4.685 * 1.4826 * mad, min=1e-3)[group]
         for _ in range(3):
-            r = 1.0 - scale[group] * x
-            w = prior * torch.clamp(1.0 - (r / cut) ** 2, min=0.0) ** 2
-            sxx = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group, w * x * x)
-            sx = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group, w * x)
-            new = sx / sxx.clamp_min(1e-30)
-            scale = torch.where((sxx > 0) & torch.isfinite(new) & (new > 0), new, scale)
-    residual = segment_median((1.0 - scale[group] * x).abs(), group, num_groups)
+            r = y - log_s[group]
+            log_s = weighted_mean(prior * torch.clamp(1.0 - (r / cut) ** 2, min=0.0) ** 2, log_s)
+    scale = torch.exp(log_s)
+    residual = segment_median((1.0 - torch.exp(log_s[group] - y)).abs(), group, num_groups)
     return ScaleFit(scale, torch.nan_to_num(residual, nan=0.0), counts)

@@ -37,8 +37,12 @@ def sanitize_prediction(pred: WindowPrediction) -> tuple[Tensor, Tensor, Tensor,
 
     poses = pred.cam_to_world.float().clone()
     finite = torch.isfinite(poses).flatten(1).all(1)
+    # A (near-)singular rotation block carries no orientation: drop it like a non-finite pose
+    # rather than let the SVD invent one.
+    det = torch.det(torch.nan_to_num(poses[:, :3, :3].double()))
+    finite &= det.abs() > 0.1
     if not finite.all():
-        msgs.append(f"{int((~finite).sum())} non-finite camera pose(s); their frames were dropped")
+        msgs.append(f"{int((~finite).sum())} non-finite or degenerate camera pose(s); their frames were dropped")
         good = torch.nonzero(finite).squeeze(1)
         n = poses.shape[0]
         for i in torch.nonzero(~finite).squeeze(1).tolist():
