@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 import torch
 
-from laser_plugin import LaserConfig
+from laser_plugin import LaserConfig, metrics
 from laser_plugin.loop import LoopClosingReconstructor, LoopConfig
 from laser_plugin.models.synthetic import EmulatedModel, EmulatorConfig, SyntheticScene
 from laser_plugin.models.synthetic.trajectories import loop
@@ -86,7 +86,12 @@ def run(frames: int, laps: int, height: int, width: int, checkpoints: list[int])
                     flush=True,
                 )
     pts, _ = sink.map.merged(rec.correction, max_points=200_000)
+    idx, corrected = rec.corrected_trajectory()
+    _, raw = rec.uncorrected_trajectory()
     out = {
+        "ate_without_loop_closure": metrics.ate_rmse(raw, scene.cam_to_world[idx]),
+        "ate_with_loop_closure": metrics.ate_rmse(corrected, scene.cam_to_world[idx]),
+        "rejections": rec.rejections,
         "frames": n,
         "checkpoints": report,
         "loops_accepted": rec.counts["accepted"],

@@ -93,6 +93,7 @@ class LoopClosingReconstructor(StreamingReconstructor):
             "optimisation": 0.0,
             "correction": 0.0,
         }
+        self.rejections: dict[str, int] = {}
         self._stores: list[SpillStore] = []
 
     # -- public ------------------------------------------------------------------------------
@@ -114,6 +115,15 @@ class LoopClosingReconstructor(StreamingReconstructor):
         if node is None:
             return np.eye(4)
         return self._graph.nodes[node] @ sim3_inverse(self._raw[node])
+
+    def uncorrected_trajectory(self) -> tuple[np.ndarray, np.ndarray]:
+        """(frame indices (N,), camera-to-world (N, 4, 4)) as plain LASER gave them (no loop)."""
+        if not len(self._log):
+            return np.zeros(0, np.int64), np.zeros((0, 4, 4))
+        rows = self._log.read()
+        out = np.tile(np.eye(4), (len(rows), 1, 1))
+        out[:, :3, :] = rows[:, 2:].reshape(-1, 3, 4)
+        return rows[:, 0].astype(np.int64), out
 
     def corrected_trajectory(self) -> tuple[np.ndarray, np.ndarray]:
         """(frame indices (N,), corrected camera-to-world (N, 4, 4)) of every frame emitted so far."""
@@ -371,6 +381,9 @@ class LoopClosingReconstructor(StreamingReconstructor):
     def _record(self, event: LoopEvent) -> None:
         self.events.append(event)
         self.counts["accepted" if event.accepted else "rejected"] += 1
+        if not event.accepted:  # by the reason's first words ("co-visibility", "pose residual")
+            key = " ".join(event.reason.split(" ")[:2])
+            self.rejections[key] = self.rejections.get(key, 0) + 1
 
     def _loop_timed(self, name: str, start: float, times: dict) -> float:
         now = time.perf_counter()
