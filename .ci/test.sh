@@ -31,5 +31,5 @@ if [ ! -x .venv-ns/bin/python ]; then "$PY" -m venv .venv-ns; fi
 
 .venv/bin/ruff check laser_plugin integrations tests benchmarks examples
 .venv/bin/python -m pytest -m "not nerfstudio" tests
-.venv-ns/bin/python -m pytest -m nerfstudio tests
+.venv-ns/bin/python -m pytest -m nerfstudio tests/test_nerfstudio_*.py
 .venv-ns/bin/python -m pytest tests/test_viser_cloud.py tests/test_viser_sink.py tests/test_viser_browser.py
