@@ -4,7 +4,8 @@ A many-lap loop (so loops are closed and past frames re-emitted again and again)
 resolution runs through :class:`~laser_plugin.loop.LoopClosingReconstructor` with a sink that
 feeds a :class:`~laser_plugin.spill.SpilledVoxelMap` (the global map, spilled to disk per window).
 Resident memory (RSS) is sampled after every window; the peak so far is reported at each
-checkpoint. Only per-frame bookkeeping grows (about 150 bytes a frame for the pose log).
+checkpoint. Per frame nothing stays in RAM (frames, keyframes, pose log and map spill to disk);
+per window a pose-graph node and edge and K float16 descriptors do (a few KB).
 
     python benchmarks/memory_long.py --frames 20000 --out benchmarks/results/memory_long.json
 """
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 
 from laser_plugin import LaserConfig, metrics
@@ -57,6 +59,15 @@ class MapSink:
             self.map.add_window(self.window, np.concatenate(self.pts), np.concatenate(self.cols))
 
 
+def current_rss() -> int:
+    """Resident set size of this process now, in bytes (Linux /proc; else the peak so far)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def make_long_scene(frames: int, laps: int, height: int, width: int) -> SyntheticScene:
     f = (width / 2) / np.tan(np.radians(70.0) / 2)
     k = np.array([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1.0]])
@@ -68,8 +79,7 @@ def run(frames: int, laps: int, height: int, width: int, checkpoints: list[int])
     model = EmulatedModel(scene, EmulatorConfig(drift_rot_deg=0.05, drift_scale=0.01))
     rec = LoopClosingReconstructor(model, LaserConfig(), LoopConfig(), keep_source_images=False)
     sink = MapSink()
-    proc = psutil.Process()
-    peak = proc.memory_info().rss
+    peak = current_rss()
     report = {}
     start = time.perf_counter()
     n = 0
@@ -78,7 +88,7 @@ def run(frames: int, laps: int, height: int, width: int, checkpoints: list[int])
         for _ in rec.run(scene.frames(), [sink]):
             n += 1
             if n % 50 == 0 or n in checkpoints:
-                peak = max(peak, proc.memory_info().rss)
+                peak = max(peak, current_rss())
             if n in checkpoints:
                 report[n] = {"peak_rss_mib": peak / 2**20, "seconds": time.perf_counter() - start}
                 print(
