@@ -77,12 +77,16 @@ def _sigterm_as_interrupt():
 
     try:
         previous = signal.signal(signal.SIGTERM, handler)
+        # A shell starting us in the background may have set SIGINT to "ignore"; a user's Ctrl-C
+        # (or a supervisor's SIGINT) must still stop the run cleanly.
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     except ValueError:  # not in the main thread
         yield
         return
     try:
         yield
     finally:
+        signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous)
 
 
@@ -275,6 +279,9 @@ class Run:
     """Also keep the original-resolution images (for nerfstudio exports)."""
     quiet: bool = False
     """No progress bar or summary."""
+    loop_closure: bool = True
+    """Close loops (place recognition, verification, Sim(3) pose graph; corrected frames are
+    rewritten) when the backend gives descriptors (synthetic does). Not with --devices/--resume."""
 
     def main(self) -> int:
         import torch
@@ -325,6 +332,13 @@ class Run:
             model = replicas[0]
         else:
             model = load_model(self.model, weights=self.weights, device=device)
+            if self.loop_closure and not self.resume:  # laser_plugin.loop
+
+                def make_engine(model_, config, **kw):
+                    from laser_plugin.loop import LoopClosingReconstructor
+
+                    return LoopClosingReconstructor(model_, config, **kw)
+
         settings = {
             "command": "run",
             "input": str(source.resolve()),
