@@ -157,16 +157,8 @@ class StreamingReconstructor:
                 if window.index < done:  # finalised before the interruption
                     continue
                 finals, stats = self.process_window(window)
-                self.check_agreement(stats)
-                for frame in finals:
-                    live = self._emit(live, "on_frame", frame)
-                    yield frame
-                live = self._emit(live, "on_window", stats)
-            for frame in self._held:  # "later" mode: the last window's overlap frames
-                live = self._emit(live, "on_frame", frame)
-                yield frame
-            self.num_frames += len(self._held)
-            self._held = []
+                yield from self._deliver(live, finals, stats)
+            yield from self._flush_held(live)
             ok = True
         except BaseException as exc:
             self._emit(live, "on_interrupt", exc)
@@ -465,6 +457,22 @@ class StreamingReconstructor:
             )
             stats.warnings.append(m)
             self._warn(m)
+
+    def _deliver(self, live: list, finals: list[ReconstructedFrame], stats: WindowStats) -> Iterator[ReconstructedFrame]:
+        """Hand one aligned window to the sinks (``live`` is updated in place) and yield its frames."""
+        self.check_agreement(stats)
+        for frame in finals:
+            live[:] = self._emit(live, "on_frame", frame)
+            yield frame
+        live[:] = self._emit(live, "on_window", stats)
+
+    def _flush_held(self, live: list) -> Iterator[ReconstructedFrame]:
+        """At the end of a stream, emit the frames "later" mode held back for a next window."""
+        held, self._held = self._held, []
+        self.num_frames += len(held)
+        for frame in held:
+            live[:] = self._emit(live, "on_frame", frame)
+            yield frame
 
     def _emit(self, sinks: list, method: str, *args) -> list:
         """Call ``method`` on every sink; a sink that raises is warned about once and dropped."""

@@ -170,15 +170,8 @@ class MultiDeviceReconstructor(StreamingReconstructor):
                 times = {"model": seconds}
                 self.timings["model"] = self.timings.get("model", 0.0) + seconds
                 finals, stats = self.align(window, pred, times)
-                for frame in finals:
-                    live = self._emit(live, "on_frame", frame)
-                    yield frame
-                live = self._emit(live, "on_window", stats)
-            for frame in self._held:  # "later" mode: the last window's overlap frames
-                live = self._emit(live, "on_frame", frame)
-                yield frame
-            self.num_frames += len(self._held)
-            self._held = []
+                yield from self._deliver(live, finals, stats)
+            yield from self._flush_held(live)
             ok = True
         except BaseException as exc:
             self._emit(live, "on_interrupt", exc)
