@@ -3,7 +3,7 @@
 A many-lap loop (so loops are closed and past frames re-emitted again and again) at a tiny
 resolution runs through :class:`~laser_plugin.loop.LoopClosingReconstructor` with a sink that
 feeds a :class:`~laser_plugin.spill.SpilledVoxelMap` (the global map, spilled to disk per window).
-Resident memory (RSS) is sampled after every window; the peak so far is reported at each
+Resident memory (RSS) is sampled every 50 frames; the peak so far is reported at each
 checkpoint. Per frame nothing stays in RAM (frames, keyframes, pose log and map spill to disk);
 per window a pose-graph node and edge and K float16 descriptors do (a few KB).
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -36,10 +37,13 @@ class SpillStore:
             raise OutputError(
                 f"cannot create spill directory {self.dir}: {exc.strerror or exc}"
             ) from None
+        self._dir = str(self.dir)
         self._count = 0
 
-    def _path(self, key: int) -> Path:
-        return self.dir / f"{key:09d}.npz"
+    def _path(self, key: int) -> str:
+        # A plain string: pathlib interns every new file name (sys.intern), which would keep
+        # ~100 bytes a record alive for the life of the process.
+        return os.path.join(self._dir, f"{key:09d}.npz")
 
     @property
     def keys(self) -> list[int]:
@@ -49,7 +53,7 @@ class SpillStore:
     def put(self, key: int, **arrays: np.ndarray) -> None:
         try:
             path = self._path(key)
-            new = not path.exists()
+            new = not os.path.exists(path)
             with open(path, "wb") as f:
                 np.savez(f, **arrays)
         except OSError as exc:
@@ -61,7 +65,7 @@ class SpillStore:
             return {k: data[k] for k in data.files}
 
     def __contains__(self, key: int) -> bool:
-        return self._path(key).exists()
+        return os.path.exists(self._path(key))
 
     def __len__(self) -> int:
         return self._count

@@ -93,3 +93,19 @@ def test_implausible_correction_is_rejected(scene):
         truth(scene, cand), truth(scene, cur, drift), joint(scene, cand + cur), LoopConfig()
     )
     assert not res.accepted and "rotation" in res.reason
+
+
+def test_large_raw_drift_already_corrected_is_accepted(scene):
+    """Long streams: the raw drift may exceed the limits while the corrections already applied
+    explain it; the limits apply to what the loop changes beyond them."""
+    drift = sim3_from(
+        1.0, Rotation.from_euler("y", 60.0, degrees=True).as_matrix(), [0.0, 0.0, 0.0]
+    )
+    cand, cur = [0, 5, 10], [228, 233, 238]
+    res = verify_loop(
+        truth(scene, cand), truth(scene, cur, drift), joint(scene, cand + cur), LoopConfig(),
+        candidate_correction=np.eye(4), current_correction=sim3_inverse(drift),
+    )  # fmt: skip
+    assert res.accepted, res.reason
+    s, r, _ = sim3_split(res.correction @ drift)
+    assert np.degrees(Rotation.from_matrix(r).magnitude()) < 1.0 and abs(np.log(s)) < 0.02

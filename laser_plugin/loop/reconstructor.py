@@ -268,7 +268,7 @@ class LoopClosingReconstructor(StreamingReconstructor):
             np.stack([f.cam_to_world for f in kf]), np.stack([f.intrinsics for f in kf]), self.config,
         )  # fmt: skip
         tensors = [window.items[pos[f.index]].tensor for f in kf]
-        result = self._verify(candidate.window, current, tensors)
+        result = self._verify(candidate.window, k, current, tensors)
         t = self._loop_timed("verification", t, times)
         frames_q = tuple(f.index for f in kf)
         frames_c = tuple(int(i) for i in self._keyframes.get(candidate.window)["frames"])
@@ -301,7 +301,9 @@ class LoopClosingReconstructor(StreamingReconstructor):
         self._reemit(exclude=node)
         self._loop_timed("correction", t, times)
 
-    def _verify(self, cand_window: int, current: FrameEstimates, tensors: list[torch.Tensor]):
+    def _verify(
+        self, cand_window: int, window: int, current: FrameEstimates, tensors: list[torch.Tensor]
+    ):
         rec = self._keyframes.get(cand_window)
         candidate = _estimates(
             rec["depth"].astype(np.float32), rec["conf"].astype(np.float32) / 255.0,
@@ -322,6 +324,7 @@ class LoopClosingReconstructor(StreamingReconstructor):
             return verify_loop(
                 FrameEstimates(*(x.to(dev) for x in candidate)), FrameEstimates(*(x.to(dev) for x in current)),
                 joint, self.loop_config, self.config.registration, self.config.huber_delta, self.config.irls_iterations,
+                candidate_correction=self.correction(cand_window), current_correction=self.correction(window),
             )  # fmt: skip
 
     def _reemit(self, exclude: int) -> None:

@@ -107,11 +107,16 @@ def verify_loop(
     registration: str = "cameras",
     huber_delta: float = 0.05,
     irls_iterations: int = 10,
+    candidate_correction: np.ndarray | None = None,
+    current_correction: np.ndarray | None = None,
 ) -> Verification:
     """Decide whether ``candidate`` (stored, K_c frames) and ``current`` (K_q frames) are one place.
 
     ``joint`` is the model's prediction of the K_c + K_q frames as one window (candidate frames
-    first), already sanitised, with a confident-pixel mask.
+    first), already sanitised, with a confident-pixel mask. ``candidate_correction`` and
+    ``current_correction`` (4x4 Sim(3), default identity) are the corrections already applied to
+    the two sides: the plausibility limits apply to what the loop changes beyond them, so a long
+    stream whose raw drift has grown large still closes loops.
     """
     kc = candidate.depth.shape[0]
     j_cand = FrameEstimates(*(x[:kc] for x in joint))
@@ -142,7 +147,10 @@ def verify_loop(
     if covis < config.min_covisibility:
         return reject(f"co-visibility {covis:.2f} < {config.min_covisibility}")
     correction = _as_np(reg_c.sim3) @ sim3_inverse(_as_np(reg_q.sim3))
-    s, r, _ = sim3_split(correction)
+    change = correction
+    if candidate_correction is not None and current_correction is not None:
+        change = candidate_correction @ correction @ sim3_inverse(current_correction)
+    s, r, _ = sim3_split(change)
     angle = float(np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1, 1))))
     if angle > config.max_correction_deg:
         return reject(f"implied rotation {angle:.1f} deg > {config.max_correction_deg}")
