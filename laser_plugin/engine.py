@@ -140,16 +140,7 @@ class StreamingReconstructor:
         (:mod:`laser_plugin.resume`); the windows it covers are skipped without a model call.
         """
         live = list(sinks)
-        self._cache: dict[int, _Final] = {}
-        self._held: list[ReconstructedFrame] = []
-        self._model_size: tuple[int, int] | None = None
-        self._sizes_warned = False
-        done = 0
-        if resume is not None:
-            from laser_plugin.resume import restore
-
-            restore(self, resume)
-            done = resume.num_windows
+        done = self.start_stream(resume)
         ok = False
         try:
             frames = self._prepared(open_source(source, fps=fps, stride=stride, max_frames=max_frames))
@@ -177,6 +168,23 @@ class StreamingReconstructor:
                 self._warn("the stream had no frames")
             if ok and failed is not None:  # the results are incomplete: not a success
                 raise failed
+
+    def start_stream(self, resume: EngineState | None = None) -> int:
+        """Reset the per-stream state (or restore a saved one); return the windows already done.
+
+        Runners that drive :meth:`predict`/:meth:`align` themselves (pipelined, multi-device)
+        call this first, as :meth:`run` does.
+        """
+        self._cache: dict[int, _Final] = {}
+        self._held: list[ReconstructedFrame] = []
+        self._model_size: tuple[int, int] | None = None
+        self._sizes_warned = False
+        if resume is None:
+            return 0
+        from laser_plugin.resume import restore
+
+        restore(self, resume)
+        return resume.num_windows
 
     def reconstruct(self, source, sinks: Sequence = (), **kw) -> list[ReconstructedFrame]:
         """Run to completion and return all frames (for short streams; ``run`` streams)."""

@@ -127,16 +127,7 @@ class MultiDeviceReconstructor(StreamingReconstructor):
     ) -> Iterator[ReconstructedFrame]:
         """As :meth:`StreamingReconstructor.run`, with the network calls spread over the replicas."""
         live = list(sinks)
-        self._cache = {}
-        self._held = []
-        self._model_size = None
-        self._sizes_warned = False
-        done = 0
-        if resume is not None:
-            from laser_plugin.resume import restore
-
-            restore(self, resume)
-            done = resume.num_windows
+        done = self.start_stream(resume)
         free: queue.SimpleQueue[int] = queue.SimpleQueue()  # replicas not busy
         for i in range(len(self.replicas)):
             free.put(i)

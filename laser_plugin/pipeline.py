@@ -93,11 +93,7 @@ class PipelinedReconstructor:
         """Like :meth:`StreamingReconstructor.run`: yields each final frame once, in order."""
         rec = self.rec
         cfg = rec.config
-        # The per-stream state StreamingReconstructor.run sets up.
-        rec._cache = {}
-        rec._held = []
-        rec._model_size = None
-        rec._sizes_warned = False
+        rec.start_stream()
         stop = threading.Event()
         frames_q: queue.Queue = queue.Queue(maxsize=2 * cfg.window_size)
         pred_q: queue.Queue = queue.Queue(maxsize=self.prefetch_windows)
