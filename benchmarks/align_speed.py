@@ -35,7 +35,7 @@ def sync(device):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--height", type=int, default=294)
     ap.add_argument("--width", type=int, default=518)
     ap.add_argument("--threads", type=int, default=1)
@@ -54,7 +54,9 @@ def main() -> None:
     # The previous window, aligned once (its overlap frames are what the new one registers to).
     d_prev, c_prev, p_prev, k_prev, _ = sanitize_prediction(prev_pred)
     conf_prev = rank_normalise(c_prev, d_prev > 0) >= 1 - cfg.top_conf_fraction
-    lay_prev = segment_depth_layers(d_prev, stride, cfg.crease, cfg.depth_jump, cfg.max_layers, cfg.min_layer_fraction)
+    lay_prev = segment_depth_layers(
+        d_prev, stride, cfg.crease, cfg.depth_jump, cfg.max_layers, cfg.min_layer_fraction
+    )
 
     stages = {"registration": [], "segmentation": [], "layer_graph": [], "scaling": []}
     cpu = {k: [] for k in stages}
@@ -70,23 +72,46 @@ def main() -> None:
             t, c = t2, c2
 
         depth, conf, poses, intr, _ = sanitize_prediction(new_pred)
-        confident = (rank_normalise(conf, depth > 0) >= 1 - cfg.top_conf_fraction)
+        confident = rank_normalise(conf, depth > 0) >= 1 - cfg.top_conf_fraction
         reg = register_overlap(
-            d_prev[-O:], p_prev[-O:], k_prev[-O:], conf_prev[-O:], depth[:O], poses[:O], intr[:O], confident[:O]
+            d_prev[-O:],
+            p_prev[-O:],
+            k_prev[-O:],
+            conf_prev[-O:],
+            depth[:O],
+            poses[:O],
+            intr[:O],
+            confident[:O],
         )
         depth = depth * reg.sim3.scale
         poses = reg.sim3.apply_poses(poses)
         lap("registration")
-        lay = segment_depth_layers(depth, stride, cfg.crease, cfg.depth_jump, cfg.max_layers, cfg.min_layer_fraction)
+        lay = segment_depth_layers(
+            depth, stride, cfg.crease, cfg.depth_jump, cfg.max_layers, cfg.min_layer_fraction
+        )
         lap("segmentation")
         k_s = intr.clone()
         k_s[:, :2] /= stride
         la = align_layers(
-            lay.labels, lay.depth, lay_prev.labels[-O:], lay_prev.depth[-O:], poses, k_s,
-            cfg.iou_threshold, cfg.intra_edges, cfg.intra_warp, cfg.huber_delta, cfg.irls_iterations, cfg.min_layer_pixels,
+            lay.labels,
+            lay.depth,
+            lay_prev.labels[-O:],
+            lay_prev.depth[-O:],
+            poses,
+            k_s,
+            cfg.iou_threshold,
+            cfg.intra_edges,
+            cfg.intra_warp,
+            cfg.huber_delta,
+            cfg.irls_iterations,
+            cfg.min_layer_pixels,
         )
         lap("layer_graph")
-        scale = upsample_labels(la.pixel_scale, stride, args.height, args.width) if stride > 1 else la.pixel_scale
+        scale = (
+            upsample_labels(la.pixel_scale, stride, args.height, args.width)
+            if stride > 1
+            else la.pixel_scale
+        )
         depth = depth * scale  # along camera rays; world points are derived from it on demand
         lap("scaling")
 
@@ -94,15 +119,29 @@ def main() -> None:
     per_frame = {k: 1000 * statistics.median(v) / new_frames for k, v in stages.items()}
     per_frame_cpu = {k: 1000 * statistics.median(v) / new_frames for k, v in cpu.items()}
     total, total_cpu = sum(per_frame.values()), sum(per_frame_cpu.values())
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {args.threads} thread(s)"
-    print(f"alignment at {args.width}x{args.height}, L={L}, O={O}, segmentation stride {stride}, on {name}")
+    name = (
+        torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {args.threads} thread(s)"
+    )
+    print(
+        f"alignment at {args.width}x{args.height}, L={L}, O={O}, segmentation stride {stride}, on {name}"
+    )
     print(f"{'stage':<14}{'wall ms/frame':>15}{'cpu ms/frame':>15}")
     for k in stages:
         print(f"{k:<14}{per_frame[k]:>15.2f}{per_frame_cpu[k]:>15.2f}")
     print(f"{'total':<14}{total:>15.2f}{total_cpu:>15.2f}   (target: < 10 ms per frame)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"device": name, "size": [args.height, args.width], "stride": stride,
-                                    "wall_ms_per_frame": per_frame, "cpu_ms_per_frame": per_frame_cpu}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "device": name,
+                "size": [args.height, args.width],
+                "stride": stride,
+                "wall_ms_per_frame": per_frame,
+                "cpu_ms_per_frame": per_frame_cpu,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -79,20 +79,26 @@ def rank_normalise(conf: Tensor, valid: Tensor, samples: int = 65536, bins: int 
     strided sample of log-confidences turned into a lookup table: O(N) elementwise work, no sort
     or binary search over the full window.
     """
-    flat = conf[valid]
-    if flat.numel() == 0:
-        return torch.zeros_like(conf)
-    step = max(1, flat.numel() // samples)
-    log_sample = torch.log(flat[::step].float().clamp_min(1e-30))
-    lo, hi = log_sample.min(), log_sample.max()
-    if not bool(hi > lo):
+    # The histogram only needs a sample: take a regular lattice of the window first and drop the
+    # invalid pixels from that (a boolean gather over every pixel costs more than all the rest).
+    step = max(1, conf.numel() // (2 * samples))
+    sample = conf.reshape(-1)[::step][valid.reshape(-1)[::step]]
+    if sample.numel() == 0:
+        if not bool(valid.any()):
+            return torch.zeros_like(conf)
+        sample = conf[valid]
+    log_sample = torch.log(sample.float().clamp_min(1e-30))
+    lo, hi = float(log_sample.min()), float(log_sample.max())
+    if not hi > lo:
         return torch.where(valid, torch.full_like(conf, 0.5), torch.zeros_like(conf))
-    hist = torch.histc(log_sample, bins=bins, min=float(lo), max=float(hi))
+    hist = torch.histc(log_sample, bins=bins, min=lo, max=hi)
     cdf = torch.cumsum(hist, 0) / hist.sum()
     mid = cdf - 0.5 * hist / hist.sum()  # rank of a bin's centre
-    idx = ((torch.log(conf.float().clamp_min(1e-30)) - lo) * (bins / (hi - lo))).long().clamp_(0, bins - 1)
-    rank = mid[idx]
-    return torch.where(valid, rank, torch.zeros_like(rank)).to(conf.dtype)
+    # One pass per op, in place: log, affine map to bin coordinates, clamp, truncate, look up.
+    x = conf.float().clamp_min(1e-30)
+    x.log_().sub_(lo).mul_(bins / (hi - lo)).clamp_(0, bins - 1)
+    rank = mid.index_select(0, x.to(torch.int32).reshape(-1)).view_as(conf)  # int32: half the bytes
+    return rank.masked_fill_(~valid, 0.0).to(conf.dtype)
 
 
 class StreamingReconstructor:
@@ -143,7 +149,9 @@ class StreamingReconstructor:
         done = self.start_stream(resume)
         ok = False
         try:
-            frames = self._prepared(open_source(source, fps=fps, stride=stride, max_frames=max_frames))
+            frames = self._prepared(
+                open_source(source, fps=fps, stride=stride, max_frames=max_frames)
+            )
             for window in schedule_windows(frames, self.config.window_size, self.config.overlap):
                 if window.index < done:  # finalised before the interruption
                     continue
@@ -206,10 +214,14 @@ class StreamingReconstructor:
                     f"{self._first_source_size[1]}x{self._first_source_size[0]}; resizing every frame to the model size"
                 )
                 self._sizes_warned = True
-            t = torch.tensor(f.image).permute(2, 0, 1).float().div_(255.0)  # copies: sources may be read-only
+            t = (
+                torch.tensor(f.image).permute(2, 0, 1).float().div_(255.0)
+            )  # copies: sources may be read-only
             h, w = self._model_size
             if (h0, w0) != (h, w):
-                t = F.interpolate(t[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
+                t = F.interpolate(
+                    t[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False
+                )[0]
                 t = t.clamp_(0, 1)
             image = (t.permute(1, 2, 0) * 255.0 + 0.5).to(torch.uint8).numpy()
             src = f.image if self.keep_source_images else None
@@ -221,7 +233,9 @@ class StreamingReconstructor:
         self.timings[name] = self.timings.get(name, 0.0) + now - start
         return now
 
-    def predict(self, window: Window[_Item], model: ReconstructionModel | None = None) -> WindowPrediction:
+    def predict(
+        self, window: Window[_Item], model: ReconstructionModel | None = None
+    ) -> WindowPrediction:
         """Run the network on a window (the stage a pipelined or multi-GPU runner overlaps).
 
         Stateless with respect to the stream, so windows may be predicted ahead, in any order and
@@ -279,25 +293,44 @@ class StreamingReconstructor:
                 conf_strided = strided_depth(conf.clamp_min(1e-12) * valid, stride)
             if cfg.layer_alignment:
                 layers = segment_depth_layers(
-                    depth, stride, cfg.crease, cfg.depth_jump, cfg.max_layers, cfg.min_layer_fraction
+                    depth,
+                    stride,
+                    cfg.crease,
+                    cfg.depth_jump,
+                    cfg.max_layers,
+                    cfg.min_layer_fraction,
                 )
                 num_layers = layers.num_layers
                 t = self._timed("segmentation", t, times)
                 if n_o and all(p.labels is not None for p in prev):
                     k_s = intr.clone()
                     k_s[:, :2] /= stride
-                    fuse = cfg.layer_fusion == "confidence" and all(p.conf_strided is not None for p in prev)
+                    fuse = cfg.layer_fusion == "confidence" and all(
+                        p.conf_strided is not None for p in prev
+                    )
                     la = align_layers(
-                        layers.labels, layers.depth,
-                        torch.stack([p.labels for p in prev]), torch.stack([p.depth_strided for p in prev]),
-                        poses, k_s, cfg.iou_threshold, cfg.intra_edges, cfg.intra_warp,
-                        cfg.huber_delta, cfg.irls_iterations, cfg.min_layer_pixels,
+                        layers.labels,
+                        layers.depth,
+                        torch.stack([p.labels for p in prev]),
+                        torch.stack([p.depth_strided for p in prev]),
+                        poses,
+                        k_s,
+                        cfg.iou_threshold,
+                        cfg.intra_edges,
+                        cfg.intra_warp,
+                        cfg.huber_delta,
+                        cfg.irls_iterations,
+                        cfg.min_layer_pixels,
                         conf_prev=torch.stack([p.conf_strided for p in prev]) if fuse else None,
                         conf_new=conf_strided if fuse else None,
                     )
                     t = self._timed("layer_graph", t, times)
                     h, w = depth.shape[-2:]
-                    pix = upsample_labels(la.pixel_scale, stride, h, w) if stride > 1 else la.pixel_scale
+                    pix = (
+                        upsample_labels(la.pixel_scale, stride, h, w)
+                        if stride > 1
+                        else la.pixel_scale
+                    )
                     # Overlap frames keep the earlier estimate unless they are re-emitted ("later").
                     first = 0 if cfg.overlap_estimate == "later" else n_o
                     scale_map = torch.ones_like(depth)
@@ -310,13 +343,24 @@ class StreamingReconstructor:
                     n_inter, n_intra = la.num_inter_edges, la.num_intra_edges
                     new_reached = la.reached[n_o:]
                     if new_reached.any():
-                        spread = float(torch.log(la.node_scale[n_o:][new_reached]).std(unbiased=False))
+                        spread = float(
+                            torch.log(la.node_scale[n_o:][new_reached]).std(unbiased=False)
+                        )
                     t = self._timed("layer_scaling", t, times)
                 h, w = depth.shape[-2:]
                 labels_full = upsample_labels(layers.labels, stride, h, w)
 
             finals = self._finalise(
-                window, depth, conf_n, confident, poses, intr, labels_full, node_scale, layers, conf_strided
+                window,
+                depth,
+                conf_n,
+                confident,
+                poses,
+                intr,
+                labels_full,
+                node_scale,
+                layers,
+                conf_strided,
             )
             self._timed("finalise", t, times)
 
@@ -351,10 +395,17 @@ class StreamingReconstructor:
             sim3 = Sim3(torch.ones((), dtype=depth.dtype, device=depth.device), r0.T, -r0.T @ t0)
             return RegistrationResult(sim3, 0.0, 0.0, 0, False)
         reg = register_overlap(
-            torch.stack([p.depth for p in prev]), torch.stack([p.cam_to_world for p in prev]),
-            torch.stack([p.intrinsics for p in prev]), torch.stack([p.confident for p in prev]),
-            depth[:n_o], poses[:n_o], intr[:n_o], confident[:n_o],
-            method=cfg.registration, huber_delta=cfg.huber_delta, iterations=cfg.irls_iterations,
+            torch.stack([p.depth for p in prev]),
+            torch.stack([p.cam_to_world for p in prev]),
+            torch.stack([p.intrinsics for p in prev]),
+            torch.stack([p.confident for p in prev]),
+            depth[:n_o],
+            poses[:n_o],
+            intr[:n_o],
+            confident[:n_o],
+            method=cfg.registration,
+            huber_delta=cfg.huber_delta,
+            iterations=cfg.irls_iterations,
         )
         if reg.num_pixels == 0:
             # No depth to compare: the scale from the overlap cameras' baseline, R and t from the
@@ -369,7 +420,9 @@ class StreamingReconstructor:
                 if torch.isfinite(s) and s > 0:
                     scale = s.to(depth.dtype)
             else:
-                warns.append("no baseline in the overlap either: the window's scale is unknown (kept 1)")
+                warns.append(
+                    "no baseline in the overlap either: the window's scale is unknown (kept 1)"
+                )
             # Anchor length ~ the scene depth, so the camera axes (reliable) outweigh the centres
             # (noisy over a short baseline) in the rotation.
             d_prev = torch.stack([p.depth for p in prev])
@@ -381,10 +434,24 @@ class StreamingReconstructor:
             warns.append("no valid overlap depth; registered on the overlap cameras only")
             reg = RegistrationResult(fit, float("nan"), 0.0, 0, True)
         elif reg.degenerate:
-            warns.append(f"only {reg.num_pixels} usable overlap pixels after the confidence cut; used all valid pixels")
+            warns.append(
+                f"only {reg.num_pixels} usable overlap pixels after the confidence cut; used all valid pixels"
+            )
         return reg
 
-    def _finalise(self, window, depth, conf_n, confident, poses, intr, labels_full, node_scale, layers, conf_strided=None):
+    def _finalise(
+        self,
+        window,
+        depth,
+        conf_n,
+        confident,
+        poses,
+        intr,
+        labels_full,
+        node_scale,
+        layers,
+        conf_strided=None,
+    ):
         """Build the frames this window finalises and update the overlap cache.
 
         "earlier": frames not seen before are final now. "later": the frames held back from the
@@ -395,14 +462,22 @@ class StreamingReconstructor:
         n_o = window.num_overlap
         later = cfg.overlap_estimate == "later"
         held = {f.index for f in self._held}
-        first = next((j for j, it in enumerate(window.items) if it.index in held), n_o) if later else n_o
+        first = (
+            next((j for j, it in enumerate(window.items) if it.index in held), n_o)
+            if later
+            else n_o
+        )
         self._held = []
         built = []
         for j in range(len(window.items)):
             it = window.items[j]
             if j >= first or later:
                 self._cache[it.index] = _Final(
-                    it.index, depth[j], confident[j], poses[j], intr[j],
+                    it.index,
+                    depth[j],
+                    confident[j],
+                    poses[j],
+                    intr[j],
                     None if layers is None else layers.labels[j],
                     None if layers is None else layers.depth[j],
                     None if conf_strided is None else conf_strided[j],
@@ -416,7 +491,9 @@ class StreamingReconstructor:
                 labels = labels_full[j].to(torch.int16).cpu().numpy()
                 m = int(layers.num_layers[j])
                 layer_scales = (
-                    node_scale[j, :m].float().cpu().numpy() if node_scale is not None else np.ones(m, np.float32)
+                    node_scale[j, :m].float().cpu().numpy()
+                    if node_scale is not None
+                    else np.ones(m, np.float32)
                 )
             frame = ReconstructedFrame(
                 index=it.index,
@@ -466,7 +543,9 @@ class StreamingReconstructor:
             stats.warnings.append(m)
             self._warn(m)
 
-    def _deliver(self, live: list, finals: list[ReconstructedFrame], stats: WindowStats) -> Iterator[ReconstructedFrame]:
+    def _deliver(
+        self, live: list, finals: list[ReconstructedFrame], stats: WindowStats
+    ) -> Iterator[ReconstructedFrame]:
         """Hand one aligned window to the sinks (``live`` is updated in place) and yield its frames."""
         self.check_agreement(stats)
         for frame in finals:

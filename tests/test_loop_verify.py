@@ -72,8 +72,9 @@ def test_planted_drift_is_recovered(scene):
     assert np.degrees(Rotation.from_matrix(r).magnitude()) < 1.0
     assert np.linalg.norm(t) < 0.1
     assert res.covisibility > 0.5
+    # float32 estimates: the correction's rotation is orthonormal to ~1e-7, not to 1e-9
     np.testing.assert_allclose(
-        sim3_inverse(sim3_inverse(res.correction)), res.correction, atol=1e-9
+        sim3_inverse(sim3_inverse(res.correction)), res.correction, atol=1e-6
     )
 
 

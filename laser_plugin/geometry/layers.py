@@ -29,16 +29,23 @@ class Layers(NamedTuple):
 
 
 def strided_depth(depth: Tensor, stride: int) -> Tensor:
-    """Average valid depths over stride x stride blocks: (N, H, W) -> (N, H//s, W//s), 0 invalid."""
-    valid = (torch.isfinite(depth) & (depth > 0)).to(depth.dtype)
-    d = torch.where(valid > 0, depth, torch.zeros_like(depth))
+    """Average valid depths over stride x stride blocks: (N, H, W) -> (N, H//s, W//s), 0 invalid.
+
+    A block is valid only when all its pixels are (partial blocks straddle boundaries). Works on
+    the s*s strided views, so no full-resolution temporary is made.
+    """
     if stride == 1:
-        return d
-    h, w = depth.shape[-2] // stride * stride, depth.shape[-1] // stride * stride
-    num = F.avg_pool2d(d[:, None, :h, :w], stride)[:, 0]
-    cnt = F.avg_pool2d(valid[:, None, :h, :w], stride)[:, 0]
-    # A block is valid only when all its pixels are: partial blocks straddle boundaries.
-    return torch.where(cnt > 0.999, num / cnt.clamp_min(1e-12), torch.zeros_like(num))
+        return torch.where(torch.isfinite(depth) & (depth > 0), depth, torch.zeros_like(depth))
+    h, w = depth.shape[-2] // stride, depth.shape[-1] // stride
+    total = lowest = None
+    for dy in range(stride):
+        for dx in range(stride):
+            part = depth[:, dy : h * stride : stride, dx : w * stride : stride]
+            total = part.clone() if total is None else total.add_(part)
+            lowest = part.clone() if lowest is None else torch.minimum(lowest, part, out=lowest)
+    mean = total.div_(stride * stride)
+    # NaN fails ``> 0`` (minimum propagates it); an Inf makes the mean non-finite.
+    return mean.masked_fill_(~((lowest > 0) & torch.isfinite(mean)), 0.0)
 
 
 def cut_mask(depth: Tensor, crease: float, max_step: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -65,8 +72,12 @@ def cut_mask(depth: Tensor, crease: float, max_step: float) -> tuple[Tensor, Ten
     smooth = (torch.maximum(d2x, d2y) <= crease * q) & nb_valid
     member = valid & smooth
     ld = torch.log(depth.clamp_min(1e-12))
-    conn_r = member[:, :, :-1] & member[:, :, 1:] & ((ld[:, :, 1:] - ld[:, :, :-1]).abs() < max_step)
-    conn_d = member[:, :-1, :] & member[:, 1:, :] & ((ld[:, 1:, :] - ld[:, :-1, :]).abs() < max_step)
+    conn_r = (
+        member[:, :, :-1] & member[:, :, 1:] & ((ld[:, :, 1:] - ld[:, :, :-1]).abs() < max_step)
+    )
+    conn_d = (
+        member[:, :-1, :] & member[:, 1:, :] & ((ld[:, 1:, :] - ld[:, :-1, :]).abs() < max_step)
+    )
     return member, conn_r, conn_d
 
 
@@ -83,10 +94,18 @@ def connected_components_torch(member: Tensor, conn_r: Tensor, conn_d: Tensor) -
     lab = torch.where(member, idx, torch.full_like(idx, big))
     for it in range(4 * (h + w)):
         new = lab.clone()
-        new[:, :, :-1] = torch.where(conn_r, torch.minimum(new[:, :, :-1], lab[:, :, 1:]), new[:, :, :-1])
-        new[:, :, 1:] = torch.where(conn_r, torch.minimum(new[:, :, 1:], lab[:, :, :-1]), new[:, :, 1:])
-        new[:, :-1, :] = torch.where(conn_d, torch.minimum(new[:, :-1, :], lab[:, 1:, :]), new[:, :-1, :])
-        new[:, 1:, :] = torch.where(conn_d, torch.minimum(new[:, 1:, :], lab[:, :-1, :]), new[:, 1:, :])
+        new[:, :, :-1] = torch.where(
+            conn_r, torch.minimum(new[:, :, :-1], lab[:, :, 1:]), new[:, :, :-1]
+        )
+        new[:, :, 1:] = torch.where(
+            conn_r, torch.minimum(new[:, :, 1:], lab[:, :, :-1]), new[:, :, 1:]
+        )
+        new[:, :-1, :] = torch.where(
+            conn_d, torch.minimum(new[:, :-1, :], lab[:, 1:, :]), new[:, :-1, :]
+        )
+        new[:, 1:, :] = torch.where(
+            conn_d, torch.minimum(new[:, 1:, :], lab[:, :-1, :]), new[:, 1:, :]
+        )
         # Pointer jumping: a label is the index of a pixel of the same component; follow it twice.
         for _ in range(2):
             safe = new.clamp(max=big - 1).reshape(n, -1)
@@ -102,53 +121,63 @@ def connected_components_scipy(member: Tensor, conn_r: Tensor, conn_d: Tensor) -
     """CPU reference of :func:`connected_components_torch` via ``scipy.ndimage.label``.
 
     ndimage labels pixel sets, not links, so links are encoded on a 2x upsampled grid where a
-    link is a pixel between its two ends. Same output convention (root = smallest pixel index).
+    link is a pixel between its two ends; all frames go through one call (a 3-D structure with no
+    connection across frames). Same output convention (root = smallest pixel index).
     """
     from scipy import ndimage
 
     n, h, w = member.shape
     m = member.cpu().numpy()
-    cr = conn_r.cpu().numpy()
-    cd = conn_d.cpu().numpy()
-    out = np.full((n, h, w), -1, dtype=np.int64)
-    grid = np.zeros((2 * h - 1, 2 * w - 1), dtype=bool)
-    for i in range(n):
-        grid[:] = False
-        grid[::2, ::2] = m[i]
-        grid[::2, 1::2] = cr[i]
-        grid[1::2, ::2] = cd[i]
-        lab, count = ndimage.label(grid)
-        lab = lab[::2, ::2]
-        if count == 0:
-            continue
-        flat = lab.reshape(-1)
-        # root = smallest pixel index of each component
-        first = np.full(count + 1, h * w, dtype=np.int64)
-        np.minimum.at(first, flat, np.arange(h * w))
-        roots = first[flat].reshape(h, w)
-        out[i] = np.where(m[i], roots, -1)
-    return torch.from_numpy(out).to(member.device)
+    cr, cd = conn_r.cpu().numpy(), conn_d.cpu().numpy()
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = ndimage.generate_binary_structure(2, 1)
+    if np.array_equal(cr, m[:, :, :-1] & m[:, :, 1:]) and np.array_equal(cd, m[:, :-1] & m[:, 1:]):
+        # Every pair of neighbouring members is linked (the usual case: a depth step between two
+        # members is rare, as the crease test already removes pixels beside a jump), so the
+        # pixel sets alone give the components: a 4x smaller grid.
+        lab, count = ndimage.label(m, structure=structure)
+    else:
+        grid = np.zeros((n, 2 * h - 1, 2 * w - 1), dtype=bool)
+        grid[:, ::2, ::2] = m
+        grid[:, ::2, 1::2] = cr
+        grid[:, 1::2, ::2] = cd
+        lab, count = ndimage.label(grid, structure=structure)
+        lab = lab[:, ::2, ::2]
+    lab = lab.reshape(n, h * w)
+    # Root = the smallest pixel index of each component. Components never span frames, and a
+    # reversed fancy assignment leaves each label with its first (smallest) index.
+    first = np.zeros(count + 1, dtype=np.int64)
+    pix = np.broadcast_to(np.arange(h * w, dtype=np.int64), (n, h * w))
+    first[lab[:, ::-1].reshape(-1)] = pix[:, ::-1].reshape(-1)
+    roots = np.where(m.reshape(n, h * w), first[lab], -1).reshape(n, h, w)
+    return torch.from_numpy(roots).to(member.device)
 
 
 def relabel(roots: Tensor, max_layers: int, min_pixels: int) -> tuple[Tensor, Tensor]:
-    """Root ids -> labels 0..M-1 per frame by decreasing size, dropping small ones (-> -1)."""
+    """Root ids -> labels 0..M-1 per frame by decreasing size, dropping small ones (-> -1).
+
+    Ties in size go to the smaller root. Sizes come from one bincount over (frame, root) keys and
+    labels from a lookup table, so only the components (not the pixels) are sorted.
+    """
     n, h, w = roots.shape
-    frame = torch.arange(n, device=roots.device).reshape(n, 1, 1).expand(n, h, w)
-    has = roots >= 0
-    key = (frame * (h * w) + roots)[has]
-    uniq, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
-    comp_frame = uniq // (h * w)
-    # rank components within each frame by size (largest first)
-    order = torch.argsort(comp_frame.double() * (h * w + 1) - counts.double())
+    dev = roots.device
+    frame_off = (torch.arange(n, device=dev) * (h * w)).reshape(n, 1, 1)
+    key = torch.where(roots >= 0, roots + frame_off, torch.full_like(roots, n * h * w)).reshape(-1)
+    counts_all = torch.bincount(key, minlength=n * h * w + 1)[: n * h * w]
+    comp = torch.nonzero(counts_all).squeeze(1)  # sorted: by frame, then root
+    counts = counts_all[comp]
+    comp_frame = comp // (h * w)
+    # rank components within each frame by size (largest first; stable keeps root order on ties)
+    order = torch.argsort(comp_frame.double() * (h * w + 1) - counts.double(), stable=True)
     ranks = torch.empty_like(order)
     sorted_frames = comp_frame[order]
     first_of_frame = torch.searchsorted(sorted_frames, sorted_frames, right=False)
-    ranks[order] = torch.arange(order.numel(), device=roots.device) - first_of_frame
+    ranks[order] = torch.arange(order.numel(), device=dev) - first_of_frame
     keep = (ranks < max_layers) & (counts >= min_pixels)
-    comp_label = torch.where(keep, ranks, torch.full_like(ranks, -1))
-    labels = torch.full((n, h, w), -1, dtype=torch.long, device=roots.device)
-    labels[has] = comp_label[inverse]
-    num = torch.zeros(n, dtype=torch.long, device=roots.device)
+    lut = torch.full((n * h * w + 1,), -1, dtype=torch.long, device=dev)
+    lut[comp] = torch.where(keep, ranks, torch.full_like(ranks, -1))
+    labels = lut[key].reshape(n, h, w)
+    num = torch.zeros(n, dtype=torch.long, device=dev)
     if keep.any():
         num.scatter_reduce_(0, comp_frame[keep], ranks[keep] + 1, reduce="amax")
     return labels, num
@@ -158,24 +187,30 @@ def fill_boundaries(labels: Tensor, depth: Tensor, max_step: float, passes: int 
     """Give unlabeled valid pixels the label of the 4-neighbour closest in log depth, if close.
 
     Pixels on a crease belong to one of the two surfaces; pixels on a depth jump whose depth
-    matches neither side stay unlabeled.
+    matches neither side stay unlabeled. Only the candidate pixels (a few percent) are visited.
     """
-    ld = torch.log(depth.clamp_min(1e-12))
+    n, h, w = labels.shape
+    lab_p = F.pad(labels, (1, 1, 1, 1), value=-1).reshape(-1)
+    ld_p = F.pad(torch.log(depth.clamp_min(1e-12)), (1, 1, 1, 1), value=0.0).reshape(-1)
+    wp = w + 2
+    # Candidates as indices into the padded grid (the padding is never a candidate).
+    cand = torch.nonzero(F.pad((labels < 0) & (depth > 0), (1, 1, 1, 1)).reshape(-1)).squeeze(1)
+    # Neighbour offsets in tie-breaking order: up, down, left, right (the first minimum wins).
+    offs = torch.tensor([-wp, wp, -1, 1], device=labels.device)
+    # Log depth of labelled pixels only (+inf elsewhere), so an unlabelled neighbour never wins.
+    ld_lab = torch.where(lab_p >= 0, ld_p, torch.full_like(ld_p, float("inf")))
     for _ in range(passes):
-        lab_p = F.pad(labels[:, None].double(), (1, 1, 1, 1), value=-1)[:, 0].long()
-        ld_p = F.pad(ld[:, None], (1, 1, 1, 1), value=0)[:, 0]
-        best_diff = torch.full_like(ld, float("inf"))
-        best_lab = labels.clone()
-        for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
-            nb_lab = lab_p[:, dy : dy + labels.shape[1], dx : dx + labels.shape[2]]
-            nb_ld = ld_p[:, dy : dy + labels.shape[1], dx : dx + labels.shape[2]]
-            diff = (nb_ld - ld).abs()
-            better = (nb_lab >= 0) & (diff < best_diff)
-            best_diff = torch.where(better, diff, best_diff)
-            best_lab = torch.where(better, nb_lab, best_lab)
-        take = (labels < 0) & (depth > 0) & (best_diff < max_step)
-        labels = torch.where(take, best_lab, labels)
-    return labels
+        if cand.numel() == 0:
+            break
+        here = torch.take(ld_p, cand)
+        best_diff, best = (torch.take(ld_lab, cand[None] + offs[:, None]) - here).abs_().min(0)
+        take = best_diff < max_step
+        cand_take = cand[take]
+        # All candidates read the labels as they were before this pass, then are written at once.
+        lab_p[cand_take] = torch.take(lab_p, cand_take + offs[best[take]])
+        ld_lab[cand_take] = torch.take(ld_p, cand_take)
+        cand = cand[~take]
+    return lab_p.reshape(n, h + 2, wp)[:, 1:-1, 1:-1].contiguous()
 
 
 def segment_depth_layers(

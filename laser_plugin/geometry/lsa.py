@@ -16,12 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from laser_plugin.geometry.camera import (
-    invert_rigid,
-    project_points,
-    transform_points,
-    unproject_depth,
-)
+from laser_plugin.geometry.camera import invert_rigid
 from laser_plugin.geometry.robust import robust_scale
 
 
@@ -37,22 +32,31 @@ class LayerAlignment:
     num_intra_edges: int
 
 
-def _pair_iou(lab_a: Tensor, lab_b: Tensor, frame: Tensor, num_frames: int, m: int):
-    """IoU of every (frame, a, b) label pair; lab_a/lab_b/frame are flat (N,) with -1 = none.
+def _pair_codes(lab_a: Tensor, lab_b: Tensor, m: int) -> Tensor:
+    """(F, P) labels in [-1, m) of two maps per frame -> (F, P) pair codes in [0, F (m+1)^2).
 
-    Returns (inter (F*M*M,), iou (F*M*M,)).
+    Code ``(f (m+1) + a + 1) (m+1) + b + 1``: -1 ("no layer") is a label like any other, so one
+    histogram gives the pair counts and both areas.
     """
-    size = num_frames * m * m
-    both = (lab_a >= 0) & (lab_b >= 0)
-    pair = frame[both] * m * m + lab_a[both] * m + lab_b[both]
-    inter = torch.bincount(pair, minlength=size).double()
-    ha = lab_a >= 0
-    area_a = torch.bincount(frame[ha] * m + lab_a[ha], minlength=num_frames * m).double()
-    hb = lab_b >= 0
-    area_b = torch.bincount(frame[hb] * m + lab_b[hb], minlength=num_frames * m).double()
-    fa = torch.arange(size, device=lab_a.device)
-    f, a, b = fa // (m * m), (fa // m) % m, fa % m
-    union = area_a[f * m + a] + area_b[f * m + b] - inter
+    m1 = m + 1
+    off = (torch.arange(lab_a.shape[0], device=lab_a.device) * (m1 * m1))[:, None]
+    return (lab_a + 1) * m1 + (lab_b + 1) + off
+
+
+def _pair_iou(codes: Tensor, num_frames: int, m: int) -> tuple[Tensor, Tensor]:
+    """IoU of every (frame, a, b) label pair from :func:`_pair_codes`.
+
+    Returns (inter (F, M, M), iou (F, M, M)) over labels 0..M-1 (the "none" row/column dropped).
+    """
+    m1 = m + 1
+    hist = torch.bincount(codes.reshape(-1), minlength=num_frames * m1 * m1).view(
+        num_frames, m1, m1
+    )
+    hist = hist.double()
+    inter = hist[:, 1:, 1:]
+    area_a = hist[:, 1:, :].sum(-1)  # every pixel of a, whatever b is there
+    area_b = hist[:, :, 1:].sum(-2)
+    union = area_a[:, :, None] + area_b[:, None, :] - inter
     iou = torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
     return inter, iou
 
@@ -62,20 +66,38 @@ def warp_labels(labels: Tensor, depth: Tensor, poses: Tensor, intrinsics: Tensor
 
     labels, depth: (L, h, w); poses (L, 4, 4) camera-to-world; intrinsics (L, 3, 3) for (h, w).
     Returns (L-1, h, w) labels of frames 0..L-2 as seen from frames 1..L-1 (-1 where none landed).
+
+    A pixel (u, v) with depth d lands at ``K' (R K^-1 [u v 1]^T d + t)``: the matrix ``A = K' R
+    K^-1`` acts on the pixel grid alone, so the per-pixel work is three multiply-adds and a divide.
     """
     n, h, w = labels.shape
-    pts = unproject_depth(depth[:-1], intrinsics[:-1]).reshape(n - 1, -1, 3)
-    rel = invert_rigid(poses[1:]) @ poses[:-1]  # cam_t -> cam_{t+1}
-    uv, z = project_points(transform_points(rel, pts), intrinsics[1:])
-    u = torch.round(uv[..., 0]).long()
-    v = torch.round(uv[..., 1]).long()
-    src = labels[:-1].reshape(n - 1, -1)
-    ok = (src >= 0) & (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & (depth[:-1].reshape(n - 1, -1) > 0)
-    out = torch.full((n - 1, h * w), -1, dtype=labels.dtype, device=labels.device)
-    frame = torch.arange(n - 1, device=labels.device)[:, None].expand_as(u)
-    flat = out.view(-1)
-    flat[(frame * h * w + v * w + u)[ok]] = src[ok]
-    return out.view(n - 1, h, w)
+    dt = torch.float64 if depth.dtype == torch.float64 else torch.float32
+    rel = invert_rigid(poses[1:].double()) @ poses[:-1].double()  # cam_t -> cam_{t+1}
+    k_next, k_inv = intrinsics[1:].double(), torch.linalg.inv(intrinsics[:-1].double())
+    a = (k_next @ rel[:, :3, :3] @ k_inv).to(dt)  # (n-1, 3, 3)
+    b = (k_next @ rel[:, :3, 3:]).to(dt)[..., 0]  # (n-1, 3)
+    u0 = torch.arange(w, device=depth.device, dtype=dt)
+    v0 = torch.arange(h, device=depth.device, dtype=dt)
+    d = depth[:-1].to(dt)
+
+    def row(i: int) -> Tensor:  # (n-1, h, w): d * (A_i0 u + A_i1 v + A_i2) + b_i
+        g = a[:, i, 0, None, None] * u0 + (
+            a[:, i, 1, None, None] * v0[:, None] + a[:, i, 2, None, None]
+        )
+        return torch.addcmul(b[:, i, None, None], d, g)
+
+    z = row(2)
+    zs = z.clamp_min(1e-9)
+    u = torch.round(row(0).div_(zs)).clamp_(-1, w).long()
+    v = torch.round(row(1).div_(zs)).clamp_(-1, h).long()
+    src = labels[:-1]
+    ok = (src >= 0) & (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & (d > 0)
+    # Pixels that do not land are written to a spare slot past the end.
+    frame = (torch.arange(n - 1, device=labels.device) * (h * w))[:, None, None]
+    target = torch.where(ok, frame + v * w + u, torch.full_like(u, (n - 1) * h * w))
+    out = torch.full(((n - 1) * h * w + 1,), -1, dtype=labels.dtype, device=labels.device)
+    out[target.reshape(-1)] = src.reshape(-1)
+    return out[:-1].view(n - 1, h, w)
 
 
 def align_layers(
@@ -116,37 +138,41 @@ def align_layers(
     # Inter-window edges on the overlap frames.
     num_inter = 0
     if n_o > 0:
-        la = labels_prev.reshape(-1)
-        lb = labels_new[:n_o].reshape(-1)
-        frame = torch.arange(n_o, device=dev).repeat_interleave(h * w)
-        inter, iou = _pair_iou(la, lb, frame, n_o, m)
+        codes = _pair_codes(labels_prev.reshape(n_o, -1), labels_new[:n_o].reshape(n_o, -1), m)
+        inter, iou = _pair_iou(codes, n_o, m)
         is_edge = (iou > iou_threshold) & (inter >= min_pixels)
-        edge_ids = torch.nonzero(is_edge).squeeze(1)
+        edge_ids = torch.nonzero(is_edge.reshape(-1)).squeeze(1)  # flat (frame, a, b)
         num_inter = int(edge_ids.numel())
         if num_inter:
-            lookup = torch.full((n_o * m * m,), -1, dtype=torch.long, device=dev)
-            lookup[edge_ids] = torch.arange(num_inter, device=dev)
-            both = (la >= 0) & (lb >= 0)
-            pix_edge = torch.full_like(la, -1)
-            pix_edge[both] = lookup[frame[both] * m * m + la[both] * m + lb[both]]
+            m1 = m + 1
+            f_e, a_e, b_e = edge_ids // (m * m), (edge_ids // m) % m, edge_ids % m
+            lookup = torch.full((n_o * m1 * m1,), -1, dtype=torch.long, device=dev)
+            lookup[(f_e * m1 + a_e + 1) * m1 + b_e + 1] = torch.arange(num_inter, device=dev)
+            pix_edge = lookup[codes.reshape(-1)]
             sel = pix_edge >= 0
+            grp = pix_edge[sel]
             fit = robust_scale(
-                depth_prev.reshape(-1)[sel], depth_new[:n_o].reshape(-1)[sel], pix_edge[sel],
-                num_inter, delta=huber_delta, iterations=iterations,
+                depth_prev.reshape(-1)[sel],
+                depth_new[:n_o].reshape(-1)[sel],
+                grp,
+                num_inter,
+                delta=huber_delta,
+                iterations=iterations,
+                with_residual=False,
             )
             ok = fit.count >= min_pixels
-            e = edge_ids[ok]
-            node = (e // (m * m)) * m + e % m  # (frame, b) node of the new window
-            wgt = iou[e]
+            node = (f_e * m + b_e)[ok]  # (frame, b) node of the new window
+            wgt = iou.reshape(-1)[edge_ids[ok]]
             edge_scale = fit.scale[ok].double()
             if conf_prev is not None and conf_new is not None:
-                grp = pix_edge[sel]
                 cp = torch.zeros(num_inter, dtype=torch.float64, device=dev).index_add_(
-                    0, grp, conf_prev.reshape(-1)[sel].double())
+                    0, grp, conf_prev.reshape(-1)[sel].double()
+                )
                 cn = torch.zeros(num_inter, dtype=torch.float64, device=dev).index_add_(
-                    0, grp, conf_new[:n_o].reshape(-1)[sel].double())
+                    0, grp, conf_new[:n_o].reshape(-1)[sel].double()
+                )
                 frac = (cp / (cp + cn).clamp_min(1e-12))[ok]
-                edge_scale = edge_scale ** frac
+                edge_scale = edge_scale**frac
             acc_sum.index_add_(0, node, wgt * edge_scale)
             acc_w.index_add_(0, node, wgt)
 
@@ -155,23 +181,27 @@ def align_layers(
     # Ablation "w/o E_intra" (intra_edges=False): no intra-window edges, so scales stay on the
     # overlap frames (which matter when they are re-emitted: LaserConfig.overlap_estimate="later").
     if n > 1 and n_o > 0 and intra_edges:
-        src_lab = warp_labels(labels_new, depth_new, poses, intrinsics) if intra_warp else labels_new[:-1]
-        frame = torch.arange(n - 1, device=dev).repeat_interleave(h * w)
-        _, iou = _pair_iou(src_lab.reshape(-1), labels_new[1:].reshape(-1), frame, n - 1, m)
-        iou = iou.view(n - 1, m, m)
-        num_intra = int((iou > iou_threshold).sum())
+        src_lab = (
+            warp_labels(labels_new, depth_new, poses, intrinsics) if intra_warp else labels_new[:-1]
+        )
+        codes = _pair_codes(src_lab.reshape(n - 1, -1), labels_new[1:].reshape(n - 1, -1), m)
+        _, iou = _pair_iou(codes, n - 1, m)
+        link_all = torch.where(iou > iou_threshold, iou, torch.zeros_like(iou))
+        num_intra = int((link_all > 0).sum())
+        acc_sum, acc_w = acc_sum.view(n, m), acc_w.view(n, m)
         for t in range(n - 1):
-            val_w = acc_w[t * m : (t + 1) * m]
+            val_w = acc_w[t]
             reached = val_w > 0
-            if not reached.any():
-                continue
-            val = acc_sum[t * m : (t + 1) * m] / val_w.clamp_min(1e-30)
-            link = torch.where((iou[t] > iou_threshold) & reached[:, None], iou[t], torch.zeros_like(iou[t]))
-            acc_sum[(t + 1) * m : (t + 2) * m] += (link * val[:, None]).sum(0)
-            acc_w[(t + 1) * m : (t + 2) * m] += link.sum(0)
+            val = torch.where(reached, acc_sum[t] / val_w.clamp_min(1e-30), torch.zeros_like(val_w))
+            link = link_all[t] * reached[:, None]
+            acc_sum[t + 1] += val @ link
+            acc_w[t + 1] += reached.double() @ link
+        acc_sum, acc_w = acc_sum.reshape(-1), acc_w.reshape(-1)
 
     reached = (acc_w > 0).view(n, m)
-    node_scale = torch.where(acc_w > 0, acc_sum / acc_w.clamp_min(1e-30), torch.ones_like(acc_sum)).view(n, m)
+    node_scale = torch.where(
+        acc_w > 0, acc_sum / acc_w.clamp_min(1e-30), torch.ones_like(acc_sum)
+    ).view(n, m)
     node_scale = node_scale.to(depth_new.dtype)
 
     # Per-pixel scale; unlabelled pixels take their frame's area-weighted geometric mean.

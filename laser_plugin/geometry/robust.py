@@ -20,16 +20,23 @@ class ScaleFit(NamedTuple):
 def segment_median(values: Tensor, group: Tensor, num_groups: int) -> Tensor:
     """Median of ``values`` (N,) within each of ``num_groups`` groups given by ``group`` (N,).
 
-    Groups without samples get NaN. Uses one sort of (group, value) keys.
+    Groups without samples get NaN; an even count takes the lower middle value. One group is a
+    selection (O(N)); several take one sort of a combined (group, value) key.
     """
     if values.numel() == 0:
         return torch.full((num_groups,), float("nan"), dtype=values.dtype, device=values.device)
-    order = torch.argsort(values)
-    order = order[torch.argsort(group[order], stable=True)]  # sorted by group, then by value
+    if num_groups == 1:
+        return values.median().reshape(1)
+    # Values mapped monotonically into [0, 1] and offset by 2 * group: a single float64 sort
+    # orders by group, then by value (two argsorts, one of them stable, cost twice as much).
+    v = values.double()
+    lo, hi = v.min(), v.max()
+    key = (v - lo) / (hi - lo).clamp_min(1e-300) + 2.0 * group.double()
+    order = torch.argsort(key)
     counts = torch.bincount(group, minlength=num_groups)
     starts = torch.cumsum(counts, 0) - counts
     mid = (starts + (counts - 1).clamp_min(0) // 2).clamp(max=values.numel() - 1)
-    med = values[order][mid]
+    med = values[order[mid]]
     return torch.where(counts > 0, med, torch.full_like(med, float("nan")))
 
 
@@ -54,6 +61,7 @@ def robust_scale(
     delta: float = 0.05,
     iterations: int = 10,
     max_samples: int = 65536,
+    with_residual: bool = True,
 ) -> ScaleFit:
     """Fit ``num ≈ s_g * den`` per group by IRLS with a Huber loss on log-ratio residuals.
 
@@ -68,6 +76,7 @@ def robust_scale(
     outliers.
 
     num, den: (N,) positive values; group: (N,) int64 in [0, G); weight: (N,) prior weights.
+    ``with_residual=False`` skips the residual's median (one sort) where nobody reads it (NaN).
     """
     if group is None:
         group = torch.zeros(num.shape[0], dtype=torch.long, device=num.device)
@@ -84,8 +93,13 @@ def robust_scale(
     counts = torch.bincount(group_all if keep is not None else group, minlength=num_groups)
 
     def weighted_mean(w: Tensor, current: Tensor) -> Tensor:
-        sw = torch.zeros(num_groups, dtype=y.dtype, device=y.device).index_add_(0, group, w)
-        swy = torch.zeros(num_groups, dtype=y.dtype, device=y.device).index_add_(0, group, w * y)
+        if num_groups == 1:
+            sw, swy = w.sum().reshape(1), (w * y).sum().reshape(1)
+        else:
+            sw = torch.zeros(num_groups, dtype=y.dtype, device=y.device).index_add_(0, group, w)
+            swy = torch.zeros(num_groups, dtype=y.dtype, device=y.device).index_add_(
+                0, group, w * y
+            )
         new = swy / sw.clamp_min(1e-30)
         return torch.where((sw > 0) & torch.isfinite(new), new, current)
 
@@ -94,13 +108,19 @@ def robust_scale(
     delta_g = torch.clamp(1.345 * 1.4826 * mad, min=1e-4, max=delta)[group]
     for _ in range(iterations):
         r = y - log_s[group]
-        log_s = weighted_mean(prior * torch.clamp(delta_g / r.abs().clamp_min(1e-12), max=1.0), log_s)
+        log_s = weighted_mean(
+            prior * torch.clamp(delta_g / r.abs().clamp_min(1e-12), max=1.0), log_s
+        )
     if iterations > 0:
-        mad = torch.nan_to_num(segment_median((y - log_s[group]).abs(), group, num_groups), nan=delta)
+        mad = torch.nan_to_num(
+            segment_median((y - log_s[group]).abs(), group, num_groups), nan=delta
+        )
         cut = torch.clamp(4.685 * 1.4826 * mad, min=1e-3)[group]
         for _ in range(3):
             r = y - log_s[group]
             log_s = weighted_mean(prior * torch.clamp(1.0 - (r / cut) ** 2, min=0.0) ** 2, log_s)
     scale = torch.exp(log_s)
+    if not with_residual:
+        return ScaleFit(scale, torch.full_like(scale, float("nan")), counts)
     residual = segment_median((1.0 - torch.exp(log_s[group] - y)).abs(), group, num_groups)
     return ScaleFit(scale, torch.nan_to_num(residual, nan=0.0), counts)

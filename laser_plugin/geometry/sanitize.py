@@ -27,13 +27,13 @@ def sanitize_prediction(pred: WindowPrediction) -> tuple[Tensor, Tensor, Tensor,
     one); intrinsics: non-finite or non-positive focal lengths take the window's median.
     """
     msgs: list[str] = []
-    depth = pred.depth.float()
-    bad_depth = ~torch.isfinite(depth) | (depth <= 0)
-    if bad_depth.all():
+    # Few full-resolution passes: NaN/±Inf -> 0, then negatives -> 0 in place.
+    depth = torch.nan_to_num(pred.depth.float(), nan=0.0, posinf=0.0, neginf=0.0).clamp_min_(0.0)
+    good_depth = depth > 0
+    if not bool(good_depth.any()):
         msgs.append("no valid depth in this window")
-    depth = torch.where(bad_depth, torch.zeros_like(depth), depth)
-    conf = torch.nan_to_num(pred.conf.float(), nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0)
-    conf = torch.where(bad_depth, torch.zeros_like(conf), conf)
+    conf = torch.nan_to_num(pred.conf.float(), nan=0.0, posinf=0.0, neginf=0.0).clamp_min_(0.0)
+    conf.mul_(good_depth)
 
     poses = pred.cam_to_world.float().clone()
     finite = torch.isfinite(poses).flatten(1).all(1)
@@ -42,7 +42,9 @@ def sanitize_prediction(pred: WindowPrediction) -> tuple[Tensor, Tensor, Tensor,
     det = torch.det(torch.nan_to_num(poses[:, :3, :3].double()))
     finite &= det.abs() > 0.1
     if not finite.all():
-        msgs.append(f"{int((~finite).sum())} non-finite or degenerate camera pose(s); their frames were dropped")
+        msgs.append(
+            f"{int((~finite).sum())} non-finite or degenerate camera pose(s); their frames were dropped"
+        )
         good = torch.nonzero(finite).squeeze(1)
         n = poses.shape[0]
         for i in torch.nonzero(~finite).squeeze(1).tolist():
@@ -69,7 +71,9 @@ def sanitize_prediction(pred: WindowPrediction) -> tuple[Tensor, Tensor, Tensor,
             ref = intr[ok].median(0).values
         else:
             f = float(max(h, w))  # a 53-degree field of view: a neutral guess
-            ref = torch.tensor([[f, 0, (w - 1) / 2], [0, f, (h - 1) / 2], [0, 0, 1]], dtype=intr.dtype)
+            ref = torch.tensor(
+                [[f, 0, (w - 1) / 2], [0, f, (h - 1) / 2], [0, 0, 1]], dtype=intr.dtype
+            )
         intr[~ok] = ref.to(intr.device)
         msgs.append(f"{int((~ok).sum())} invalid intrinsics matrix/matrices replaced")
     return depth, conf, poses, intr, msgs

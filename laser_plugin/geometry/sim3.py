@@ -65,7 +65,11 @@ def weighted_procrustes(
     """
     dtype = torch.float64  # the 3x3 SVD is cheap; float64 keeps near-degenerate cases stable
     src64, dst64 = src.to(dtype), dst.to(dtype)
-    w = torch.ones(src.shape[0], dtype=dtype, device=src.device) if weight is None else weight.to(dtype)
+    w = (
+        torch.ones(src.shape[0], dtype=dtype, device=src.device)
+        if weight is None
+        else weight.to(dtype)
+    )
     ok = torch.isfinite(src64).all(-1) & torch.isfinite(dst64).all(-1) & torch.isfinite(w) & (w > 0)
     w = torch.where(ok, w, torch.zeros_like(w))
     src64 = torch.where(ok[:, None], src64, torch.zeros_like(src64))
@@ -73,8 +77,11 @@ def weighted_procrustes(
     wsum = w.sum()
     if wsum <= 0:
         s = torch.as_tensor(1.0 if scale is None else scale, dtype=dtype, device=src.device)
-        return Sim3(s.to(src.dtype), torch.eye(3, dtype=src.dtype, device=src.device),
-                    torch.zeros(3, dtype=src.dtype, device=src.device))
+        return Sim3(
+            s.to(src.dtype),
+            torch.eye(3, dtype=src.dtype, device=src.device),
+            torch.zeros(3, dtype=src.dtype, device=src.device),
+        )
     wn = w / wsum
     mu_s = (wn[:, None] * src64).sum(0)
     mu_d = (wn[:, None] * dst64).sum(0)
@@ -133,6 +140,7 @@ def register_overlap(
     huber_delta: float = 0.05,
     iterations: int = 10,
     max_points: int = 20000,
+    max_scale_samples: int = 65536,
 ) -> RegistrationResult:
     """Sim(3) mapping the new window's gauge onto the previous (global) estimate.
 
@@ -140,23 +148,33 @@ def register_overlap(
     (O, 3, 3), confident-pixel masks (O, H, W). Scale first, by IRLS-Huber on same-pixel depth
     ratios (invariant to R, t); then R, t by weighted Kabsch under that scale.
     """
-    valid = (
-        mask_prev & mask_new & torch.isfinite(depth_prev) & torch.isfinite(depth_new)
-        & (depth_prev > 0) & (depth_new > 0)
-    )
+    # The scale needs tens of thousands of pixels, not millions: on a large overlap, every k-th
+    # pixel (a regular lattice, deterministic) enters the fit. Points registration keeps all.
+    step = max(1, depth_prev.numel() // (4 * max_scale_samples)) if method == "cameras" else 1
+    dp, dn = depth_prev.reshape(-1)[::step], depth_new.reshape(-1)[::step]
+    both_ok = (dp > 0) & (dn > 0) & (dp < float("inf")) & (dn < float("inf"))  # NaN fails both
+    valid = both_ok & mask_prev.reshape(-1)[::step] & mask_new.reshape(-1)[::step]
     degenerate = int(valid.sum()) < 16
     if degenerate:  # fall back to every valid pixel, confident or not
-        valid = torch.isfinite(depth_prev) & torch.isfinite(depth_new) & (depth_prev > 0) & (depth_new > 0)
+        valid = both_ok
     num_pixels = int(valid.sum())
     if num_pixels == 0:
         scale = torch.ones((), dtype=depth_new.dtype, device=depth_new.device)
         depth_residual = float("nan")
     else:
-        fit = robust_scale(depth_prev[valid], depth_new[valid], delta=huber_delta, iterations=iterations)
+        d_prev_v = dp[valid]
+        fit = robust_scale(
+            d_prev_v,
+            dn[valid],
+            delta=huber_delta,
+            iterations=iterations,
+            max_samples=max_scale_samples,
+        )
         scale = fit.scale[0]
         depth_residual = float(fit.residual[0])
 
-    med_depth = depth_prev[valid].median() if num_pixels else torch.ones((), dtype=depth_prev.dtype)
+    med_depth = d_prev_v.median() if num_pixels else torch.ones((), dtype=depth_prev.dtype)
+    num_pixels *= step  # reported as the overlap's pixel count, not the lattice's
     src_parts, dst_parts, w_parts = [], [], []
     if method in ("cameras", "both"):
         # Anchor length in the global gauge; the new side gets the same physical length pre-scale.
@@ -165,7 +183,7 @@ def register_overlap(
         n = src_parts[-1].shape[0]
         w_parts.append(torch.full((n,), 1.0 / n, dtype=depth_new.dtype, device=depth_new.device))
     if method in ("points", "both") and num_pixels > 0:
-        idx = torch.nonzero(valid.reshape(-1)).squeeze(1)
+        idx = torch.nonzero(valid).squeeze(1)
         if idx.numel() > max_points:  # deterministic thinning keeps the fit cheap
             idx = idx[torch.linspace(0, idx.numel() - 1, max_points, device=idx.device).long()]
         pts_prev = transform_points(pose_prev, unproject_depth(depth_prev, intr_prev).flatten(1, 2))
@@ -177,7 +195,9 @@ def register_overlap(
     if not src_parts:  # points requested but nothing valid: use the cameras
         src_parts.append(scale * camera_anchor_points(pose_new, med_depth / scale))
         dst_parts.append(camera_anchor_points(pose_prev, med_depth))
-        w_parts.append(torch.ones(src_parts[-1].shape[0], dtype=depth_new.dtype, device=depth_new.device))
+        w_parts.append(
+            torch.ones(src_parts[-1].shape[0], dtype=depth_new.dtype, device=depth_new.device)
+        )
     src, dst, w0 = torch.cat(src_parts), torch.cat(dst_parts), torch.cat(w_parts)
     fit_rt = weighted_procrustes(src, dst, w0, scale=1.0)
     if method != "cameras":
