@@ -326,16 +326,10 @@ class StreamingReconstructor:
                     )
                     t = self._timed("layer_graph", t, times)
                     h, w = depth.shape[-2:]
-                    pix = (
-                        upsample_labels(la.pixel_scale, stride, h, w)
-                        if stride > 1
-                        else la.pixel_scale
-                    )
                     # Overlap frames keep the earlier estimate unless they are re-emitted ("later").
                     first = 0 if cfg.overlap_estimate == "later" else n_o
-                    scale_map = torch.ones_like(depth)
-                    scale_map[first:] = pix[first:]
-                    depth = depth * scale_map
+                    # ``depth`` is this window's own tensor (scaled above): rescale it in place.
+                    depth[first:] *= upsample_labels(la.pixel_scale[first:], stride, h, w)
                     strided_scale = torch.ones_like(la.pixel_scale)
                     strided_scale[first:] = la.pixel_scale[first:]
                     layers = layers._replace(depth=layers.depth * strided_scale)
@@ -348,7 +342,7 @@ class StreamingReconstructor:
                         )
                     t = self._timed("layer_scaling", t, times)
                 h, w = depth.shape[-2:]
-                labels_full = upsample_labels(layers.labels, stride, h, w)
+                labels_full = upsample_labels(layers.labels.to(torch.int16), stride, h, w)
 
             finals = self._finalise(
                 window,

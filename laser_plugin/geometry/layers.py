@@ -240,13 +240,16 @@ def segment_depth_layers(
 
 def upsample_labels(labels: Tensor, stride: int, height: int, width: int) -> Tensor:
     """Nearest-neighbour upsampling of a strided map (N, h, w) to (N, H, W) (labels or scales);
-    the border rows/columns the strided grid did not cover copy their neighbours."""
+    the border rows/columns the strided grid did not cover copy their neighbours.
+
+    One gather through a precomputed (H*W) source index, in the input's own dtype (int16
+    labels stay int16: no float round trip over every pixel).
+    """
     if stride == 1:
         return labels
-    h, w = labels.shape[1] * stride, labels.shape[2] * stride
-    src = labels[:, None].float() if not labels.is_floating_point() else labels[:, None]
-    up = F.interpolate(src, size=(h, w), mode="nearest")
-    if (h, w) != (height, width):
-        up = F.pad(up, (0, width - w, 0, height - h), mode="replicate")
-    up = up[:, 0]
-    return up if labels.is_floating_point() else up.round().to(labels.dtype)
+    n, h, w = labels.shape
+    dev = labels.device
+    rows = (torch.arange(height, device=dev) // stride).clamp_(max=h - 1)
+    cols = (torch.arange(width, device=dev) // stride).clamp_(max=w - 1)
+    index = (rows[:, None] * w + cols[None, :]).reshape(-1)
+    return labels.reshape(n, h * w).index_select(1, index).view(n, height, width)
