@@ -463,6 +463,17 @@ class StreamingReconstructor:
         )
         self._held = []
         built = []
+        # One device->host copy per output array for the whole window (on a GPU, per-frame
+        # copies cost a synchronisation each); on the CPU these are views, no copies.
+        h_depth = depth[first:].float().cpu().numpy()
+        h_conf = conf_n[first:].float().cpu().numpy()
+        h_poses = poses[first:].double().cpu().numpy()
+        h_intr = intr[first:].double().cpu().numpy()
+        h_labels = (
+            None if labels_full is None else labels_full[first:].to(torch.int16).cpu().numpy()
+        )
+        h_scales = None if node_scale is None else node_scale[first:].float().cpu().numpy()
+        h_num = None if layers is None else layers.num_layers[first:].tolist()
         for j in range(len(window.items)):
             it = window.items[j]
             if j >= first or later:
@@ -478,25 +489,21 @@ class StreamingReconstructor:
                 )
             if j < first:
                 continue
-            it = window.items[j]
+            k = j - first
             labels = None
             layer_scales = None
-            if labels_full is not None:
-                labels = labels_full[j].to(torch.int16).cpu().numpy()
-                m = int(layers.num_layers[j])
-                layer_scales = (
-                    node_scale[j, :m].float().cpu().numpy()
-                    if node_scale is not None
-                    else np.ones(m, np.float32)
-                )
+            if h_labels is not None:
+                labels = h_labels[k]
+                m = int(h_num[k])
+                layer_scales = h_scales[k, :m] if h_scales is not None else np.ones(m, np.float32)
             frame = ReconstructedFrame(
                 index=it.index,
                 timestamp=float(it.timestamp),
                 image=it.image,
-                cam_to_world=poses[j].double().cpu().numpy(),
-                intrinsics=intr[j].double().cpu().numpy(),
-                depth=depth[j].float().cpu().numpy(),
-                conf=conf_n[j].float().cpu().numpy(),
+                cam_to_world=h_poses[k],
+                intrinsics=h_intr[k],
+                depth=h_depth[k],
+                conf=h_conf[k],
                 window=window.index,
                 layers=labels,
                 layer_scales=layer_scales,
