@@ -207,6 +207,22 @@ def network_only(model, windows, device, max_windows: int | None = None) -> dict
     }
 
 
+OUTPUTS: dict[str, dict[int, tuple]] = {}
+"""Per end-to-end variant: frame index -> (cam_to_world, mean depth), to compare variants."""
+
+
+def compare_outputs(label: str, reference: str) -> dict | None:
+    """Max |difference| of poses and relative difference of mean depths between two variants
+    run on the same frames (the worker-process path must give the in-process frames)."""
+    a, b = OUTPUTS.get(label), OUTPUTS.get(reference)
+    if not a or not b:
+        return None
+    common = sorted(set(a) & set(b))
+    pose = max(float(np.abs(a[i][0] - b[i][0]).max()) for i in common)
+    depth = max(abs(a[i][1] - b[i][1]) / max(abs(b[i][1]), 1e-12) for i in common)
+    return {"frames": len(common), "max_abs_pose_diff": pose, "max_rel_mean_depth_diff": depth}
+
+
 def end_to_end(make_runner, stream_factory, device, label: str) -> dict:
     """Run the whole pipeline over a fresh stream; wall time from the first frame pulled to the
     last frame out."""
@@ -216,10 +232,12 @@ def end_to_end(make_runner, stream_factory, device, label: str) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     emitted: dict[int, float] = {}
+    poses = OUTPUTS.setdefault(label, {})
     rss0 = rss_mb()
     t0 = time.perf_counter()
     for frame in runner.run(stream, [probe]):
         emitted[frame.index] = time.perf_counter()
+        poses[frame.index] = (frame.cam_to_world, float(frame.depth.mean()))
     wall = time.perf_counter() - t0
     sync(device)
     lat = sorted(1e3 * (emitted[i] - stream.arrival[i]) for i in emitted)
@@ -298,6 +316,119 @@ def align_profile(model, cfg, size, canvas, args, device, windows: int = 8) -> d
     }
 
 
+def worker_factory(args, **fast_options):
+    """The worker's model: the same random weights (seed 0) on the worker's device, fast path."""
+    import functools
+
+    if args.model == "pi3":
+        from laser_plugin.models.pi3 import make_model
+    else:
+        from laser_plugin.models.vggt import make_model
+    opts = {**json.loads(args.fast_options), **fast_options}
+    cuda = args.device.startswith("cuda")
+    return functools.partial(
+        make_model,
+        size=args.size,
+        random_init=True,
+        seed=0,
+        fast=True,
+        dtype="bf16" if cuda else "fp32",
+        fast_options=opts or None,
+    )
+
+
+def process_network_only(pool, canvas, args, size, max_pending: int = 2) -> dict:
+    """Windows of uint8 source frames through the worker pool, no alignment: the worker's rate
+    with preprocessing on its device and the hand-back included."""
+    from laser_plugin.windows import schedule_windows
+
+    frames = [(i, f) for i, f in enumerate(Stream(canvas, args.frames, args.src_width))]
+    windows = list(schedule_windows(frames, args.window, args.overlap))
+    pool.ensure_slots(max_pending, args.window, args.src_height, args.src_width)
+    times, pending, k = [], [], 0
+    start = time.perf_counter()
+    new = 0
+    for w in windows:
+        pool.submit(w.index, [f for _, f in w.items], size, [(999, i) for i, _ in w.items])
+        pending.append(w)
+        if len(pending) >= max_pending:
+            done = pending.pop(0)
+            r = pool.result(done.index)
+            times.append(r["seconds"])
+            new += len(done.items) - done.num_overlap
+            k += 1
+    for done in pending:
+        r = pool.result(done.index)
+        times.append(r["seconds"])
+        new += len(done.items) - done.num_overlap
+    total = time.perf_counter() - start
+    return {
+        "windows": len(windows),
+        "new_frames": new,
+        "new_fps": new / total,
+        "worker_median_ms_per_window": 1e3 * statistics.median(times),
+    }
+
+
+def process_variants(
+    args, device, size, cfg_dev, cfg_cpu, canvas, warm_canvas, stream_n, step, res, imgs, refs
+):
+    """The network in a worker process (laser_plugin.worker), alignment in this one: one worker
+    per variant (hand-back mode, fast-path options), each checked against fp32 and timed."""
+    from laser_plugin.worker import WorkerPool
+    from laser_plugin.worker_runner import ProcessReconstructor
+
+    variants = [(f"process_{t}", t, {}) for t in args.process_transfers]
+    for scaling in args.fp8:
+        variants.append((f"process_fp8_{scaling}", args.process_transfers[0],
+                         {"fp8": True, "fp8_scaling": scaling}))  # fmt: skip
+    for k, (name, transfer, opts) in enumerate(variants):
+        pool = WorkerPool(worker_factory(args, **opts), [args.device], transfer=transfer)
+        t = time.perf_counter()
+        try:
+            pool.start()
+            rec = ProcessReconstructor(pool, cfg_dev, input_size=size)
+            for _ in rec.run(Stream(warm_canvas, 3 * args.window, args.src_width)):
+                pass  # compiles and captures every window shape in the worker
+            res[f"{name}_warmup_s"] = time.perf_counter() - t
+            pool.stats()
+            if refs:
+                step(f"{name}_accuracy",
+                     lambda pool=pool: [errors(pool(x.clone()), r) for x, r in zip(imgs, refs, strict=True)])  # fmt: skip
+
+            def run_e2e(cfg, label, n=None, rec=rec, pool=pool):
+                def mk():
+                    rec.config = cfg
+                    rec.device = torch.device(cfg.device)
+                    rec.timings = {}
+                    return rec, rec
+
+                out = end_to_end(mk, stream_n(n or args.frames), device, label)
+                ref = res.get("fast", {}).get("label")
+                out["vs_in_process_fast"] = compare_outputs(label, ref) if ref else None
+                out["workers"] = pool.stats()
+                out["worker_pinned_slots"] = pool.pinned
+                return out
+
+            step(f"{name}_network_only",
+                 lambda pool=pool, transfer=transfer: {**process_network_only(pool, canvas, args, size), "transfer": transfer})  # fmt: skip
+            step(name, lambda name=name: run_e2e(cfg_dev, f"worker process, {name}"))
+            if k == 0 and not args.no_process_cpu_align:
+                step(
+                    "process_align_cpu",
+                    lambda: run_e2e(
+                        cfg_cpu, "worker process, align on CPU", n=min(args.frames, 200)
+                    ),
+                )
+        except Exception as exc:
+            res[name] = {
+                "error": f"{type(exc).__name__}: {exc}",
+                "trace": traceback.format_exc()[-2000:],
+            }
+        finally:
+            pool.close()
+
+
 class Sequential:
     """The plain engine behind the same interface as the pipelined runner."""
 
@@ -333,6 +464,28 @@ def main() -> None:
         type=float,
         default=0.0005,
         help="thread switch interval of the 'fast' variant (seconds)",
+    )
+    ap.add_argument(
+        "--no-process", action="store_true", help="leave out the worker-process variants"
+    )
+    ap.add_argument(
+        "--process-transfers",
+        nargs="*",
+        default=["ipc", "host"],
+        help="prediction hand-back modes of the worker-process variants",
+    )
+    ap.add_argument(
+        "--fp8",
+        nargs="*",
+        default=[],
+        choices=["row", "tensor"],
+        help="also run worker-process variants with float8 linear layers (these scalings)",
+    )
+    ap.add_argument("--no-process-cpu-align", action="store_true")
+    ap.add_argument(
+        "--fast-options",
+        default="{}",
+        help="JSON FastOptions overrides for the worker's model, e.g. '{\"fp8\": true}'",
     )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -609,6 +762,21 @@ def main() -> None:
                 n=min(args.frames, 300),
             ),
         )
+    if not args.no_process:
+        process_variants(
+            args,
+            device,
+            size,
+            cfg_dev,
+            cfg_cpu,
+            canvas,
+            warm_canvas,
+            stream_n,
+            step,
+            res,
+            imgs,
+            refs,
+        )
     step("align_profile", lambda: align_profile(fast, cfg_dev, size, canvas, args, device))
 
     # Baseline figures for the same-run comparison.
@@ -616,7 +784,11 @@ def main() -> None:
     if "new_fps" in b and "new_fps" in f:
         res["speedup_e2e"] = f["new_fps"] / b["new_fps"]
         best = max(
-            (k for k in ("fast", "fast_python_switch") if "new_fps" in res.get(k, {})),
+            (
+                k
+                for k in ("fast", "fast_python_switch", "process_ipc", "process_host")
+                if "new_fps" in res.get(k, {})
+            ),
             key=lambda k: res[k]["new_fps"],
         )
         res["best_e2e"] = {"variant": best, "new_fps": res[best]["new_fps"],
@@ -640,13 +812,21 @@ def summary(res: dict) -> None:
         "fast",
         "fast_python_switch",
         "fast_live_latency",
+        *[k for k in res if k.startswith("process_") and isinstance(res[k], dict)],
     ):
         r = res.get(key, {})
+        if key.endswith("_network_only") and "new_fps" in r:
+            print(
+                f"{key:32s} {r['new_fps']:7.1f} new fps (worker {r['worker_median_ms_per_window']:.1f} ms/window)"
+            )
+            continue
         if "new_fps" not in r:
             if r:
                 print(f"{key}: {r.get('error')}")
             continue
         gpu = f"gpu peak {r.get('gpu_peak_mb', 0) / 1024:.2f} GiB" if "gpu_peak_mb" in r else ""
+        if r.get("workers") and "gpu_peak_mb" in r["workers"][0]:
+            gpu += f" + worker {r['workers'][0]['gpu_peak_mb'] / 1024:.2f} GiB"
         print(
             f"{key:32s} {r['new_fps']:7.1f} new fps e2e | latency p50 {r['latency_ms']['p50']:.0f} ms "
             f"max {r['latency_ms']['max']:.0f} | {gpu} | rss {r['rss_mb']['max']:.0f} MB"
@@ -673,6 +853,11 @@ def summary(res: dict) -> None:
             f"baseline network-only {res['baseline']['network_only_new_fps']:.1f} new fps; "
             f"baseline accuracy {res.get('baseline_accuracy')}"
         )
+    for key in [k for k in res if k.endswith("_accuracy") and isinstance(res[k], list)]:
+        acc = res[key]
+        print(
+            f"{key:32s} err vs fp32, window 1: depth {acc[-1]['depth']:.1e} pose {acc[-1]['pose']:.1e}"
+        )
     ceiling = res.get("ceiling_tflops")
     fast_tf = res.get("fast_network_only", {}).get("achieved_tflops")
     base_tf = res.get("baseline_achieved_tflops")
@@ -681,7 +866,7 @@ def summary(res: dict) -> None:
         print(
             f"achieved TFLOP/s: fast {fast_tf:.0f}{pct(fast_tf)}, baseline {base_tf:.0f}{pct(base_tf)}"
         )
-    for key in ("baseline", "fast"):
+    for key in ("baseline", "fast", "process_ipc", "process_host"):
         r = res.get(key, {})
         if "stages_s" in r:
             per = {

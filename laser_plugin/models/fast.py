@@ -57,6 +57,13 @@ class FastOptions:
     """VGGT depth-head dtype (None: the trunk dtype on CUDA, fp32 on the CPU)."""
     dpt_chunk: int = 4
     """VGGT depth head: frames per chunk (smaller bounds peak memory)."""
+    fp8: bool = False
+    """Float8 (e4m3) matrix products for the trunk's linear layers (attention qkv/projection, MLP;
+    π³: encoder and alternating decoder, VGGT: frame and global blocks): weights quantised once,
+    activations per call, products by ``torch._scaled_mm`` on Hopper (emulated in fp32
+    elsewhere, for tests). Changes numerics: measured against fp32 in benchmarks/speed.py."""
+    fp8_scaling: str = "row"
+    """"row": one scale per activation row and per weight row; "tensor": one scale each."""
 
 
 class FrameTokenCache:
@@ -97,8 +104,92 @@ class FrameTokenCache:
         """Keep this window's frames only (bounded memory): tokens (L, h*w, C)."""
         self._entries = {key: (images[j], tokens[j]) for j, key in enumerate(keys)}
 
+    def lookup_keys(self, keys: Sequence[object]) -> list[Tensor | None]:
+        """Cached tokens by caller-given frame keys (e.g. (stream, frame index)), no content check:
+        for frames already on the device, where comparing contents would synchronise."""
+        found: list[Tensor | None] = []
+        for key in keys:
+            entry = self._entries.get(("key", key))
+            found.append(None if entry is None else entry[1])
+        hits = sum(t is not None for t in found)
+        self.hits += hits
+        self.misses += len(found) - hits
+        return found
+
+    def store_keys(self, keys: Sequence[object], tokens: Tensor) -> None:
+        """Keep this window's tokens under caller-given keys (bounded like :meth:`store`)."""
+        self._entries = {("key", key): (None, tokens[j]) for j, key in enumerate(keys)}
+
     def clear(self) -> None:
         self._entries = {}
+
+
+E4M3_MAX = 448.0
+
+
+class FP8Linear(nn.Module):
+    """``nn.Linear`` with float8 e4m3 operands: y = (x / sx)(W / sw)^T * sx * sw + b.
+
+    Weights (N, K) are quantised once with per-row (or one) scales; activations (..., K) per call
+    with per-row (or one) scales, so no calibration is needed. The product accumulates in fp32
+    and is returned in the input's dtype."""
+
+    def __init__(self, linear: nn.Linear, scaling: str = "row") -> None:
+        super().__init__()
+        if scaling not in ("row", "tensor"):
+            raise ValueError(f"fp8 scaling must be 'row' or 'tensor', got {scaling!r}")
+        self.scaling = scaling
+        w = linear.weight.detach().float()
+        amax = w.abs().amax(dim=1, keepdim=True) if scaling == "row" else w.abs().amax()
+        sw = amax.clamp_min(1e-12) / E4M3_MAX
+        self.register_buffer("weight_fp8", (w / sw).to(torch.float8_e4m3fn))
+        # (1, N) for row-wise, () for tensor-wise: the layouts torch._scaled_mm expects.
+        self.register_buffer("scale_w", sw.reshape(1, -1).contiguous() if scaling == "row" else sw)
+        bias = linear.bias
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        xf = x2.float()
+        amax = xf.abs().amax(dim=1, keepdim=True) if self.scaling == "row" else xf.abs().amax()
+        sx = amax.clamp_min(1e-12) / E4M3_MAX
+        xq = (xf / sx).to(torch.float8_e4m3fn)
+        if x.is_cuda:
+            m = xq.shape[0]
+            pad = (-m) % 16  # cuBLASLt's float8 kernels want 16-aligned dimensions
+            if pad:
+                xq = torch.cat([xq, xq.new_zeros(pad, xq.shape[1])])
+                if self.scaling == "row":
+                    sx = torch.cat([sx, sx.new_ones(pad, 1)])
+            y = torch._scaled_mm(
+                xq, self.weight_fp8.t(), scale_a=sx, scale_b=self.scale_w, out_dtype=x.dtype
+            )
+            y = y[:m] if pad else y
+        else:  # the same quantised operands, multiplied in fp32 (CPU tests)
+            w = self.weight_fp8.float() * self.scale_w.reshape(-1, 1)
+            y = ((xq.float() * sx) @ w.t()).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+def to_fp8(blocks: Sequence[nn.Module], scaling: str = "row") -> int:
+    """Swap the attention and MLP linear layers of transformer ``blocks`` for :class:`FP8Linear`
+    (in place); returns how many were swapped."""
+    count = 0
+    for blk in blocks:
+        for parent_name in ("attn", "mlp"):
+            parent = getattr(blk, parent_name, None)
+            if parent is None:
+                continue
+            for name in ("qkv", "proj", "fc1", "fc2"):
+                lin = getattr(parent, name, None)
+                if isinstance(lin, nn.Linear):
+                    setattr(parent, name, FP8Linear(lin, scaling))
+                    count += 1
+    return count
 
 
 def compile_blocks(blocks: Sequence[nn.Module]) -> None:
@@ -174,6 +265,8 @@ class _FastBase:
 
     name = "fast"
     patch = 14
+    accepts_frame_keys = True
+    """A worker process may pass ``frame_keys`` (see :meth:`_encode_frames`)."""
 
     def __init__(self, model, options: FastOptions) -> None:
         self.model = model
@@ -204,8 +297,18 @@ class _FastBase:
         cuda_graph: bool | None = None,
         cache_encoder: bool | None = None,
         graph_heads: bool | None = None,
+        fp8: bool | None = None,
     ) -> None:
         """Switch features on (or the cache off) after construction, e.g. to measure each step."""
+        if fp8 and not self.options.fp8:
+            self.options.fp8 = True
+            self.fp8_layers = to_fp8(self._fp8_blocks(), self.options.fp8_scaling)
+            if self.options.compile:
+                import torch._dynamo
+
+                torch._dynamo.reset()  # the compiled blocks hold the old layers
+                compile_blocks(self._blocks())
+            self.trunk_runner = self._make_runner()  # graphs captured the old layers
         if cache_encoder is not None:
             self.options.cache_encoder = cache_encoder
             self.cache = FrameTokenCache() if cache_encoder else None
@@ -221,6 +324,14 @@ class _FastBase:
 
     def _blocks(self) -> list[nn.Module]:
         raise NotImplementedError
+
+    def _fp8_blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def _setup_fp8(self) -> None:
+        self.fp8_layers = 0
+        if self.options.fp8:
+            self.fp8_layers = to_fp8(self._fp8_blocks(), self.options.fp8_scaling)
 
     # The wrapped model's optional protocol attributes.
     @property
@@ -238,11 +349,28 @@ class _FastBase:
         if self.cache is not None:
             self.cache.clear()
 
-    def _encode_frames(self, images: Tensor, encode: Callable[[Tensor], Tensor]) -> Tensor:
-        """images (L, 3, H, W) float in [0, 1] -> (L, h*w, C) tokens, reusing cached frames."""
-        use_cache = self.cache is not None and images.device.type == "cpu"
+    def _encode_frames(
+        self,
+        images: Tensor,
+        encode: Callable[[Tensor], Tensor],
+        frame_keys: Sequence[object] | None = None,
+    ) -> Tensor:
+        """images (L, 3, H, W) float in [0, 1] -> (L, h*w, C) tokens, reusing cached frames.
+
+        ``frame_keys``: one hashable per frame that identifies its content for the caller (a
+        worker process passes (stream, frame index)); frames on the device are then cached
+        too. Without keys only host frames are cached, keyed and checked by content."""
+        by_key = self.cache is not None and frame_keys is not None
+        if by_key and len(frame_keys) != images.shape[0]:
+            raise ValueError(f"{len(frame_keys)} frame keys for {images.shape[0]} frames")
+        use_cache = self.cache is not None and not by_key and images.device.type == "cpu"
         keys = FrameTokenCache.keys(images) if use_cache else []
-        found = self.cache.lookup(images, keys) if use_cache else [None] * images.shape[0]
+        if by_key:
+            found = self.cache.lookup_keys(frame_keys)
+        elif use_cache:
+            found = self.cache.lookup(images, keys)
+        else:
+            found = [None] * images.shape[0]
         new = [j for j, t in enumerate(found) if t is None]
         if new:
             sub = images if len(new) == images.shape[0] else images[new]
@@ -254,6 +382,8 @@ class _FastBase:
         tokens = torch.stack(found) if len(new) != len(found) else enc
         if use_cache:
             self.cache.store(images, keys, tokens)
+        elif by_key:
+            self.cache.store_keys(frame_keys, tokens)
         return tokens
 
     def _trunk(self, tokens: Tensor):
@@ -281,8 +411,12 @@ class FastPi3(_FastBase):
             keep_fp32=[net.encoder.pos_embed],
         )
         net.register_token.data = net.register_token.data.to(options.dtype)
+        self._setup_fp8()
         if options.compile:
             compile_blocks(self._blocks())
+
+    def _fp8_blocks(self) -> list[nn.Module]:
+        return [*self.net.encoder.blocks, *self.net.decoder]
 
     def _blocks(self) -> list[nn.Module]:
         net = self.net
@@ -299,7 +433,9 @@ class FastPi3(_FastBase):
         frame, glob = self._tables[(n, tokens.shape[1])]
         return self.net.decode(tokens, 1, n, frame, glob)
 
-    def __call__(self, images: Tensor) -> WindowPrediction:
+    def __call__(
+        self, images: Tensor, frame_keys: Sequence[object] | None = None
+    ) -> WindowPrediction:
         images = check_images(images, self.patch)
         n, _, height, width = images.shape
         h, w = height // self.patch, width // self.patch
@@ -312,7 +448,7 @@ class FastPi3(_FastBase):
             )  # fmt: skip
         self._hw = (height, width)
         with torch.inference_mode():
-            tokens = self._encode_frames(images, self.net.encoder)
+            tokens = self._encode_frames(images, self.net.encoder, frame_keys)
             if self.options.graph_heads:
                 depth, conf, intr, rot, trans = (t.clone() for t in self.trunk_runner(tokens))
                 poses = self.net.camera_head.assemble(rot, trans)
@@ -362,8 +498,13 @@ class FastVGGT(_FastBase):
         net.depth_head.to(dpt)
         # LASER never runs the point head: keep it off the accelerator.
         net.point_head.to("cpu")
+        self._setup_fp8()
         if options.compile:
             compile_blocks(self._blocks())
+
+    def _fp8_blocks(self) -> list[nn.Module]:
+        agg = self.net.aggregator
+        return [*agg.frame_blocks, *agg.global_blocks]
 
     def _blocks(self) -> list[nn.Module]:
         agg = self.net.aggregator
@@ -375,7 +516,9 @@ class FastVGGT(_FastBase):
         layers = self.net.aggregator.trunk(tokens, 1, n, self.net.kept_layers, frame, glob)
         return layers
 
-    def __call__(self, images: Tensor) -> WindowPrediction:
+    def __call__(
+        self, images: Tensor, frame_keys: Sequence[object] | None = None
+    ) -> WindowPrediction:
         images = check_images(images, self.patch)
         n, _, height, width = images.shape
         h, w = height // self.patch, width // self.patch
@@ -388,7 +531,7 @@ class FastVGGT(_FastBase):
             )  # fmt: skip
         self._hw = (height, width)
         with torch.inference_mode():
-            tokens = self._encode_frames(images, self.net.aggregator.patch_embed)
+            tokens = self._encode_frames(images, self.net.aggregator.patch_embed, frame_keys)
             if self.options.graph_heads:
                 pose_enc, depth, depth_conf = (t.clone() for t in self.trunk_runner(tokens))
                 return vggt_to_prediction(pose_enc, depth, depth_conf)

@@ -345,11 +345,13 @@ def make_model(
     random_init: bool = False,
     seed: int = 0,
     fast: bool = False,
+    fast_options: dict | None = None,
     **overrides: int,
 ):
     """Build π³ and load its weights (a path, a hub id such as ``yyfz233/Pi3``, or the default
     location); ``random_init=True`` skips loading (tests and speed benchmarks only);
-    ``fast=True`` returns the fast streaming path (:mod:`laser_plugin.models.fast`)."""
+    ``fast=True`` returns the fast streaming path (:mod:`laser_plugin.models.fast`);
+    ``fast_options`` overrides its :class:`~laser_plugin.models.fast.FastOptions` fields."""
     dev = resolve_device(device)
     compute = resolve_dtype(dtype, dev)
     cfg = size if isinstance(size, Pi3Config) else SIZES.get(size)
@@ -373,7 +375,8 @@ def make_model(
         from laser_plugin.models.fast import accelerate
 
         gpu = dev.type == "cuda"
-        return accelerate(model, dtype=compute, compile=gpu, cuda_graph=gpu, graph_heads=gpu)
+        opts = {"dtype": compute, "compile": gpu, "cuda_graph": gpu, "graph_heads": gpu}
+        return accelerate(model, **{**opts, **(fast_options or {})})
     return model
 
 

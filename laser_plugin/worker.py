@@ -1,0 +1,454 @@
+"""Model worker processes: the network runs in its own process, one per device.
+
+In one process the network thread shares the Python interpreter (the GIL) with decoding,
+alignment and the sinks, and slows down (π³ on an H100: 145 ms per window in the pipeline against
+121 alone, benchmarks/SPEED_NOTES.md). A :class:`WorkerPool` starts one process per device
+(``torch.multiprocessing``, spawn); each builds its own model and then, per window:
+
+1. reads the window's frames as uint8 from a shared-memory slot the caller filled (source size,
+   no resizing in the caller; the slot can be page-locked so the upload is a plain DMA);
+2. resizes and scales them on its device exactly as ``StreamingReconstructor`` does on the CPU
+   (bilinear, antialiased, clamped) and returns the model-size uint8 images with the prediction;
+3. runs the model, passing frame keys (stream, frame index) so the fast path reuses the overlap
+   frames' encoder tokens without comparing frame contents;
+4. hands the prediction back: as CUDA tensors through CUDA IPC (``transfer="ipc"``: the caller
+   maps the worker's memory, nothing crosses the bus) or through host shared memory
+   (``transfer="host"``).
+
+The caller (``laser_plugin.worker_runner.ProcessReconstructor``) keeps the stream state and
+aligns the windows in order; the pool is only "predict this window somewhere".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from laser_plugin.errors import ConfigError, LaserError
+from laser_plugin.types import WindowPrediction
+
+_FIELDS = ("depth", "conf", "cam_to_world", "intrinsics", "descriptors")
+
+
+class WorkerError(RuntimeError):
+    """A worker process failed (its traceback is in the message) or died."""
+
+
+def preprocess_frames(
+    frames: torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, H0, W0, 3) uint8 -> model input (n, 3, H, W) float in [0, 1] and (n, H, W, 3) uint8.
+
+    The same operations as ``StreamingReconstructor._prepared`` (per frame there, batched here),
+    on whatever device ``frames`` is on."""
+    t = frames.permute(0, 3, 1, 2).float().div_(255.0)
+    if tuple(t.shape[-2:]) != tuple(size):
+        t = F.interpolate(t, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+        t = t.clamp_(0, 1)
+    images = (t.permute(0, 2, 3, 1) * 255.0 + 0.5).to(torch.uint8)
+    return t, images
+
+
+def _pin(t: torch.Tensor) -> bool:
+    """Page-lock a shared host tensor in this process (CUDA uploads from it become DMA)."""
+    try:
+        err = torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0)
+    except Exception:
+        return False
+    return int(getattr(err, "value", err)) == 0
+
+
+def _error_payload(exc: BaseException) -> tuple[str, object]:
+    text = "".join(traceback.format_exception(exc))
+    try:  # keep user-facing errors (LaserError) as they are: the CLI prints them in one line
+        import pickle
+
+        pickle.loads(pickle.dumps(exc))
+        return text, exc
+    except Exception:
+        return text, None
+
+
+def _worker_main(
+    rank: int,
+    device: str,
+    factory: Callable[..., Any],
+    inbox,
+    outbox,
+    transfer: str,
+    pin: bool,
+    threads: int | None,
+) -> None:
+    """The worker process: build the model, then serve requests until told to stop."""
+    dev = torch.device(device)
+    if threads or dev.type == "cuda":
+        # A GPU worker does next to nothing on the CPU: idle OpenMP threads spinning in every
+        # worker would only take cores from the caller's alignment and copies.
+        torch.set_num_threads(threads or 1)
+    try:
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev.index or 0)  # "cuda" alone: this process's first GPU
+        model = factory(device=device)
+        keys_ok = bool(getattr(model, "accepts_frame_keys", False))
+    except BaseException as exc:
+        outbox.put(("failed", rank, None, _error_payload(exc)))
+        return
+    outbox.put(("ready", rank, None, {"device": device, "model": type(model).__name__}))
+    slots = None
+    pinned = False
+    while True:
+        msg = inbox.get()
+        if msg is None:
+            break
+        kind, wid = msg[0], msg[1]
+        try:
+            if kind == "slots":
+                slots = msg[2]
+                pinned = dev.type == "cuda" and pin and _pin(slots)
+                outbox.put(("slots", rank, wid, {"pinned": pinned}))
+            elif kind == "input_size":
+                h, w = msg[2]
+                size = model.input_size(h, w) if hasattr(model, "input_size") else (h, w)
+                outbox.put(("input_size", rank, wid, tuple(int(v) for v in size)))
+            elif kind == "stats":  # GPU memory and token-cache counters (then reset the peak)
+                info: dict[str, Any] = {"device": device}
+                cache = getattr(model, "cache", None)
+                if cache is not None:
+                    info["cache_hits"], info["cache_misses"] = cache.hits, cache.misses
+                if dev.type == "cuda":
+                    info["gpu_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+                    info["gpu_allocated_mb"] = torch.cuda.memory_allocated(dev) / 2**20
+                    torch.cuda.reset_peak_memory_stats(dev)
+                outbox.put(("stats", rank, wid, info))
+            elif kind in ("window", "images"):
+                start = time.perf_counter()
+                if kind == "window":
+                    _, _, slot, count, extra, size, keys = msg
+                    if extra is not None:  # frames of another size than the slots'
+                        parts = [preprocess_frames(f[None].to(dev), size) for f in extra]
+                        x = torch.cat([p[0] for p in parts])
+                        images = torch.cat([p[1] for p in parts])
+                    else:
+                        frames = slots[slot, :count].to(dev, non_blocking=pinned)
+                        x, images = preprocess_frames(frames, size)
+                else:  # preprocessed float images (the pool used as a plain model)
+                    x, images, keys = msg[2].to(dev), None, None
+                with torch.inference_mode():
+                    pred = model(x, frame_keys=keys) if keys_ok and keys else model(x)
+                if not isinstance(pred, WindowPrediction):
+                    raise TypeError(
+                        f"model returned {type(pred).__name__}, expected WindowPrediction"
+                    )
+                pred.validate(x.shape[0])
+                out = {}
+                for name in _FIELDS:
+                    v = getattr(pred, name)
+                    if v is None:
+                        out[name] = None
+                    elif transfer == "ipc" and v.is_cuda:
+                        out[name] = v.contiguous()
+                    else:
+                        out[name] = v.detach().cpu().contiguous()
+                out["images"] = None if images is None else images.cpu()
+                out["seconds"] = time.perf_counter() - start
+                outbox.put(("pred", rank, wid, out))
+            else:
+                raise ValueError(f"unknown request {kind!r}")
+        except BaseException as exc:
+            outbox.put(("error", rank, wid, _error_payload(exc)))
+    with contextlib.suppress(Exception):
+        if pinned:
+            torch.cuda.cudart().cudaHostUnregister(slots.data_ptr())
+
+
+class WorkerPool:
+    """One model worker process per device (see module doc).
+
+    ``factory(device=...)`` builds the model inside the worker; it must be picklable (a
+    module-level function or a ``functools.partial`` of one, e.g. :func:`model_factory`).
+    ``transfer``: "ipc" (CUDA tensors shared with the caller; CUDA workers only), "host"
+    (host shared memory) or "auto" (ipc on CUDA). ``pin``: page-lock the frame slots in CUDA
+    workers. ``threads``: torch threads per worker (None: torch's default).
+    """
+
+    def __init__(
+        self,
+        factory: Callable[..., Any],
+        devices: Sequence[str],
+        *,
+        transfer: str = "auto",
+        pin: bool = True,
+        threads: int | None = None,
+        start_timeout: float = 900.0,
+    ) -> None:
+        devices = [str(d) for d in devices]
+        if not devices:
+            raise ConfigError("a worker pool needs at least one device")
+        if transfer not in ("auto", "ipc", "host"):
+            raise ConfigError(f"transfer must be auto, ipc or host, got {transfer!r}")
+        self.factory = factory
+        self.devices = devices
+        self.transfer = transfer
+        self.pin = pin
+        self.threads = threads
+        self.start_timeout = start_timeout
+        self._procs: list = []
+        self._inboxes: list = []
+        self._outbox = None
+        self._slots: torch.Tensor | None = None
+        self._slots_np: np.ndarray | None = None
+        self._free_slots: list[int] = []
+        self._slot_of: dict[int, int] = {}
+        self._rank_of: dict[int, int] = {}
+        self._done: dict[int, tuple] = {}
+        self._replies: dict[tuple[str, int], Any] = {}
+        self.in_flight = [0] * len(devices)
+        self.windows_per_worker = [0] * len(devices)
+        self.pinned: list[bool] = []
+        self._next_id = -1  # ids of internal requests (windows use their own, >= 0)
+
+    # -- life cycle ----------------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        return bool(self._procs)
+
+    def start(self) -> WorkerPool:
+        """Spawn the workers and wait until every model is built (idempotent)."""
+        if self._procs:
+            return self
+        import torch.multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self._outbox = ctx.Queue()
+        for rank, device in enumerate(self.devices):
+            transfer = self.transfer
+            if transfer == "auto":
+                transfer = "ipc" if device.startswith("cuda") else "host"
+            if transfer == "ipc" and not device.startswith("cuda"):
+                raise ConfigError(f"transfer 'ipc' needs CUDA workers, got {device}")
+            inbox = ctx.Queue()
+            proc = ctx.Process(
+                target=_worker_main,
+                args=(
+                    rank,
+                    device,
+                    self.factory,
+                    inbox,
+                    self._outbox,
+                    transfer,
+                    self.pin,
+                    self.threads,
+                ),
+                name=f"laser-worker-{rank}",
+                daemon=True,
+            )
+            proc.start()
+            self._procs.append(proc)
+            self._inboxes.append(inbox)
+        ready = 0
+        try:
+            while ready < len(self._procs):
+                kind, rank, _, payload = self._get(self.start_timeout, "start")
+                if kind == "ready":
+                    ready += 1
+                elif kind == "failed":
+                    self._raise(
+                        payload, f"worker {rank} ({self.devices[rank]}) could not build its model"
+                    )
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Stop the workers (waits briefly, then terminates)."""
+        for inbox in self._inboxes:
+            with contextlib.suppress(Exception):
+                inbox.put(None)
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        for q in [*self._inboxes, self._outbox]:
+            if q is not None:
+                with contextlib.suppress(Exception):
+                    q.close()
+                    q.join_thread()
+        self._procs, self._inboxes, self._outbox = [], [], None
+        self._slots = self._slots_np = None
+        self._free_slots, self._slot_of, self._rank_of, self._done = [], {}, {}, {}
+        self.in_flight = [0] * len(self.devices)
+
+    def __enter__(self) -> WorkerPool:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # -- messages ------------------------------------------------------------------------------
+    def _get(self, timeout: float, what: str) -> tuple:
+        """Next message from any worker; raises WorkerError if a worker died meanwhile."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._outbox.get(timeout=0.5)
+            except queue.Empty:
+                pass
+            for rank, proc in enumerate(self._procs):
+                if not proc.is_alive():
+                    raise WorkerError(
+                        f"model worker {rank} ({self.devices[rank]}) died (exit code {proc.exitcode}) "
+                        f"while waiting for {what}"
+                    )
+            if time.monotonic() > deadline:
+                raise WorkerError(
+                    f"no answer from the model workers after {timeout:.0f} s ({what})"
+                )
+
+    @staticmethod
+    def _raise(payload, context: str):
+        text, exc = payload
+        if isinstance(exc, LaserError):
+            raise exc
+        raise WorkerError(f"{context}:\n{text}") from None
+
+    def _dispatch(self, msg: tuple) -> None:
+        kind, rank, wid, payload = msg
+        if kind == "pred":
+            self._done[wid] = ("pred", payload)
+            self._release(wid)
+        elif kind == "error":
+            self._done[wid] = ("error", payload)
+            self._release(wid)
+        else:
+            self._replies[(kind, wid)] = (rank, payload)
+
+    def _release(self, wid: int) -> None:
+        rank = self._rank_of.pop(wid, None)
+        if rank is not None:
+            self.in_flight[rank] -= 1
+        slot = self._slot_of.pop(wid, None)
+        if slot is not None:
+            self._free_slots.append(slot)
+
+    def _request(self, rank: int, kind: str, *args, timeout: float = 120.0):
+        rid = self._next_id
+        self._next_id -= 1
+        self._inboxes[rank].put((kind, rid, *args))
+        while (kind, rid) not in self._replies:
+            msg = self._get(timeout, kind)
+            if msg[0] == "error" and msg[2] == rid:
+                self._raise(msg[3], f"worker {rank} failed")
+            self._dispatch(msg)
+        return self._replies.pop((kind, rid))[1]
+
+    # -- the model side ------------------------------------------------------------------------
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """The model's input size for a (height, width) source frame (asked of worker 0)."""
+        self.start()
+        return tuple(self._request(0, "input_size", (int(height), int(width))))
+
+    def stats(self) -> list[dict]:
+        """Per worker: GPU peak/allocated MiB since the last call, token-cache hits/misses."""
+        self.start()
+        return [self._request(rank, "stats") for rank in range(len(self._procs))]
+
+    def ensure_slots(self, count: int, frames: int, height: int, width: int) -> None:
+        """Shared uint8 frame slots: ``count`` windows of ``frames`` (height, width, 3) frames."""
+        shape = (count, frames, height, width, 3)
+        if self._slots is not None and tuple(self._slots.shape) == shape:
+            return
+        if any(self.in_flight):
+            raise RuntimeError("cannot resize the frame slots while windows are in flight")
+        self._slots = torch.zeros(shape, dtype=torch.uint8).share_memory_()
+        self._slots_np = self._slots.numpy()
+        self._free_slots = list(range(count))
+        self.pinned = [
+            bool(self._request(rank, "slots", self._slots)["pinned"])
+            for rank in range(len(self._procs))
+        ]
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free_slots)
+
+    def submit(
+        self,
+        wid: int,
+        frames: Sequence[np.ndarray],
+        size: tuple[int, int],
+        keys: Sequence[object] | None = None,
+    ) -> int:
+        """Send a window's uint8 frames (each (H0, W0, 3)) to the least busy worker; returns its
+        rank. ``wid``: the caller's id for :meth:`result` (>= 0, unique among those in flight)."""
+        if wid in self._rank_of or wid in self._done:
+            raise ValueError(f"window id {wid} is already in flight")
+        rank = min(range(len(self._procs)), key=lambda r: (self.in_flight[r], r))
+        slots = self._slots
+        fits = (
+            slots is not None
+            and len(frames) <= slots.shape[1]
+            and all(f.shape == tuple(slots.shape[2:]) for f in frames)
+        )
+        if fits and self._free_slots:
+            slot = self._free_slots.pop()
+            dst = self._slots_np[slot]
+            for j, f in enumerate(frames):
+                np.copyto(dst[j], f)  # one plain memcpy per frame (no thread pool)
+            self._slot_of[wid] = slot
+            msg = ("window", wid, slot, len(frames), None, tuple(size), list(keys or []))
+        else:  # another size (or no slot): the frames travel as their own shared tensors
+            extra = [torch.from_numpy(np.ascontiguousarray(f)) for f in frames]
+            msg = ("window", wid, -1, len(frames), extra, tuple(size), list(keys or []))
+        self._rank_of[wid] = rank
+        self.in_flight[rank] += 1
+        self.windows_per_worker[rank] += 1
+        self._inboxes[rank].put(msg)
+        return rank
+
+    def result(self, wid: int, timeout: float = 3600.0) -> dict:
+        """Wait for window ``wid``'s prediction: a dict of the :class:`WindowPrediction` fields,
+        ``images`` ((n, H, W, 3) uint8 at the model size) and ``seconds`` (the worker's time)."""
+        while wid not in self._done:
+            self._dispatch(self._get(timeout, f"window {wid}"))
+        kind, payload = self._done.pop(wid)
+        if kind == "error":
+            self._raise(payload, f"model worker failed on window {wid}")
+        return payload
+
+    def __call__(self, images: torch.Tensor) -> WindowPrediction:
+        """The pool as a plain model: (L, 3, H, W) float in [0, 1] -> prediction (worker 0)."""
+        self.start()
+        rid = self._next_id
+        self._next_id -= 1
+        self._rank_of[rid] = 0
+        self.in_flight[0] += 1
+        self._inboxes[0].put(("images", rid, images.detach().cpu().contiguous()))
+        return to_prediction(self.result(rid))
+
+
+def to_prediction(payload: dict) -> WindowPrediction:
+    """A worker's payload -> :class:`WindowPrediction` (tensors where the worker left them)."""
+    return WindowPrediction(**{name: payload[name] for name in _FIELDS})
+
+
+def model_factory(name: str, weights: str | None = None, **kwargs) -> Callable[..., Any]:
+    """A picklable factory for :class:`WorkerPool`: ``load_model(name, weights, device=..., **kw)``."""
+    import functools
+
+    from laser_plugin.models import load_model
+
+    return functools.partial(load_model, name, weights, **kwargs)

@@ -1,0 +1,316 @@
+"""One stream, the network in worker processes (one per device), alignment in this process.
+
+:class:`ProcessReconstructor` is a :class:`StreamingReconstructor` whose network calls go to a
+:class:`~laser_plugin.worker.WorkerPool`. This process only decodes frames (a thread), copies
+each window's uint8 frames into a shared slot, aligns the predictions in stream order as they come
+back (a bounded reorder buffer of ``max_pending`` windows, as in
+:mod:`laser_plugin.multi_device`) and feeds the sinks (optionally from a thread). Resizing,
+normalising and the network run in the workers, so the network no longer shares this
+interpreter's GIL with alignment, decoding and the sinks, and N devices serve one stream.
+
+The predictions and the order of alignment are those of a single-device run, so the frames are
+the plain engine's: bit for bit with CPU workers (tests/test_worker_*.py), up to floating-point
+noise of the device's kernels on GPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from laser_plugin.config import LaserConfig
+from laser_plugin.engine import StreamingReconstructor
+from laser_plugin.errors import ConfigError
+from laser_plugin.sources import open_source
+from laser_plugin.types import ReconstructedFrame
+from laser_plugin.windows import Window, schedule_windows
+from laser_plugin.worker import WorkerPool, to_prediction
+
+if TYPE_CHECKING:
+    from laser_plugin.resume import EngineState
+
+_END = object()
+
+
+@dataclass
+class _Frame:
+    """A frame waiting in the window buffer (what ``align`` reads of the engine's items, plus the
+    source frame for the worker); ``image`` arrives with the window's prediction."""
+
+    index: int
+    timestamp: float
+    frame: np.ndarray  # (H0, W0, 3) uint8, as decoded
+    source: np.ndarray | None
+    image: np.ndarray | None = None  # (H, W, 3) uint8, model size
+    tensor: None = None
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class ProcessReconstructor(StreamingReconstructor):
+    """LASER with the network in worker processes (see module doc).
+
+    ``pool``: the workers (started on the first run if not yet). ``max_pending``: windows sent
+    ahead of the alignment (default two per worker, so each has the next window queued).
+    ``sink_thread``: call the sinks from a thread, off the alignment's path (sinks then see the
+    engine state of a later window: keep it off when a sink reads the state, e.g. resume's saver).
+    ``align_priority``: align on a high-priority CUDA stream. ``switch_interval``: this
+    interpreter's thread switch interval while streaming (None keeps Python's).
+    """
+
+    def __init__(
+        self,
+        pool: WorkerPool,
+        config: LaserConfig | None = None,
+        *,
+        keep_source_images: bool = True,
+        input_size: tuple[int, int] | None = None,
+        max_pending: int | None = None,
+        sink_thread: bool = True,
+        align_priority: bool = True,
+        switch_interval: float | None = 0.0005,
+    ) -> None:
+        super().__init__(pool, config, keep_source_images=keep_source_images, input_size=input_size)
+        self.pool = pool
+        self.max_pending = max_pending if max_pending is not None else 2 * len(pool.devices)
+        if self.max_pending < 1:
+            raise ConfigError(f"max_pending must be at least 1, got {self.max_pending}")
+        self.sink_thread = sink_thread
+        self.align_priority = align_priority
+        self.switch_interval = switch_interval
+        self.max_buffered = 0
+        """Most windows in flight or waiting for alignment at once (<= max_pending)."""
+        self._stream_id = 0
+        self._align_stream = None
+
+    @property
+    def windows_per_worker(self) -> list[int]:
+        return list(self.pool.windows_per_worker)
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        self.pool.close()
+
+    def _add(self, name: str, seconds: float) -> None:
+        self.timings[name] = self.timings.get(name, 0.0) + seconds
+
+    def run(
+        self,
+        source: str | Path | Iterable,
+        sinks: Sequence = (),
+        *,
+        max_frames: int | None = None,
+        fps: float = 30.0,
+        stride: int = 1,
+        resume: EngineState | None = None,
+    ) -> Iterator[ReconstructedFrame]:
+        """As :meth:`StreamingReconstructor.run`, with the network in the worker processes."""
+        cfg = self.config
+        self.pool.start()
+        live = list(sinks)
+        done = self.start_stream(resume)
+        self._stream_id += 1
+        stream_id = self._stream_id
+        if self._align_stream is None and self.align_priority and self.device.type == "cuda":
+            # Alignment is a chain of small kernels and host syncs: a high-priority stream lets
+            # them run between other work's kernels instead of queueing behind them.
+            self._align_stream = torch.cuda.Stream(device=self.device, priority=-1)
+        stop = threading.Event()
+        frames_q: queue.Queue = queue.Queue(maxsize=2 * cfg.window_size)
+        sink_q: queue.Queue = queue.Queue(maxsize=8 * cfg.window_size)
+        sink_error: list[BaseException] = []
+
+        def decode() -> None:
+            try:
+                src = open_source(source, fps=fps, stride=stride, max_frames=max_frames)
+                keep = self.keep_source_images
+                i = 0
+                while not stop.is_set():
+                    t = time.perf_counter()
+                    f = next(src, None)
+                    self._add("decode", time.perf_counter() - t)
+                    if f is None:
+                        break
+                    item = _Frame(i, f.timestamp, f.image, f.image if keep else None)
+                    i += 1
+                    while not stop.is_set():
+                        try:
+                            frames_q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                frames_q.put(_END)
+            except BaseException as exc:
+                frames_q.put(_Failure(exc))
+
+        def frames_from_queue() -> Iterator[_Frame]:
+            while True:
+                item = frames_q.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.exc
+                yield item
+
+        def deliver() -> None:
+            nonlocal live
+            while True:
+                item = sink_q.get()
+                if item is _END:
+                    return
+                if sink_error:
+                    continue  # drain: the caller stops at its next window
+                t = time.perf_counter()
+                try:
+                    live = self._emit(live, *item)
+                except BaseException as exc:  # an essential sink failed: stop the stream
+                    sink_error.append(exc)
+                self._add("sinks", time.perf_counter() - t)
+
+        def emit_window(finals: list[ReconstructedFrame], stats) -> Iterator[ReconstructedFrame]:
+            nonlocal live
+            if not self.sink_thread:
+                t = time.perf_counter()
+                yield from self._deliver(live, finals, stats)
+                self._add("sinks", time.perf_counter() - t)
+                return
+            if sink_error:
+                raise sink_error[0]
+            self.check_agreement(stats)
+            for frame in finals:
+                sink_q.put(("on_frame", frame))
+                yield frame
+            sink_q.put(("on_window", stats))
+
+        decoder = threading.Thread(target=decode, name="laser-decode", daemon=True)
+        sink_worker = threading.Thread(target=deliver, name="laser-sinks", daemon=True)
+        decoder.start()
+        if self.sink_thread:
+            sink_worker.start()
+        old_interval = sys.getswitchinterval()
+        if self.switch_interval:
+            sys.setswitchinterval(self.switch_interval)
+        pending: deque[Window[_Frame]] = deque()
+        ok = False
+        try:
+            windows = schedule_windows(
+                self._sized(frames_from_queue()), cfg.window_size, cfg.overlap
+            )
+            exhausted = False
+            while True:
+                t = time.perf_counter()
+                while not exhausted and len(pending) < self.max_pending:
+                    window = next(windows, None)
+                    if window is None:
+                        exhausted = True
+                        break
+                    if window.index < done:  # finalised before the interruption
+                        continue
+                    self._submit(window, stream_id)
+                    pending.append(window)
+                    self.max_buffered = max(self.max_buffered, len(pending))
+                self._add("dispatch", time.perf_counter() - t)
+                if not pending:
+                    break
+                window = pending.popleft()
+                t = time.perf_counter()
+                payload = self.pool.result(window.index)
+                self._add("wait_predict", time.perf_counter() - t)
+                self._add("model", payload["seconds"])
+                images = payload["images"].numpy()
+                for j, it in enumerate(window.items):
+                    if it.image is None:
+                        it.image = images[j]
+                pred = to_prediction(payload)
+                pred.validate(len(window.items))
+                t = time.perf_counter()
+                if self._align_stream is not None:
+                    with torch.cuda.stream(self._align_stream):
+                        finals, stats = self.align(window, pred, {"model": payload["seconds"]})
+                else:
+                    finals, stats = self.align(window, pred, {"model": payload["seconds"]})
+                del pred, payload
+                self._add("align", time.perf_counter() - t)
+                yield from emit_window(finals, stats)
+            if self.sink_thread:
+                if sink_error:
+                    raise sink_error[0]
+                held, self._held = self._held, []
+                self.num_frames += len(held)
+                for frame in held:
+                    sink_q.put(("on_frame", frame))
+                    yield frame
+            else:
+                yield from self._flush_held(live)
+            ok = True
+        except BaseException as exc:
+            if self.sink_thread and sink_worker.is_alive():
+                sink_q.put(_END)
+                sink_worker.join()
+            self._emit(live, "on_interrupt", exc)
+            raise
+        finally:
+            sys.setswitchinterval(old_interval)
+            stop.set()
+            # Predictions still in flight are collected (and dropped) so the workers stay usable.
+            for window in pending:
+                try:
+                    self.pool.result(window.index, timeout=600)
+                except Exception:
+                    continue
+            while decoder.is_alive():  # unblock a decoder waiting on a full queue
+                with contextlib.suppress(queue.Empty):
+                    frames_q.get(timeout=0.1)
+            decoder.join(timeout=30)
+            if self.sink_thread and sink_worker.is_alive():
+                sink_q.put(_END)
+                sink_worker.join()
+            failed = sink_error[0] if sink_error else None
+            for sink in live:
+                try:
+                    sink.close()
+                except Exception as exc:  # a sink failing must not lose the others' files
+                    if getattr(sink, "essential", False):
+                        failed = failed or exc
+                    else:
+                        self._warn(f"sink {type(sink).__name__} failed to close: {exc}")
+            if ok and self.num_frames == 0:
+                self._warn("the stream had no frames")
+            if ok and failed is not None:
+                raise failed
+
+    def _sized(self, frames: Iterator[_Frame]) -> Iterator[_Frame]:
+        """Fix the model size at the first frame (as ``StreamingReconstructor._prepared``)."""
+        for f in frames:
+            h0, w0 = f.frame.shape[:2]
+            if self._model_size is None:
+                size = self.input_size or self.pool.input_size(h0, w0)
+                self._model_size = tuple(size)
+                self._first_source_size = (h0, w0)
+                n = self.config.window_size
+                self.pool.ensure_slots(self.max_pending, n, h0, w0)
+            elif (h0, w0) != self._first_source_size and not self._sizes_warned:
+                self._warn(
+                    f"frame {f.index} is {w0}x{h0} but the stream started at "
+                    f"{self._first_source_size[1]}x{self._first_source_size[0]}; resizing every frame to the model size"
+                )
+                self._sizes_warned = True
+            yield f
+
+    def _submit(self, window: Window[_Frame], stream_id: int) -> None:
+        keys = [(stream_id, it.index) for it in window.items]
+        self.pool.submit(window.index, [it.frame for it in window.items], self._model_size, keys)

@@ -1,0 +1,150 @@
+"""The network in worker processes (laser_plugin.worker, laser_plugin.worker_runner): same frames
+as the plain engine, in order, with one or two CPU workers; failures reach the caller in one piece."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from laser_plugin import LaserConfig, StreamingReconstructor
+from laser_plugin.errors import ConfigError
+from laser_plugin.models.pi3 import make_model as make_pi3
+from laser_plugin.models.synthetic import make_model, make_scene
+from laser_plugin.worker import WorkerError, WorkerPool, model_factory, preprocess_frames
+from laser_plugin.worker_runner import ProcessReconstructor
+
+SCENE = dict(scene="demo", num_frames=40, height=64, width=112)
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+        self.closed = False
+
+    def on_frame(self, frame):
+        self.calls.append(("frame", frame.index))
+
+    def on_window(self, stats):
+        self.calls.append(("window", stats.window))
+
+    def on_interrupt(self, exc):
+        self.calls.append(("interrupt", type(exc).__name__))
+
+    def close(self):
+        self.closed = True
+
+
+def assert_same_frames(frames, reference):
+    assert [f.index for f in frames] == [f.index for f in reference]
+    for f, r in zip(frames, reference, strict=True):
+        assert f.window == r.window
+        for key in ("image", "cam_to_world", "intrinsics", "depth", "conf", "layers"):
+            np.testing.assert_array_equal(getattr(f, key), getattr(r, key))
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return make_scene("demo", 40, 64, 112)
+
+
+@pytest.mark.parametrize(("devices", "sink_thread"), [(["cpu"], True), (["cpu", "cpu"], False)])
+def test_workers_give_the_plain_engines_frames(scene, devices, sink_thread):
+    cfg = LaserConfig(window_size=8, overlap=3)
+    plain_sink, sink = Recorder(), Recorder()
+    plain = StreamingReconstructor(make_model(scene=scene), cfg).reconstruct(
+        scene.frames(), [plain_sink]
+    )
+    with WorkerPool(model_factory("synthetic", **SCENE), devices, threads=1) as pool:
+        rec = ProcessReconstructor(pool, cfg, sink_thread=sink_thread)
+        frames = rec.reconstruct(scene.frames(), [sink])
+        assert_same_frames(frames, plain)
+        assert sink.calls == plain_sink.calls and sink.closed
+        assert sum(pool.windows_per_worker) == rec.num_windows == plain[-1].window + 1
+        if len(devices) == 2:
+            assert min(pool.windows_per_worker) > 0  # both workers took windows
+        assert rec.max_buffered <= rec.max_pending == 2 * len(devices)
+        # The same workers serve a second stream (fresh stream state, same result).
+        assert_same_frames(rec.reconstruct(scene.frames()), plain)
+
+
+def test_fast_pi3_worker_resizes_like_the_engine_and_reuses_overlap_tokens():
+    """Frames of another size than the model's: the worker resizes them (batched) exactly as the
+    engine does per frame; the fast path reuses overlap tokens by frame key; fp32 throughout."""
+    rng = np.random.default_rng(0)
+    canvas = (rng.random((60, 90 + 3 * 14, 3)) * 255).astype(np.uint8)
+    frames = [canvas[:, 3 * i : 3 * i + 90].copy() for i in range(14)]
+    cfg = LaserConfig(window_size=6, overlap=2)
+    ref = StreamingReconstructor(
+        make_pi3(size="tiny", random_init=True), cfg, input_size=(42, 70)
+    ).reconstruct(frames)
+    factory = functools.partial(make_pi3, size="tiny", random_init=True, fast=True, dtype="fp32")
+    with WorkerPool(factory, ["cpu"], threads=1) as pool:
+        out = ProcessReconstructor(pool, cfg, input_size=(42, 70)).reconstruct(frames)
+        stats = pool.stats()[0]
+    assert stats["cache_hits"] > 0
+    assert [f.index for f in out] == [f.index for f in ref]
+    for a, b in zip(out, ref, strict=True):
+        np.testing.assert_array_equal(a.image, b.image)
+        for key in ("depth", "conf", "cam_to_world", "intrinsics"):
+            np.testing.assert_allclose(getattr(a, key), getattr(b, key), rtol=1e-4, atol=1e-5)
+
+
+def test_preprocess_matches_the_engine_per_frame():
+    rng = np.random.default_rng(1)
+    frames = (rng.random((3, 50, 80, 3)) * 255).astype(np.uint8)
+    x, images = preprocess_frames(torch.from_numpy(frames), (42, 70))
+    rec = StreamingReconstructor(make_pi3(size="tiny", random_init=True), input_size=(42, 70))
+    rec.start_stream()
+    from laser_plugin.sources import open_source
+
+    items = list(rec._prepared(open_source(list(frames))))
+    for j, it in enumerate(items):
+        torch.testing.assert_close(x[j], it.tensor, rtol=0, atol=0)
+        np.testing.assert_array_equal(images[j].numpy(), it.image)
+
+
+def _broken_factory(device: str = "cpu"):
+    raise ConfigError("no weights here")
+
+
+class _FailsOnThirdWindow:
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+        self.input_size = model.input_size
+
+    def __call__(self, images):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("device lost")
+        return self.model(images)
+
+
+def _failing_factory(device: str = "cpu"):
+    return _FailsOnThirdWindow(make_model(**SCENE))
+
+
+def test_a_user_error_while_building_the_model_stays_one_line():
+    pool = WorkerPool(_broken_factory, ["cpu"], threads=1)
+    with pytest.raises(ConfigError, match="no weights here"):
+        pool.start()
+    assert not pool.started
+
+
+def test_a_worker_failure_stops_the_stream_and_interrupts_the_sinks(scene):
+    sink = Recorder()
+    with WorkerPool(_failing_factory, ["cpu"], threads=1) as pool:
+        rec = ProcessReconstructor(pool, LaserConfig(window_size=8, overlap=3))
+        with pytest.raises(WorkerError, match="device lost"):
+            rec.reconstruct(scene.frames(), [sink])
+    assert sink.calls[-1] == ("interrupt", "WorkerError") and sink.closed
+    assert ("window", 1) in sink.calls and ("window", 2) not in sink.calls
+
+
+def test_bad_pool_settings_are_config_errors():
+    with pytest.raises(ConfigError):
+        WorkerPool(_broken_factory, [])
+    with pytest.raises(ConfigError):
+        WorkerPool(_broken_factory, ["cpu"], transfer="smoke")
