@@ -148,3 +148,43 @@ def test_bad_pool_settings_are_config_errors():
         WorkerPool(_broken_factory, [])
     with pytest.raises(ConfigError):
         WorkerPool(_broken_factory, ["cpu"], transfer="smoke")
+
+
+@pytest.mark.slow  # each synthetic worker renders the 120-frame demo scene to index it (~25 s)
+def test_laser_run_fast_writes_the_plain_engines_run(tmp_path, capsys):
+    """``laser run --fast --devices cpu,cpu``: worker processes behind the CLI, same frames as
+    the plain engine; a finished fast run resumes to "nothing to resume", and a plain run is not
+    resumed on the fast path (other numerics), in one line."""
+    from PIL import Image
+
+    from laser_plugin.cli.main import main
+    from laser_plugin.io.run_dir import load_run
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i, image in enumerate(make_scene("demo").frames()):
+        if i == 16:
+            break
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    reference = StreamingReconstructor(
+        make_model(), LaserConfig(window_size=8, overlap=3)
+    ).reconstruct(folder)
+    args = ["run", str(folder), "--model", "synthetic", "--window-size", "8", "--overlap", "3"]
+    out = tmp_path / "fast"
+    assert main([*args, "--quiet", "--fast", "--devices", "cpu,cpu", "--output-dir", str(out)]) == 0
+    run = load_run(out)
+    assert run.status == "complete" and run.summary["settings"]["fast"] is True
+    assert [f.index for f in run.frames] == [f.index for f in reference] == list(range(16))
+    np.testing.assert_array_equal(run.cam_to_world(), np.stack([f.cam_to_world for f in reference]))
+    for k in range(0, 16, 5):
+        np.testing.assert_array_equal(run.load_frame(k).depth, reference[k].depth)
+    fast = [*args, "--quiet", "--fast", "--devices", "cpu,cpu", "--resume", "--output-dir"]
+    assert main([*fast, str(out)]) == 0
+    assert "nothing to resume" in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    assert main([*args, "--quiet", "--no-loop-closure", "--output-dir", str(plain)]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main([*fast, str(plain)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1

@@ -260,6 +260,11 @@ class Run:
     devices: str | None = None
     """Several devices for the network, e.g. cuda:0,cuda:1, or all (every visible GPU): windows
     are predicted on one model replica per device at once; same output as one device."""
+    fast: bool = False
+    """Streaming speed path: the network runs in its own worker process per device (frames sent
+    as shared uint8, resized on the device), π³/VGGT in their fast form (bf16 trunk, cached
+    overlap tokens; compiled and CUDA-graphed on a GPU: tens of seconds of warm-up); alignment
+    stays in this process, in order. Works with --devices and --resume; no loop closure."""
     laser: FlatRunLaser = field(default_factory=RunLaserConfig)
     viewers: Annotated[Viewers, tyro.conf.OmitArgPrefixes] = field(default_factory=Viewers)
     overwrite: bool = False
@@ -315,7 +320,23 @@ class Run:
             finally:
                 frames.close()
         make_engine = None
-        if self.devices is not None:  # one replica per device (laser_plugin.multi_device)
+        pool = None
+        if self.fast:  # worker processes, one per device (laser_plugin.worker)
+            from laser_plugin.multi_device import parse_devices
+            from laser_plugin.worker import WorkerPool, model_factory
+            from laser_plugin.worker_runner import ProcessReconstructor
+
+            devices = parse_devices(self.devices) if self.devices is not None else [device]
+            device = ",".join(devices)
+            kw = {"fast": True} if self.model in ("pi3", "vggt") else {}
+            pool = WorkerPool(model_factory(self.model, self.weights, **kw), devices)
+
+            def make_engine(_model, config, **kw):
+                # Sinks in this thread: the resume state saver must see the state of its window.
+                return ProcessReconstructor(pool, config, sink_thread=False, **kw)
+
+            model = pool
+        elif self.devices is not None:  # one replica per device (laser_plugin.multi_device)
             from laser_plugin.multi_device import (
                 MultiDeviceReconstructor,
                 load_replicas,
@@ -351,8 +372,25 @@ class Run:
             "max_frames": self.max_frames,
             "save_source_images": self.save_source_images,
         }
+        if self.fast:  # other numerics (bf16): a run is resumed only on the same path
+            settings["fast"] = True
 
+        if self.resume and (Path(self.output_dir).expanduser() / "summary.json").is_file():
+            from laser_plugin.resume import read_settings
+
+            # Not in the resume fingerprint (the device may change): the fast path's numerics
+            # differ (bf16), so a run is continued only on the path it started on.
+            was = bool(read_settings(Path(self.output_dir).expanduser()).get("fast", False))
+            if was != self.fast:
+                if pool is not None:
+                    pool.close()
+                raise ConfigError(
+                    f"cannot resume: the run was made {'with' if was else 'without'} --fast; "
+                    "resume it the same way (or --overwrite to start again)"
+                )
         if self.resume and resume_is_done(self.output_dir, settings):
+            if pool is not None:
+                pool.close()
             return 0
 
         def go():
@@ -375,7 +413,13 @@ class Run:
             )
             print_summary(engine, writer, quiet=self.quiet)
 
-        _guard(go)
+        try:
+            if pool is not None:
+                pool.start()  # model errors (e.g. missing weights) before the run dir is written
+            _guard(go)
+        finally:
+            if pool is not None:
+                pool.close()
         return 0
 
 
