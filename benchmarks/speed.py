@@ -401,6 +401,7 @@ def process_variants(
                     rec.config = cfg
                     rec.device = torch.device(cfg.device)
                     rec.timings = {}
+                    rec.num_windows = rec.num_frames = 0  # per-stream counts (warm-up ran before)
                     return rec, rec
 
                 out = end_to_end(mk, stream_n(n or args.frames), device, label)

@@ -245,6 +245,7 @@ def main_process(args) -> int:
             net_s = time.perf_counter() - start
             pool.stats()
             engine.timings = {}
+            engine.num_windows = engine.num_frames = 0  # counted per stream (warm-up ran before)
             before = list(pool.windows_per_worker)
             sync(devices[:n])
             start = time.perf_counter()
