@@ -379,9 +379,6 @@ def process_variants(
     from laser_plugin.worker_runner import ProcessReconstructor
 
     variants = [(f"process_{t}", t, {}) for t in args.process_transfers]
-    for scaling in args.fp8:
-        variants.append((f"process_fp8_{scaling}", args.process_transfers[0],
-                         {"fp8": True, "fp8_scaling": scaling}))  # fmt: skip
     for k, (name, transfer, opts) in enumerate(variants):
         pool = WorkerPool(worker_factory(args, **opts), [args.device], transfer=transfer)
         t = time.perf_counter()
@@ -475,18 +472,11 @@ def main() -> None:
         default=["ipc", "host"],
         help="prediction hand-back modes of the worker-process variants",
     )
-    ap.add_argument(
-        "--fp8",
-        nargs="*",
-        default=[],
-        choices=["row", "tensor"],
-        help="also run worker-process variants with float8 linear layers (these scalings)",
-    )
     ap.add_argument("--no-process-cpu-align", action="store_true")
     ap.add_argument(
         "--fast-options",
         default="{}",
-        help="JSON FastOptions overrides for the worker's model, e.g. '{\"fp8\": true}'",
+        help="JSON FastOptions overrides for the worker's model, e.g. '{\"graph_heads\": true}'",
     )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

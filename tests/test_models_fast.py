@@ -75,3 +75,17 @@ def test_make_model_fast_flag_returns_the_fast_path():
     assert m.name == "pi3" and m.cache is not None and m.input_size(100, 100)[0] % 14 == 0
     with pytest.raises(TypeError):
         accelerate(object())
+
+
+def test_frame_keys_reuse_tokens_like_the_content_cache():
+    """A worker passes (stream, index) keys: overlap tokens are reused without content checks and
+    the outputs equal the reference."""
+    ref, fast = _pair("pi3", dtype=torch.float32)
+    frames = torch.rand(10, 3, 42, 70, generator=torch.Generator().manual_seed(4))
+    for start in (0, 4):
+        w = frames[start : start + 6]
+        b = fast(w.clone(), frame_keys=[(1, i) for i in range(start, start + 6)])
+        torch.testing.assert_close(b.depth, ref(w.clone()).depth, rtol=1e-5, atol=1e-6)
+    assert fast.cache.hits == 2 and fast.cache.misses == 10
+    with pytest.raises(ValueError):
+        fast(frames[:6], frame_keys=[(1, 0)])

@@ -57,13 +57,6 @@ class FastOptions:
     """VGGT depth-head dtype (None: the trunk dtype on CUDA, fp32 on the CPU)."""
     dpt_chunk: int = 4
     """VGGT depth head: frames per chunk (smaller bounds peak memory)."""
-    fp8: bool = False
-    """Float8 (e4m3) matrix products for the trunk's linear layers (attention qkv/projection, MLP;
-    π³: encoder and alternating decoder, VGGT: frame and global blocks): weights quantised once,
-    activations per call, products by ``torch._scaled_mm`` on Hopper (emulated in fp32
-    elsewhere, for tests). Changes numerics: measured against fp32 in benchmarks/speed.py."""
-    fp8_scaling: str = "row"
-    """"row": one scale per activation row and per weight row; "tensor": one scale each."""
 
 
 class FrameTokenCache:
@@ -122,74 +115,6 @@ class FrameTokenCache:
 
     def clear(self) -> None:
         self._entries = {}
-
-
-E4M3_MAX = 448.0
-
-
-class FP8Linear(nn.Module):
-    """``nn.Linear`` with float8 e4m3 operands: y = (x / sx)(W / sw)^T * sx * sw + b.
-
-    Weights (N, K) are quantised once with per-row (or one) scales; activations (..., K) per call
-    with per-row (or one) scales, so no calibration is needed. The product accumulates in fp32
-    and is returned in the input's dtype."""
-
-    def __init__(self, linear: nn.Linear, scaling: str = "row") -> None:
-        super().__init__()
-        if scaling not in ("row", "tensor"):
-            raise ValueError(f"fp8 scaling must be 'row' or 'tensor', got {scaling!r}")
-        self.scaling = scaling
-        w = linear.weight.detach().float()
-        amax = w.abs().amax(dim=1, keepdim=True) if scaling == "row" else w.abs().amax()
-        sw = amax.clamp_min(1e-12) / E4M3_MAX
-        self.register_buffer("weight_fp8", (w / sw).to(torch.float8_e4m3fn))
-        # (1, N) for row-wise, () for tensor-wise: the layouts torch._scaled_mm expects.
-        self.register_buffer("scale_w", sw.reshape(1, -1).contiguous() if scaling == "row" else sw)
-        bias = linear.bias
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-
-    def forward(self, x: Tensor) -> Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        xf = x2.float()
-        amax = xf.abs().amax(dim=1, keepdim=True) if self.scaling == "row" else xf.abs().amax()
-        sx = amax.clamp_min(1e-12) / E4M3_MAX
-        xq = (xf / sx).to(torch.float8_e4m3fn)
-        if x.is_cuda:
-            m = xq.shape[0]
-            pad = (-m) % 16  # cuBLASLt's float8 kernels want 16-aligned dimensions
-            if pad:
-                xq = torch.cat([xq, xq.new_zeros(pad, xq.shape[1])])
-                if self.scaling == "row":
-                    sx = torch.cat([sx, sx.new_ones(pad, 1)])
-            y = torch._scaled_mm(
-                xq, self.weight_fp8.t(), scale_a=sx, scale_b=self.scale_w, out_dtype=x.dtype
-            )
-            y = y[:m] if pad else y
-        else:  # the same quantised operands, multiplied in fp32 (CPU tests)
-            w = self.weight_fp8.float() * self.scale_w.reshape(-1, 1)
-            y = ((xq.float() * sx) @ w.t()).to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y.reshape(*shape[:-1], self.out_features)
-
-
-def to_fp8(blocks: Sequence[nn.Module], scaling: str = "row") -> int:
-    """Swap the attention and MLP linear layers of transformer ``blocks`` for :class:`FP8Linear`
-    (in place); returns how many were swapped."""
-    count = 0
-    for blk in blocks:
-        for parent_name in ("attn", "mlp"):
-            parent = getattr(blk, parent_name, None)
-            if parent is None:
-                continue
-            for name in ("qkv", "proj", "fc1", "fc2"):
-                lin = getattr(parent, name, None)
-                if isinstance(lin, nn.Linear):
-                    setattr(parent, name, FP8Linear(lin, scaling))
-                    count += 1
-    return count
 
 
 def compile_blocks(blocks: Sequence[nn.Module]) -> None:
@@ -297,18 +222,8 @@ class _FastBase:
         cuda_graph: bool | None = None,
         cache_encoder: bool | None = None,
         graph_heads: bool | None = None,
-        fp8: bool | None = None,
     ) -> None:
         """Switch features on (or the cache off) after construction, e.g. to measure each step."""
-        if fp8 and not self.options.fp8:
-            self.options.fp8 = True
-            self.fp8_layers = to_fp8(self._fp8_blocks(), self.options.fp8_scaling)
-            if self.options.compile:
-                import torch._dynamo
-
-                torch._dynamo.reset()  # the compiled blocks hold the old layers
-                compile_blocks(self._blocks())
-            self.trunk_runner = self._make_runner()  # graphs captured the old layers
         if cache_encoder is not None:
             self.options.cache_encoder = cache_encoder
             self.cache = FrameTokenCache() if cache_encoder else None
@@ -324,14 +239,6 @@ class _FastBase:
 
     def _blocks(self) -> list[nn.Module]:
         raise NotImplementedError
-
-    def _fp8_blocks(self) -> list[nn.Module]:
-        raise NotImplementedError
-
-    def _setup_fp8(self) -> None:
-        self.fp8_layers = 0
-        if self.options.fp8:
-            self.fp8_layers = to_fp8(self._fp8_blocks(), self.options.fp8_scaling)
 
     # The wrapped model's optional protocol attributes.
     @property
@@ -411,12 +318,8 @@ class FastPi3(_FastBase):
             keep_fp32=[net.encoder.pos_embed],
         )
         net.register_token.data = net.register_token.data.to(options.dtype)
-        self._setup_fp8()
         if options.compile:
             compile_blocks(self._blocks())
-
-    def _fp8_blocks(self) -> list[nn.Module]:
-        return [*self.net.encoder.blocks, *self.net.decoder]
 
     def _blocks(self) -> list[nn.Module]:
         net = self.net
@@ -498,13 +401,8 @@ class FastVGGT(_FastBase):
         net.depth_head.to(dpt)
         # LASER never runs the point head: keep it off the accelerator.
         net.point_head.to("cpu")
-        self._setup_fp8()
         if options.compile:
             compile_blocks(self._blocks())
-
-    def _fp8_blocks(self) -> list[nn.Module]:
-        agg = self.net.aggregator
-        return [*agg.frame_blocks, *agg.global_blocks]
 
     def _blocks(self) -> list[nn.Module]:
         agg = self.net.aggregator
