@@ -83,8 +83,18 @@ def main(argv: list[str] | None = None) -> int:
         help="the fast network in one worker process per device (laser_plugin.worker) instead "
         "of the plain model in threads",
     )
+    ap.add_argument(
+        "--transfer", default="auto", choices=["auto", "ipc", "host"],
+        help="how workers hand predictions back (--process); host suits --align-device cpu",
+    )  # fmt: skip
+    ap.add_argument(
+        "--align-threads", type=int, default=None,
+        help="torch CPU threads of this (aligning) process; default: torch's own",
+    )  # fmt: skip
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
+    if args.align_threads:
+        torch.set_num_threads(args.align_threads)
     if args.process:
         return main_process(args)
 
@@ -204,6 +214,8 @@ def main_process(args) -> int:
         "size": [args.height, args.width],
         "window": [args.window_size, args.overlap],
         "align_device": align_device,
+        "align_threads": torch.get_num_threads(),
+        "transfer": args.transfer,
     }
     print(json.dumps(info), flush=True)
     factory = functools.partial(
@@ -216,7 +228,7 @@ def main_process(args) -> int:
     stride = config.window_size - config.overlap
     results, reference = [], None
     for n in range(1, len(devices) + 1):
-        pool = WorkerPool(factory, devices[:n])
+        pool = WorkerPool(factory, devices[:n], transfer=args.transfer)
         try:
             t = time.perf_counter()
             pool.start()
