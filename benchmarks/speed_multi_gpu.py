@@ -281,7 +281,7 @@ def main_process(args) -> int:
                 },
                 "workers": stats,
             }
-            if cuda:
+            if str(align_device).startswith("cuda"):
                 row["align_process_peak_gib"] = round(
                     torch.cuda.max_memory_allocated(align_device) / 2**30, 2
                 )
