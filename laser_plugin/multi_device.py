@@ -24,6 +24,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from laser_plugin.config import LaserConfig
 from laser_plugin.engine import StreamingReconstructor
 from laser_plugin.errors import ConfigError
@@ -114,6 +116,20 @@ class MultiDeviceReconstructor(StreamingReconstructor):
         self.windows_per_replica = [0] * len(models)
         self.max_buffered = 0
         """Most windows that were predicted or in flight at once (<= max_pending)."""
+        # On GPUs, each replica runs on its own stream and alignment on a high-priority stream
+        # of its device: on the device it shares with a replica, alignment's many small kernels
+        # then run between the network's instead of queueing behind a whole window.
+        self.align_stream = (
+            torch.cuda.Stream(device=self.device, priority=-1)
+            if self.device.type == "cuda"
+            else None
+        )
+        self.replica_streams = []
+        for m in models:
+            dev = torch.device(getattr(m, "device", "cpu"))
+            self.replica_streams.append(
+                torch.cuda.Stream(device=dev) if dev.type == "cuda" else None
+            )
 
     def run(
         self,
@@ -160,7 +176,11 @@ class MultiDeviceReconstructor(StreamingReconstructor):
                 self.windows_per_replica[replica] += 1
                 times = {"model": seconds}
                 self.timings["model"] = self.timings.get("model", 0.0) + seconds
-                finals, stats = self.align(window, pred, times)
+                if self.align_stream is not None:
+                    with torch.cuda.stream(self.align_stream):
+                        finals, stats = self.align(window, pred, times)
+                else:
+                    finals, stats = self.align(window, pred, times)
                 yield from self._deliver(live, finals, stats)
             yield from self._flush_held(live)
             ok = True
@@ -187,10 +207,20 @@ class MultiDeviceReconstructor(StreamingReconstructor):
         replica = free.get()
         try:
             start = time.perf_counter()
-            pred = self.predict(window, model=self.replicas[replica])
-            # Moving to the alignment device here waits for the replica's kernels in this thread,
-            # not in the aligning one, and makes the time below the device's real time.
-            pred = pred.to(self.device)
+            stream = self.replica_streams[replica]
+            if stream is None:
+                pred = self.predict(window, model=self.replicas[replica])
+                # Moving to the alignment device here waits for the replica's kernels in this
+                # thread, not in the aligning one, and makes the time below the device's real time.
+                pred = pred.to(self.device)
+            else:
+                with torch.cuda.stream(stream):
+                    pred = self.predict(window, model=self.replicas[replica]).to(self.device)
+                stream.synchronize()
+                # The aligning thread reads and frees these on its own stream.
+                for x in (pred.depth, pred.conf, pred.cam_to_world, pred.intrinsics):
+                    if x.is_cuda:
+                        x.record_stream(self.align_stream or torch.cuda.current_stream(x.device))
             return pred, replica, time.perf_counter() - start
         finally:
             free.put(replica)
