@@ -163,20 +163,29 @@ class PipelinedReconstructor:
             except BaseException as exc:
                 put(pred_q, _Failure(exc))
 
+        sink_error: list[BaseException] = []  # an essential sink failed in the sink thread
+
         def deliver() -> None:
             nonlocal live
             while True:
                 item = sink_q.get()
                 if item is _END:
                     return
+                if sink_error:
+                    continue  # keep draining, so the caller never blocks on a full queue
                 t = time.perf_counter()
                 method, arg = item
-                live = rec._emit(live, method, arg)
+                try:
+                    live = rec._emit(live, method, arg)
+                except BaseException as exc:  # e.g. the run writer on a full disk
+                    sink_error.append(exc)
                 self._add("sinks", time.perf_counter() - t)
 
         def emit(method: str, arg) -> None:
             nonlocal live
             if self.sink_thread:
+                if sink_error:
+                    raise sink_error[0]
                 sink_q.put((method, arg))
             else:
                 t = time.perf_counter()
@@ -222,9 +231,14 @@ class PipelinedReconstructor:
                 yield frame
             rec.num_frames += len(rec._held)
             rec._held = []
+            if self.sink_thread:  # the last frames' sink calls must succeed too
+                sink_q.put(_END)
+                sink_worker.join()
+                if sink_error:
+                    raise sink_error[0]
             ok = True
         except BaseException as exc:
-            if self.sink_thread:
+            if self.sink_thread and sink_worker.is_alive():
                 sink_q.put(_END)
                 sink_worker.join()
             rec._emit(live, "on_interrupt", exc)

@@ -116,3 +116,42 @@ def test_stopping_early_ends_the_worker_threads():
     gen.close()
     assert first.index == 0
     assert not [t for t in threading.enumerate() if t.name.startswith("laser-")]
+
+
+class DiskFull:
+    """An essential sink (like the run writer) that fails on its fifth frame."""
+
+    essential = True
+
+    def __init__(self):
+        self.frames = 0
+        self.interrupted = None
+        self.closed = False
+
+    def on_frame(self, frame):
+        self.frames += 1
+        if self.frames == 5:
+            raise OSError(28, "No space left on device")
+
+    def on_interrupt(self, exc):
+        self.interrupted = exc
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("sink_thread", [True, False])
+def test_essential_sink_failure_stops_the_run(sink_thread):
+    # A failing essential sink must end the run with its error (not hang the caller on a full
+    # sink queue, not finish as if the results were complete).
+    scene = make_scene("demo", 60, 64, 112)
+    runner = PipelinedReconstructor(
+        StreamingReconstructor(make_model(scene=scene), LaserConfig(window_size=10, overlap=3)),
+        sink_thread=sink_thread,
+    )
+    sink = DiskFull()
+    with pytest.raises(OSError, match="No space"):
+        for _ in runner.run(scene.frames(), [sink]):
+            pass
+    assert sink.frames == 5 and sink.closed
+    assert isinstance(sink.interrupted, OSError)
