@@ -113,6 +113,8 @@ def main() -> None:
             cfg.huber_delta,
             cfg.irls_iterations,
             cfg.min_layer_pixels,
+            intra_hops=cfg.intra_hops,
+            fill_radius=cfg.scale_fill_radius,
         )
         lap("layer_graph")
         scale = (

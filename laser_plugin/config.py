@@ -24,6 +24,10 @@ class LaserConfig:
     intra_edges: bool = True
     """Intra-window edges between adjacent frames. False = the paper's 'w/o E_intra' ablation:
     layer scales then reach only the overlap frames, not the frames no earlier window saw."""
+    intra_hops: int = 3
+    """Intra-window edges also link frames up to this far apart (1 = adjacent frames only, the
+    paper): a layer the frame-to-frame chain missed (segmentation glitched in one frame, one weak
+    IoU) is linked directly to the last frames that had it (benchmarks/NOTES.md)."""
     intra_warp: bool = True
     """Warp layer masks into the next frame with the window's own geometry before matching."""
     top_conf_fraction: float = 0.5
@@ -37,7 +41,7 @@ class LaserConfig:
     points, or both. Chosen on the accuracy benchmark (see benchmarks/NOTES.md)."""
     max_layers: int = 24
     """Most depth layers per frame; the largest are kept."""
-    min_layer_fraction: float = 0.002
+    min_layer_fraction: float = 0.001
     """Segments smaller than this fraction of the frame are left without a layer."""
     depth_jump: float = 0.04
     """Relative depth step between neighbouring (strided) pixels that cuts a layer."""
@@ -47,14 +51,21 @@ class LaserConfig:
     segment_stride: int = 0
     """Segment at 1/stride resolution (labels are upsampled). 0 = auto: 1 below 200 pixels on the
     short side, else 2 (keeps 518x294 fast while small images keep their detail)."""
+    scale_fill_radius: int = 4
+    """Pixels without a layer (surface rims the crease test drops, thin slivers) take the mean
+    log-scale of the labelled pixels within this radius on the segmentation grid; 0 = their
+    frame's mean scale."""
     min_layer_pixels: int = 32
     """Shared pixels an inter-window edge needs before its scale is trusted."""
-    layer_fusion: Literal["previous", "confidence"] = "previous"
+    layer_fusion: Literal["previous", "confidence", "accumulated"] = "previous"
     """How an inter-window edge sets a layer's scale. "previous": the earlier estimate is imposed
     (the paper). "confidence": the two are blended in log-scale by the model's own mean confidence
     on the shared pixels, so a layer first seen in an unreliable window is pulled toward a later,
     more reliable one (an extension; needs a backend whose confidence is comparable across
-    windows, as π³'s probabilities are)."""
+    windows, as π³'s probabilities are). "accumulated": the same blend, but the earlier estimate
+    weighs with the confidence it has accumulated over every window that fused it (precisions
+    add), so a layer seen reliably many times is no longer pulled around by each new window,
+    while one first seen only in unreliable windows still follows a better later one."""
     overlap_estimate: Literal["earlier", "later"] = "earlier"
     """Which window's estimate an overlap frame keeps. "earlier": the first window that saw it
     (lowest latency: a frame is final as soon as its first window is aligned). "later": the next
@@ -86,13 +97,17 @@ class LaserConfig:
             raise ConfigError(f"iou_threshold must be below 1, got {self.iou_threshold}")
         if self.top_conf_fraction > 1:
             raise ConfigError(f"top_conf_fraction must be at most 1, got {self.top_conf_fraction}")
+        if self.scale_fill_radius < 0:
+            raise ConfigError(f"scale_fill_radius must be 0 (off) or positive, got {self.scale_fill_radius}")
         if self.segment_stride < 0:
             raise ConfigError(f"segment_stride must be 0 (auto) or positive, got {self.segment_stride}")
-        for name in ("irls_iterations", "max_layers", "min_layer_pixels"):
+        for name in ("irls_iterations", "max_layers", "min_layer_pixels", "intra_hops"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.layer_fusion not in ("previous", "confidence"):
-            raise ConfigError(f"layer_fusion must be previous or confidence, got {self.layer_fusion!r}")
+        if self.layer_fusion not in ("previous", "confidence", "accumulated"):
+            raise ConfigError(
+                f"layer_fusion must be previous, confidence or accumulated, got {self.layer_fusion!r}"
+            )
         if self.overlap_estimate not in ("earlier", "later"):
             raise ConfigError(f"overlap_estimate must be earlier or later, got {self.overlap_estimate!r}")
         if self.registration not in ("cameras", "points", "both"):

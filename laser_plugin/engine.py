@@ -289,7 +289,7 @@ class StreamingReconstructor:
             layers = None
             stride = cfg.stride_for(*depth.shape[-2:])
             conf_strided = None
-            if cfg.layer_alignment and cfg.layer_fusion == "confidence":
+            if cfg.layer_alignment and cfg.layer_fusion in ("confidence", "accumulated"):
                 conf_strided = strided_depth(conf.clamp_min(1e-12) * valid, stride)
             if cfg.layer_alignment:
                 layers = segment_depth_layers(
@@ -305,7 +305,7 @@ class StreamingReconstructor:
                 if n_o and all(p.labels is not None for p in prev):
                     k_s = intr.clone()
                     k_s[:, :2] /= stride
-                    fuse = cfg.layer_fusion == "confidence" and all(
+                    fuse = cfg.layer_fusion != "previous" and all(
                         p.conf_strided is not None for p in prev
                     )
                     la = align_layers(
@@ -323,6 +323,8 @@ class StreamingReconstructor:
                         cfg.min_layer_pixels,
                         conf_prev=torch.stack([p.conf_strided for p in prev]) if fuse else None,
                         conf_new=conf_strided if fuse else None,
+                        intra_hops=cfg.intra_hops,
+                        fill_radius=cfg.scale_fill_radius,
                     )
                     t = self._timed("layer_graph", t, times)
                     h, w = depth.shape[-2:]
@@ -334,6 +336,12 @@ class StreamingReconstructor:
                     strided_scale[first:] = la.pixel_scale[first:]
                     layers = layers._replace(depth=layers.depth * strided_scale)
                     node_scale = la.node_scale
+                    if cfg.layer_fusion == "accumulated" and la.node_prior is not None:
+                        # The fused estimate is as reliable as both estimates together (precisions
+                        # add): the next window's fusion weighs it with the sum.
+                        lab = layers.labels.clamp_min(0).reshape(len(window.items), -1)
+                        prior = torch.gather(la.node_prior, 1, lab).view_as(conf_strided)
+                        conf_strided = conf_strided + torch.where(layers.labels >= 0, prior, torch.zeros_like(prior))
                     n_inter, n_intra = la.num_inter_edges, la.num_intra_edges
                     new_reached = la.reached[n_o:]
                     if new_reached.any():

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from laser_plugin.geometry.camera import invert_rigid
@@ -30,6 +31,10 @@ class LayerAlignment:
     """(L, h, w) scale per strided pixel (unlabelled pixels get their frame's mean)."""
     num_inter_edges: int
     num_intra_edges: int
+    node_prior: Tensor | None = None
+    """(L, M) with confidence fusion: mean confidence (precision) of the earlier estimate that
+    reached each node, 0 where unreached; the fused estimate's precision is this plus the new
+    window's own confidence (``layer_fusion="accumulated"`` carries it to the next window)."""
 
 
 def _pair_codes(lab_a: Tensor, lab_b: Tensor, m: int) -> Tensor:
@@ -59,6 +64,43 @@ def _pair_iou(codes: Tensor, num_frames: int, m: int) -> tuple[Tensor, Tensor]:
     union = area_a[:, :, None] + area_b[:, None, :] - inter
     iou = torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
     return inter, iou
+
+
+def _box_sum(x: Tensor, r: int) -> Tensor:
+    """Sum of (N, h, w) ``x`` over the (2r+1)^2 box around each pixel (clipped at the borders),
+    by prefix sums along each axis: O(pixels) whatever the radius."""
+    h, w = x.shape[-2:]
+    c = F.pad(x.cumsum(2), (1, 0))
+    xs = torch.arange(w, device=x.device)
+    rows = c[:, :, (xs + r + 1).clamp(max=w)] - c[:, :, (xs - r).clamp(min=0)]
+    c = F.pad(rows.cumsum(1), (0, 0, 1, 0))
+    ys = torch.arange(h, device=x.device)
+    return c[:, (ys + r + 1).clamp(max=h)] - c[:, (ys - r).clamp(min=0)]
+
+
+def _warp_subset(
+    labels: Tensor, depth: Tensor, pose_src: Tensor, pose_dst: Tensor, k_src: Tensor, k_dst: Tensor
+) -> Tensor:
+    """Forward-warp the labelled pixels (>= 0) of one (h, w) map into another camera; -1 elsewhere."""
+    h, w = labels.shape
+    v, u = torch.nonzero((labels >= 0) & (depth > 0), as_tuple=True)
+    out = torch.full_like(labels, -1)
+    if v.numel() == 0:
+        return out
+    dt = torch.float64
+    z = depth[v, u].to(dt)
+    k_src, k_dst = k_src.to(dt), k_dst.to(dt)
+    x = (u.to(dt) - k_src[0, 2]) / k_src[0, 0] * z
+    y = (v.to(dt) - k_src[1, 2]) / k_src[1, 1] * z
+    rel = invert_rigid(pose_dst.to(dt)) @ pose_src.to(dt)
+    p = torch.stack([x, y, z], -1) @ rel[:3, :3].T + rel[:3, 3]
+    zc = p[:, 2]
+    zs = zc.clamp_min(1e-9)
+    uu = torch.round(k_dst[0, 0] * p[:, 0] / zs + k_dst[0, 2]).clamp(-1, w).long()
+    vv = torch.round(k_dst[1, 1] * p[:, 1] / zs + k_dst[1, 2]).clamp(-1, h).long()
+    ok = (zc > 0) & (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
+    out.view(-1)[(vv * w + uu)[ok]] = labels[v, u][ok]
+    return out
 
 
 def warp_labels(labels: Tensor, depth: Tensor, poses: Tensor, intrinsics: Tensor) -> Tensor:
@@ -115,6 +157,8 @@ def align_layers(
     min_pixels: int = 32,
     conf_prev: Tensor | None = None,
     conf_new: Tensor | None = None,
+    intra_hops: int = 1,
+    fill_radius: int = 0,
 ) -> LayerAlignment:
     """Per-layer scales for a window registered by Sim(3) (all on the strided grid).
 
@@ -122,7 +166,14 @@ def align_layers(
     inter-window edge is fused instead of imposed (an extension beyond the paper): the scale
     ``s_e`` becomes ``s_e ** (c_prev / (c_prev + c_new))`` with the mean confidences of the
     shared pixels, so a layer the new window sees much more reliably keeps more of its own
-    depth. Without them, every edge imposes the earlier estimate (the paper).
+    depth. Without them, every edge imposes the earlier estimate (the paper). ``node_prior`` then
+    reports the earlier estimate's mean confidence per node, for callers that accumulate it.
+
+    ``intra_hops`` > 1 adds skip links: a layer of frame t+1 that no adjacent-frame edge reached
+    is linked to a reached layer of frame t+1-k (k = 2..intra_hops) whose chain ended there,
+    warped directly, so one frame where segmentation glitched or one weak IoU does not end the
+    chain for the rest of the window. ``fill_radius`` > 0: unlabelled pixels take the mean
+    log-scale of the labelled pixels within that radius instead of their frame's mean.
 
     labels_new, depth_new: (L, h, w) for the new window, its first O frames being the overlap;
     labels_prev, depth_prev: (O, h, w) final estimates of those overlap frames; poses (L, 4, 4)
@@ -134,6 +185,8 @@ def align_layers(
     m = int(max(labels_new.max().item(), labels_prev.max().item() if n_o else -1, 0)) + 1
     acc_sum = torch.zeros(n * m, dtype=torch.float64, device=dev)
     acc_w = torch.zeros(n * m, dtype=torch.float64, device=dev)
+    fuse = conf_prev is not None and conf_new is not None
+    acc_prior = torch.zeros(n * m, dtype=torch.float64, device=dev) if fuse else None
 
     # Inter-window edges on the overlap frames.
     num_inter = 0
@@ -173,6 +226,8 @@ def align_layers(
                 )
                 frac = (cp / (cp + cn).clamp_min(1e-12))[ok]
                 edge_scale = edge_scale**frac
+                npix = torch.bincount(grp, minlength=num_inter).double().clamp_min(1)
+                acc_prior.index_add_(0, node, wgt * (cp / npix)[ok])
             acc_sum.index_add_(0, node, wgt * edge_scale)
             acc_w.index_add_(0, node, wgt)
 
@@ -188,15 +243,50 @@ def align_layers(
         _, iou = _pair_iou(codes, n - 1, m)
         link_all = torch.where(iou > iou_threshold, iou, torch.zeros_like(iou))
         num_intra = int((link_all > 0).sum())
+        has_successor = (link_all > 0).any(2)  # (L-1, M): the layer continues in frame t+1
+        present = torch.zeros(n, m + 1, dtype=torch.bool, device=dev)
+        present.scatter_(1, (labels_new.reshape(n, -1) % (m + 1)), True)  # -1 -> column m
+        present = present[:, :m]
         acc_sum, acc_w = acc_sum.view(n, m), acc_w.view(n, m)
+        acc_prior = acc_prior.view(n, m) if fuse else None
+
+        def add_links(src: int, dst: int, link: Tensor) -> None:
+            w_src = acc_w[src]
+            reached = w_src > 0
+            link = link * reached[:, None]
+            acc_sum[dst] += torch.where(reached, acc_sum[src] / w_src.clamp_min(1e-30), 0.0) @ link
+            acc_w[dst] += reached.double() @ link
+            if fuse:
+                acc_prior[dst] += torch.where(reached, acc_prior[src] / w_src.clamp_min(1e-30), 0.0) @ link
+
         for t in range(n - 1):
-            val_w = acc_w[t]
-            reached = val_w > 0
-            val = torch.where(reached, acc_sum[t] / val_w.clamp_min(1e-30), torch.zeros_like(val_w))
-            link = link_all[t] * reached[:, None]
-            acc_sum[t + 1] += val @ link
-            acc_w[t + 1] += reached.double() @ link
+            add_links(t, t + 1, link_all[t])
+            # Skip links: a layer of frame t+1 the chain missed (a frame where segmentation
+            # glitched, one weak IoU) is linked to a reached layer of frame t+1-k whose chain
+            # ended there (no adjacent successor), warped directly. Only those orphaned layers'
+            # pixels are warped, so this costs little.
+            for k in range(2, intra_hops + 1):
+                s = t + 1 - k
+                missed = acc_w[t + 1] == 0
+                if s < 0 or not bool((missed & present[t + 1]).any()):
+                    break
+                orphan = (acc_w[s] > 0) & ~has_successor[s]
+                if not orphan.any():
+                    continue
+                src = labels_new[s].clone()
+                src[(src < 0) | ~orphan[src.clamp_min(0)]] = -1
+                if intra_warp:
+                    src = _warp_subset(
+                        src, depth_new[s], poses[s], poses[t + 1], intrinsics[s], intrinsics[t + 1]
+                    )
+                codes_k = _pair_codes(src.reshape(1, -1), labels_new[t + 1].reshape(1, -1), m)
+                iou_k = _pair_iou(codes_k, 1, m)[1][0]
+                ok = (iou_k > iou_threshold) & orphan[:, None] & missed[None, :]
+                if ok.any():
+                    add_links(s, t + 1, torch.where(ok, iou_k, torch.zeros_like(iou_k)))
+                    num_intra += int(ok.sum())
         acc_sum, acc_w = acc_sum.reshape(-1), acc_w.reshape(-1)
+        acc_prior = acc_prior.reshape(-1) if fuse else None
 
     reached = (acc_w > 0).view(n, m)
     node_scale = torch.where(
@@ -212,4 +302,16 @@ def align_layers(
     cnt = labelled.sum((1, 2)).clamp_min(1)
     frame_mean = torch.exp(logs / cnt)
     pixel_scale = torch.where(labelled, pix, frame_mean[:, None, None].expand_as(pix))
-    return LayerAlignment(node_scale, reached, pixel_scale, num_inter, num_intra)
+    if fill_radius > 0:
+        # Pixels without a layer are mostly the rims of surfaces (the crease test drops them) and
+        # thin slivers of objects: the layers around them say more about their scale than the
+        # whole frame does. Normalised convolution of log-scales over labelled pixels.
+        lw = labelled.to(pix.dtype)
+        num, den = _box_sum(torch.log(pix) * lw, fill_radius), _box_sum(lw, fill_radius)
+        local = torch.exp(num / den.clamp_min(1e-12))
+        pixel_scale = torch.where(labelled | (den <= 0.5), pixel_scale, local)
+    node_prior = None
+    if fuse:
+        node_prior = torch.where(acc_w > 0, acc_prior / acc_w.clamp_min(1e-30), torch.zeros_like(acc_prior))
+        node_prior = node_prior.view(n, m).to(depth_new.dtype)
+    return LayerAlignment(node_scale, reached, pixel_scale, num_inter, num_intra, node_prior)

@@ -1,0 +1,57 @@
+"""Layer-graph extensions for layer consistency: skip links over a glitched frame, the local
+scale of unlabelled pixels, and the accumulated precision of the fused estimate."""
+
+import torch
+
+from laser_plugin.geometry.lsa import align_layers
+
+
+def _window(n_frames=6, n_overlap=2, h=30, w=40):
+    """Static camera; a near square (label 1) in front of a wall (label 0)."""
+    labels = torch.zeros(n_frames, h, w, dtype=torch.long)
+    labels[:, 8:22, 10:30] = 1
+    depth = torch.full((n_frames, h, w), 5.0, dtype=torch.float64)
+    depth[labels == 1] = 2.0
+    poses = torch.eye(4, dtype=torch.float64).repeat(n_frames, 1, 1)
+    k = torch.tensor([[40.0, 0, (w - 1) / 2], [0, 40.0, (h - 1) / 2], [0, 0, 1]], dtype=torch.float64)
+    return labels, depth, poses, k.expand(n_frames, 3, 3).clone(), n_overlap
+
+
+def test_skip_links_bridge_a_frame_where_segmentation_glitched():
+    labels, depth_true, poses, k, n_o = _window()
+    labels[3][labels[3] == 1] = -1  # frame 3 lost the near layer (e.g. merged, too small)
+    planted = torch.tensor([1.0, 1.3], dtype=torch.float64)
+    depth_new = depth_true / planted[labels.clamp_min(0)]
+    args = (labels, depth_new, labels[:n_o], depth_true[:n_o], poses, k)
+    adjacent = align_layers(*args, intra_hops=1)
+    assert not adjacent.reached[4:, 1].any()  # the adjacent-frame chain ends at the glitch
+    skip = align_layers(*args, intra_hops=2)
+    assert skip.reached[4:, 1].all()
+    torch.testing.assert_close(skip.node_scale[4:, 1], planted[1].expand(2), atol=1e-6, rtol=0)
+
+
+def test_unlabelled_pixels_take_the_scale_of_the_layers_around_them():
+    labels, depth_true, poses, k, n_o = _window()
+    labels[:, 8:22, 18:22] = -1  # an unlabelled strip inside the near layer
+    planted = torch.tensor([1.0, 1.3], dtype=torch.float64)
+    near = torch.zeros_like(labels, dtype=torch.bool)
+    near[:, 8:22, 10:30] = True
+    depth_new = torch.where(near, depth_true / 1.3, depth_true)
+    args = (labels, depth_new, labels[:n_o], depth_true[:n_o], poses, k)
+    frame_mean = align_layers(*args, fill_radius=0).pixel_scale[:, 15, 20]
+    local = align_layers(*args, fill_radius=3).pixel_scale[:, 15, 20]
+    assert (frame_mean < 1.2).all()  # the frame's mean is mostly the wall's 1.0
+    torch.testing.assert_close(local, planted[1].expand_as(local), atol=1e-6, rtol=0)
+
+
+def test_fusion_reports_the_earlier_estimates_precision():
+    labels, depth_true, poses, k, n_o = _window()
+    planted = torch.tensor([1.0, 1.3], dtype=torch.float64)
+    depth_new = depth_true / planted[labels]
+    conf_prev = torch.full((n_o, 30, 40), 3.0, dtype=torch.float64)  # accumulated over 3 windows
+    conf_new = torch.ones(6, 30, 40, dtype=torch.float64)
+    la = align_layers(labels, depth_new, labels[:n_o], depth_true[:n_o], poses, k,
+                      conf_prev=conf_prev, conf_new=conf_new)
+    # s ** (3 / 4): the earlier estimate weighs three times the new one, on every frame
+    torch.testing.assert_close(la.node_scale[:, 1], (planted[1] ** 0.75).expand(6), atol=1e-6, rtol=0)
+    torch.testing.assert_close(la.node_prior[:, :2], torch.full((6, 2), 3.0, dtype=la.node_prior.dtype))
