@@ -68,14 +68,13 @@ def _pair_iou(codes: Tensor, num_frames: int, m: int) -> tuple[Tensor, Tensor]:
 
 def _box_sum(x: Tensor, r: int) -> Tensor:
     """Sum of (N, h, w) ``x`` over the (2r+1)^2 box around each pixel (clipped at the borders),
-    by prefix sums along each axis: O(pixels) whatever the radius."""
+    by prefix sums along each axis (edge-replicated, so every box is two slices): O(pixels)
+    whatever the radius."""
     h, w = x.shape[-2:]
-    c = F.pad(x.cumsum(2), (1, 0))
-    xs = torch.arange(w, device=x.device)
-    rows = c[:, :, (xs + r + 1).clamp(max=w)] - c[:, :, (xs - r).clamp(min=0)]
-    c = F.pad(rows.cumsum(1), (0, 0, 1, 0))
-    ys = torch.arange(h, device=x.device)
-    return c[:, (ys + r + 1).clamp(max=h)] - c[:, (ys - r).clamp(min=0)]
+    c = F.pad(F.pad(x.cumsum(2), (1, 0)), (r, r), mode="replicate")
+    rows = c[:, :, 2 * r + 1 : 2 * r + 1 + w] - c[:, :, :w]
+    c = F.pad(F.pad(rows.cumsum(1), (0, 0, 1, 0))[:, None], (0, 0, r, r), mode="replicate")[:, 0]
+    return c[:, 2 * r + 1 : 2 * r + 1 + h] - c[:, :h]
 
 
 def _warp_subset(
