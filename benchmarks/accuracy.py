@@ -36,7 +36,9 @@ VARIANTS = {
     "w/o LSA (Sim(3) only)": dict(overlap_estimate="later", layer_alignment=False),
     "full, paper fusion": dict(overlap_estimate="later", layer_fusion="previous"),
     "full, accumulated fusion": dict(overlap_estimate="later", layer_fusion="accumulated"),
-    "full, points registration": dict(overlap_estimate="later", layer_fusion="confidence", registration="points"),
+    "full, points registration": dict(
+        overlap_estimate="later", layer_fusion="confidence", registration="points"
+    ),
 }
 
 
@@ -51,7 +53,10 @@ def run_sequence(name: str, frames: int | None, error_mode: str, height: int, wi
         out[label] = evaluate_frames(result, scene) | {"seconds": time.perf_counter() - t0}
     pred = model.predict(list(range(scene.num_frames)))  # offline: one window, whole sequence
     out["offline reference"] = evaluate_depths_poses(
-        list(pred.depth.numpy()), pred.cam_to_world.double().numpy(), scene, list(range(scene.num_frames))
+        list(pred.depth.numpy()),
+        pred.cam_to_world.double().numpy(),
+        scene,
+        list(range(scene.num_frames)),
     )
     return out
 
@@ -62,12 +67,18 @@ def summarise(results: dict) -> dict:
         v: {k: float(np.mean([r[v][k] for r in results.values()])) for k in keys}
         for v in next(iter(results.values()))
     }
-    full, noi, sim3, off = (mean[k] for k in ("full", "w/o E_intra", "w/o LSA (Sim(3) only)", "offline reference"))
+    full, noi, sim3, off = (
+        mean[k] for k in ("full", "w/o E_intra", "w/o LSA (Sim(3) only)", "offline reference")
+    )
     return {
         "mean": mean,
         "ordering_full<no_intra<sim3": bool(full["abs_rel"] < noi["abs_rel"] < sim3["abs_rel"]),
         "ordering_per_sequence": {
-            name: bool(r["full"]["abs_rel"] < r["w/o E_intra"]["abs_rel"] < r["w/o LSA (Sim(3) only)"]["abs_rel"])
+            name: bool(
+                r["full"]["abs_rel"]
+                < r["w/o E_intra"]["abs_rel"]
+                < r["w/o LSA (Sim(3) only)"]["abs_rel"]
+            )
             for name, r in results.items()
         },
         "consistency_ratio_full_vs_sim3": full["consistency"] / max(sim3["consistency"], 1e-12),
@@ -75,14 +86,17 @@ def summarise(results: dict) -> dict:
         # spread: per-frame model noise), reported beside it, not instead of it.
         "consistency_excess_ratio_full_vs_sim3": (full["consistency"] - off["consistency"])
         / max(sim3["consistency"] - off["consistency"], 1e-12),
-        "abs_rel_gap_closed": (sim3["abs_rel"] - full["abs_rel"]) / max(sim3["abs_rel"] - off["abs_rel"], 1e-12),
+        "abs_rel_gap_closed": (sim3["abs_rel"] - full["abs_rel"])
+        / max(sim3["abs_rel"] - off["abs_rel"], 1e-12),
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sequences", default="demo,stop_and_go,turn,lateral")
-    ap.add_argument("--frames", type=int, default=None, help="frames per sequence (default: each scene's own)")
+    ap.add_argument(
+        "--frames", type=int, default=None, help="frames per sequence (default: each scene's own)"
+    )
     ap.add_argument("--error-mode", default="layers", choices=["layers", "distortion", "both"])
     ap.add_argument("--height", type=int, default=128)
     ap.add_argument("--width", type=int, default=224)
@@ -98,11 +112,19 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"synthetic accuracy ({args.error_mode} errors, {args.height}x{args.width}); mean over {len(results)} sequences")
+    table = Table(
+        title=f"synthetic accuracy ({args.error_mode} errors, {args.height}x{args.width}); mean over {len(results)} sequences"
+    )
     for col in ["variant", "AbsRel", "δ<1.25", "ATE", "RPE t", "RPE r (deg)", "consistency"]:
         table.add_column(col)
     for v, m in summary["mean"].items():
-        table.add_row(v, *(f"{m[k]:.4f}" for k in ["abs_rel", "delta_1_25", "ate", "rpe_trans", "rpe_rot_deg", "consistency"]))
+        table.add_row(
+            v,
+            *(
+                f"{m[k]:.4f}"
+                for k in ["abs_rel", "delta_1_25", "ate", "rpe_trans", "rpe_rot_deg", "consistency"]
+            ),
+        )
     console = Console()
     console.print(table)
     for name, r in results.items():
@@ -114,7 +136,12 @@ def main() -> None:
         f"AbsRel gap to offline closed: {100 * summary['abs_rel_gap_closed']:.0f}%"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "results": results, "summary": summary}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {"args": vars(args) | {"out": str(args.out)}, "results": results, "summary": summary},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -98,9 +98,13 @@ class LaserConfig:
         if self.top_conf_fraction > 1:
             raise ConfigError(f"top_conf_fraction must be at most 1, got {self.top_conf_fraction}")
         if self.scale_fill_radius < 0:
-            raise ConfigError(f"scale_fill_radius must be 0 (off) or positive, got {self.scale_fill_radius}")
+            raise ConfigError(
+                f"scale_fill_radius must be 0 (off) or positive, got {self.scale_fill_radius}"
+            )
         if self.segment_stride < 0:
-            raise ConfigError(f"segment_stride must be 0 (auto) or positive, got {self.segment_stride}")
+            raise ConfigError(
+                f"segment_stride must be 0 (auto) or positive, got {self.segment_stride}"
+            )
         for name in ("irls_iterations", "max_layers", "min_layer_pixels", "intra_hops"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -109,9 +113,13 @@ class LaserConfig:
                 f"layer_fusion must be previous, confidence or accumulated, got {self.layer_fusion!r}"
             )
         if self.overlap_estimate not in ("earlier", "later"):
-            raise ConfigError(f"overlap_estimate must be earlier or later, got {self.overlap_estimate!r}")
+            raise ConfigError(
+                f"overlap_estimate must be earlier or later, got {self.overlap_estimate!r}"
+            )
         if self.registration not in ("cameras", "points", "both"):
-            raise ConfigError(f"registration must be cameras, points or both, got {self.registration!r}")
+            raise ConfigError(
+                f"registration must be cameras, points or both, got {self.registration!r}"
+            )
         return self
 
     @property

@@ -98,7 +98,7 @@ def rank_normalise(conf: Tensor, valid: Tensor, samples: int = 65536, bins: int 
     x = conf.float().clamp_min(1e-30)
     x.log_().sub_(lo).mul_(bins / (hi - lo)).clamp_(0, bins - 1)
     rank = mid.index_select(0, x.to(torch.int32).reshape(-1)).view_as(conf)  # int32: half the bytes
-    return rank.masked_fill_(~valid, 0.0).to(conf.dtype)
+    return rank.mul_(valid).to(conf.dtype)  # in place: no inverted-mask temporary
 
 
 class StreamingReconstructor:
@@ -341,7 +341,9 @@ class StreamingReconstructor:
                         # add): the next window's fusion weighs it with the sum.
                         lab = layers.labels.clamp_min(0).reshape(len(window.items), -1)
                         prior = torch.gather(la.node_prior, 1, lab).view_as(conf_strided)
-                        conf_strided = conf_strided + torch.where(layers.labels >= 0, prior, torch.zeros_like(prior))
+                        conf_strided = conf_strided + torch.where(
+                            layers.labels >= 0, prior, torch.zeros_like(prior)
+                        )
                     n_inter, n_intra = la.num_inter_edges, la.num_intra_edges
                     new_reached = la.reached[n_o:]
                     if new_reached.any():

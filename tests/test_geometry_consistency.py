@@ -13,7 +13,9 @@ def _window(n_frames=6, n_overlap=2, h=30, w=40):
     depth = torch.full((n_frames, h, w), 5.0, dtype=torch.float64)
     depth[labels == 1] = 2.0
     poses = torch.eye(4, dtype=torch.float64).repeat(n_frames, 1, 1)
-    k = torch.tensor([[40.0, 0, (w - 1) / 2], [0, 40.0, (h - 1) / 2], [0, 0, 1]], dtype=torch.float64)
+    k = torch.tensor(
+        [[40.0, 0, (w - 1) / 2], [0, 40.0, (h - 1) / 2], [0, 0, 1]], dtype=torch.float64
+    )
     return labels, depth, poses, k.expand(n_frames, 3, 3).clone(), n_overlap
 
 
@@ -50,8 +52,20 @@ def test_fusion_reports_the_earlier_estimates_precision():
     depth_new = depth_true / planted[labels]
     conf_prev = torch.full((n_o, 30, 40), 3.0, dtype=torch.float64)  # accumulated over 3 windows
     conf_new = torch.ones(6, 30, 40, dtype=torch.float64)
-    la = align_layers(labels, depth_new, labels[:n_o], depth_true[:n_o], poses, k,
-                      conf_prev=conf_prev, conf_new=conf_new)
+    la = align_layers(
+        labels,
+        depth_new,
+        labels[:n_o],
+        depth_true[:n_o],
+        poses,
+        k,
+        conf_prev=conf_prev,
+        conf_new=conf_new,
+    )
     # s ** (3 / 4): the earlier estimate weighs three times the new one, on every frame
-    torch.testing.assert_close(la.node_scale[:, 1], (planted[1] ** 0.75).expand(6), atol=1e-6, rtol=0)
-    torch.testing.assert_close(la.node_prior[:, :2], torch.full((6, 2), 3.0, dtype=la.node_prior.dtype))
+    torch.testing.assert_close(
+        la.node_scale[:, 1], (planted[1] ** 0.75).expand(6), atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        la.node_prior[:, :2], torch.full((6, 2), 3.0, dtype=la.node_prior.dtype)
+    )

@@ -23,7 +23,9 @@ from laser_plugin.geometry.robust import robust_scale
 from laser_plugin.geometry.sim3 import Sim3, register_overlap, weighted_procrustes
 
 F64 = torch.float64
-PROFILE = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROFILE = settings(
+    max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=64)
 
@@ -155,6 +157,9 @@ def scale_problems(draw, max_outliers=0.4):
 @given(scale_problems())
 def test_robust_scale_recovers_the_planted_scale_under_outliers(problem):
     num, den, s, frac = problem
+    # ``frac`` is the realised fraction: on a few dozen samples a 0.4 draw can exceed the 50%
+    # breakdown point, where no robust estimator can tell which side is the inlier set.
+    assume(frac < 0.45)
     fit = robust_scale(num, den)
     # Graceful: tight while outliers are a minority well below the 50% breakdown point.
     tol = 0.01 if frac <= 0.3 else 0.03
