@@ -23,7 +23,12 @@ from torch import Tensor
 
 from laser_plugin.config import LaserConfig
 from laser_plugin.errors import ConfigError
-from laser_plugin.geometry.layers import segment_depth_layers, strided_depth, upsample_labels
+from laser_plugin.geometry.layers import (
+    mul_upsampled_,
+    segment_depth_layers,
+    strided_depth,
+    upsample_labels,
+)
 from laser_plugin.geometry.lsa import align_layers
 from laser_plugin.geometry.sanitize import sanitize_prediction
 from laser_plugin.geometry.sim3 import (
@@ -331,7 +336,7 @@ class StreamingReconstructor:
                     # Overlap frames keep the earlier estimate unless they are re-emitted ("later").
                     first = 0 if cfg.overlap_estimate == "later" else n_o
                     # ``depth`` is this window's own tensor (scaled above): rescale it in place.
-                    depth[first:] *= upsample_labels(la.pixel_scale[first:], stride, h, w)
+                    mul_upsampled_(depth[first:], la.pixel_scale[first:], stride)  # a view
                     strided_scale = torch.ones_like(la.pixel_scale)
                     strided_scale[first:] = la.pixel_scale[first:]
                     layers = layers._replace(depth=layers.depth * strided_scale)

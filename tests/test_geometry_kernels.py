@@ -171,3 +171,19 @@ def test_segment_median_single_and_many_groups_agree_with_torch():
     for k in range(5):
         assert med[k] == (vals * 1e6)[grp == k].median()
     assert torch.isnan(med[5])
+
+
+def test_mul_upsampled_matches_explicit_upsampling():
+    from laser_plugin.geometry.layers import mul_upsampled_, upsample_labels
+
+    g = torch.Generator().manual_seed(6)
+    scale = torch.rand(3, 5, 7, generator=g) + 0.5
+    for size in ((10, 14), (11, 15)):  # exact multiple, and a border to replicate
+        target = torch.rand(3, *size, generator=g)
+        ref = target * upsample_labels(scale, 2, *size)
+        torch.testing.assert_close(mul_upsampled_(target.clone(), scale, 2), ref)
+    base = torch.rand(4, 10, 14, generator=g)
+    view = base.clone()
+    mul_upsampled_(view[1:], scale, 2)  # in place through a view of the later frames
+    torch.testing.assert_close(view[1:], base[1:] * upsample_labels(scale, 2, 10, 14))
+    torch.testing.assert_close(view[0], base[0])

@@ -248,8 +248,24 @@ def upsample_labels(labels: Tensor, stride: int, height: int, width: int) -> Ten
     if stride == 1:
         return labels
     n, h, w = labels.shape
+    if (h * stride, w * stride) == (height, width):  # exact multiple: a broadcast copy
+        up = labels[:, :, None, :, None].expand(n, h, stride, w, stride)
+        return up.reshape(n, height, width)
     dev = labels.device
     rows = (torch.arange(height, device=dev) // stride).clamp_(max=h - 1)
     cols = (torch.arange(width, device=dev) // stride).clamp_(max=w - 1)
     index = (rows[:, None] * w + cols[None, :]).reshape(-1)
     return labels.reshape(n, h * w).index_select(1, index).view(n, height, width)
+
+
+def mul_upsampled_(target: Tensor, strided: Tensor, stride: int) -> Tensor:
+    """``target *= upsample_labels(strided)`` in place, without the upsampled temporary when the
+    full size is an exact multiple of the grid (a broadcast over (stride, stride) blocks).
+
+    target (N, H, W) contiguous, strided (N, h, w) -> target."""
+    n, height, width = target.shape
+    _, h, w = strided.shape
+    if stride > 1 and (h * stride, w * stride) == (height, width) and target.is_contiguous():
+        target.view(n, h, stride, w, stride).mul_(strided[:, :, None, :, None])
+        return target
+    return target.mul_(upsample_labels(strided, stride, height, width))
