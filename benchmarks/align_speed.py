@@ -20,7 +20,7 @@ import torch
 
 from laser_plugin import LaserConfig
 from laser_plugin.engine import rank_normalise
-from laser_plugin.geometry.layers import segment_depth_layers, upsample_labels
+from laser_plugin.geometry.layers import mul_upsampled_, segment_depth_layers
 from laser_plugin.geometry.lsa import align_layers
 from laser_plugin.geometry.sanitize import sanitize_prediction
 from laser_plugin.geometry.sim3 import register_overlap
@@ -117,12 +117,8 @@ def main() -> None:
             fill_radius=cfg.scale_fill_radius,
         )
         lap("layer_graph")
-        scale = (
-            upsample_labels(la.pixel_scale, stride, args.height, args.width)
-            if stride > 1
-            else la.pixel_scale
-        )
-        depth = depth * scale  # along camera rays; world points are derived from it on demand
+        # along camera rays, in place, as the engine does; world points derive from it on demand
+        mul_upsampled_(depth, la.pixel_scale, stride)
         lap("scaling")
 
     # The whole of StreamingReconstructor.align() as a stream runs it: the four stages plus what
