@@ -168,19 +168,23 @@ class StreamingReconstructor:
             self._emit(live, "on_interrupt", exc)
             raise
         finally:
-            failed = None
-            for sink in live:
-                try:
-                    sink.close()
-                except Exception as exc:  # a sink failing must not lose the others' files
-                    if getattr(sink, "essential", False):
-                        failed = failed or exc
-                    else:
-                        self._warn(f"sink {type(sink).__name__} failed to close: {exc}")
-            if ok and self.num_frames == 0:
-                self._warn("the stream had no frames")
-            if ok and failed is not None:  # the results are incomplete: not a success
-                raise failed
+            self._end_stream(live, ok)
+
+    def _end_stream(self, live: list, ok: bool, failed: BaseException | None = None) -> None:
+        """Close every sink; on a run that finished (``ok``), raise the first failure of an
+        essential sink (``failed``, or one in ``close``): the results are incomplete."""
+        for sink in live:
+            try:
+                sink.close()
+            except Exception as exc:  # a sink failing must not lose the others' files
+                if getattr(sink, "essential", False):
+                    failed = failed or exc
+                else:
+                    self._warn(f"sink {type(sink).__name__} failed to close: {exc}")
+        if ok and self.num_frames == 0:
+            self._warn("the stream had no frames")
+        if ok and failed is not None:
+            raise failed
 
     def start_stream(self, resume: EngineState | None = None) -> int:
         """Reset the per-stream state (or restore a saved one); return the windows already done.

@@ -218,9 +218,7 @@ class MultiDeviceReconstructor(StreamingReconstructor):
                     pred = self.predict(window, model=self.replicas[replica]).to(self.device)
                 stream.synchronize()
                 # The aligning thread reads and frees these on its own stream.
-                for x in (pred.depth, pred.conf, pred.cam_to_world, pred.intrinsics):
-                    if x.is_cuda:
-                        x.record_stream(self.align_stream or torch.cuda.current_stream(x.device))
+                pred.record_stream(self.align_stream)
             return pred, replica, time.perf_counter() - start
         finally:
             free.put(replica)

@@ -149,11 +149,7 @@ class PipelinedReconstructor:
                             pred = rec.predict(window)
                         # The caller's thread reads and frees these on its own stream.
                         stream.synchronize()
-                        for x in (pred.depth, pred.conf, pred.cam_to_world, pred.intrinsics):
-                            if x.is_cuda:
-                                x.record_stream(
-                                    self.align_stream or torch.cuda.default_stream(x.device)
-                                )
+                        pred.record_stream(self.align_stream)
                     else:
                         pred = rec.predict(window)
                     self._add("predict", time.perf_counter() - t)

@@ -52,7 +52,9 @@ class WindowPrediction:
             if not isinstance(getattr(self, name), Tensor):
                 raise TypeError(f"WindowPrediction.{name} must be a torch.Tensor")
         if self.depth.ndim != 3:
-            raise ValueError(f"WindowPrediction.depth must be (L, H, W), got {tuple(self.depth.shape)}")
+            raise ValueError(
+                f"WindowPrediction.depth must be (L, H, W), got {tuple(self.depth.shape)}"
+            )
         n, h, w = self.depth.shape
         expected = {
             "conf": (n, h, w),
@@ -66,7 +68,9 @@ class WindowPrediction:
         if num_frames is not None and n != num_frames:
             raise ValueError(f"model returned {n} frames for a window of {num_frames}")
 
-    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> WindowPrediction:
+    def to(
+        self, device: torch.device | str, dtype: torch.dtype = torch.float32
+    ) -> WindowPrediction:
         return WindowPrediction(
             depth=self.depth.to(device, dtype),
             conf=self.conf.to(device, dtype),
@@ -74,6 +78,14 @@ class WindowPrediction:
             intrinsics=self.intrinsics.to(device, dtype),
             descriptors=None if self.descriptors is None else self.descriptors.to(device, dtype),
         )
+
+    def record_stream(self, stream: torch.cuda.Stream | None = None) -> None:
+        """Tell the CUDA allocator that ``stream`` (default: each tensor's default stream) uses
+        these tensors, when they were made on another stream (a network thread's) and are read
+        and freed on this one."""
+        for x in (self.depth, self.conf, self.cam_to_world, self.intrinsics):
+            if x.is_cuda:
+                x.record_stream(stream or torch.cuda.default_stream(x.device))
 
 
 @runtime_checkable

@@ -279,19 +279,7 @@ class ProcessReconstructor(StreamingReconstructor):
             if self.sink_thread and sink_worker.is_alive():
                 sink_q.put(_END)
                 sink_worker.join()
-            failed = sink_error[0] if sink_error else None
-            for sink in live:
-                try:
-                    sink.close()
-                except Exception as exc:  # a sink failing must not lose the others' files
-                    if getattr(sink, "essential", False):
-                        failed = failed or exc
-                    else:
-                        self._warn(f"sink {type(sink).__name__} failed to close: {exc}")
-            if ok and self.num_frames == 0:
-                self._warn("the stream had no frames")
-            if ok and failed is not None:
-                raise failed
+            self._end_stream(live, ok, sink_error[0] if sink_error else None)
 
     def _sized(self, frames: Iterator[_Frame]) -> Iterator[_Frame]:
         """Fix the model size at the first frame (as ``StreamingReconstructor._prepared``)."""

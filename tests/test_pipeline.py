@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from sink_helpers import Recorder
 
 from laser_plugin import LaserConfig, StreamingReconstructor
 from laser_plugin.models.fast import accelerate
@@ -10,26 +11,6 @@ from laser_plugin.models.pi3 import make_model as make_pi3
 from laser_plugin.models.synthetic import make_model, make_scene
 from laser_plugin.models.synthetic.evaluate import evaluate_frames
 from laser_plugin.pipeline import PipelinedReconstructor
-
-
-class Recorder:
-    """A sink that records what it was called with, in order."""
-
-    def __init__(self):
-        self.calls = []
-        self.closed = False
-
-    def on_frame(self, frame):
-        self.calls.append(("frame", frame.index))
-
-    def on_window(self, stats):
-        self.calls.append(("window", stats.window))
-
-    def on_interrupt(self, exc):
-        self.calls.append(("interrupt", type(exc).__name__))
-
-    def close(self):
-        self.closed = True
 
 
 def _assert_same(a, b):

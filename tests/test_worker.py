@@ -8,6 +8,7 @@ import functools
 import numpy as np
 import pytest
 import torch
+from sink_helpers import Recorder
 
 from laser_plugin import LaserConfig, StreamingReconstructor
 from laser_plugin.errors import ConfigError
@@ -17,24 +18,6 @@ from laser_plugin.worker import WorkerError, WorkerPool, model_factory, preproce
 from laser_plugin.worker_runner import ProcessReconstructor
 
 SCENE = dict(scene="demo", num_frames=40, height=64, width=112)
-
-
-class Recorder:
-    def __init__(self):
-        self.calls = []
-        self.closed = False
-
-    def on_frame(self, frame):
-        self.calls.append(("frame", frame.index))
-
-    def on_window(self, stats):
-        self.calls.append(("window", stats.window))
-
-    def on_interrupt(self, exc):
-        self.calls.append(("interrupt", type(exc).__name__))
-
-    def close(self):
-        self.closed = True
 
 
 def assert_same_frames(frames, reference):
