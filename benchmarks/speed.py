@@ -380,7 +380,15 @@ def process_variants(
 
     variants = [(f"process_{t}", t, {}) for t in args.process_transfers]
     for k, (name, transfer, opts) in enumerate(variants):
-        pool = WorkerPool(worker_factory(args, **opts), [args.device], transfer=transfer)
+        # "local": the worker is a thread of this process (WorkerPool(in_process_first=True)),
+        # so alignment and network share one CUDA context on their own streams.
+        local = transfer == "local"
+        pool = WorkerPool(
+            worker_factory(args, **opts),
+            [args.device],
+            transfer="auto" if local else transfer,
+            in_process_first=local,
+        )
         t = time.perf_counter()
         try:
             pool.start()
@@ -470,7 +478,8 @@ def main() -> None:
         "--process-transfers",
         nargs="*",
         default=["ipc", "host"],
-        help="prediction hand-back modes of the worker-process variants",
+        help="prediction hand-back modes of the worker-process variants (ipc, host, or local: "
+        "the worker as a thread of this process)",
     )
     ap.add_argument("--no-process-cpu-align", action="store_true")
     ap.add_argument(

@@ -95,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         "--fast", action="store_true",
         help="threaded runner with the fast network per replica (bf16, compile, CUDA graph)",
     )  # fmt: skip
+    ap.add_argument(
+        "--in-process-first",
+        action="store_true",
+        help="--process: serve the first device from a thread of this (aligning) process",
+    )
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
     if args.align_threads:
@@ -217,7 +222,9 @@ def main_process(args) -> int:
     align_device = args.align_device or devices[0]
     cuda = devices[0].startswith("cuda")
     info = {
-        "mode": "worker processes, fast path (bf16, compile, CUDA graph)",
+        "mode": "worker processes"
+        + (" (the first in process)" if args.in_process_first else "")
+        + ", fast path (bf16, compile, CUDA graph)",
         "devices": devices,
         "cards": [
             torch.cuda.get_device_name(d) if d.startswith("cuda") else "cpu" for d in devices
@@ -231,6 +238,7 @@ def main_process(args) -> int:
         "align_device": align_device,
         "align_threads": torch.get_num_threads(),
         "transfer": args.transfer,
+        "in_process_first": args.in_process_first,
     }
     print(json.dumps(info), flush=True)
     factory = functools.partial(
@@ -243,7 +251,9 @@ def main_process(args) -> int:
     stride = config.window_size - config.overlap
     results, reference = [], None
     for n in range(1, len(devices) + 1):
-        pool = WorkerPool(factory, devices[:n], transfer=args.transfer)
+        pool = WorkerPool(
+            factory, devices[:n], transfer=args.transfer, in_process_first=args.in_process_first
+        )
         try:
             t = time.perf_counter()
             pool.start()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -88,11 +89,50 @@ def _worker_main(
     threads: int | None,
 ) -> None:
     """The worker process: build the model, then serve requests until told to stop."""
-    dev = torch.device(device)
-    if threads or dev.type == "cuda":
+    if threads or torch.device(device).type == "cuda":
         # A GPU worker does next to nothing on the CPU: idle OpenMP threads spinning in every
         # worker would only take cores from the caller's alignment and copies.
         torch.set_num_threads(threads or 1)
+    _serve(rank, device, factory, inbox, outbox, transfer, pin)
+
+
+class _Local:
+    """Marker for a reply of the in-process worker: the payload stays in this process (its CUDA
+    tensors cannot be mapped through CUDA IPC into the process that made them)."""
+
+    def __init__(self, key: int) -> None:
+        self.key = key
+
+
+class _LocalOutbox:
+    """The in-process worker's side of the pool's reply queue: stores the payload, sends a marker
+    through the shared queue so one wait in the caller covers every worker."""
+
+    def __init__(self, outbox, store: dict[int, Any]) -> None:
+        self.outbox, self.store = outbox, store
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def put(self, msg: tuple) -> None:
+        kind, rank, wid, payload = msg
+        with self._lock:
+            key, self._next = self._next, self._next + 1
+        self.store[key] = payload
+        self.outbox.put((kind, rank, wid, _Local(key)))
+
+
+def _serve(
+    rank: int,
+    device: str,
+    factory: Callable[..., Any],
+    inbox,
+    outbox,
+    transfer: str,
+    pin: bool,
+) -> None:
+    """Build the model, then serve requests until told to stop (a worker process's main loop, or
+    the in-process worker's thread with ``transfer="local"``)."""
+    dev = torch.device(device)
     try:
         if dev.type == "cuda":
             torch.cuda.set_device(dev.index or 0)  # "cuda" alone: this process's first GPU
@@ -104,6 +144,11 @@ def _worker_main(
     outbox.put(("ready", rank, None, {"device": device, "model": type(model).__name__}))
     slots = None
     pinned = False
+    # In process, the network gets a stream of its own so the caller's alignment (on its
+    # high-priority stream) runs between the network's kernels: one CUDA context, no time slices.
+    own_stream = (
+        torch.cuda.Stream(device=dev) if transfer == "local" and dev.type == "cuda" else None
+    )
     while True:
         msg = inbox.get()
         if msg is None:
@@ -130,34 +175,15 @@ def _worker_main(
                 outbox.put(("stats", rank, wid, info))
             elif kind in ("window", "images"):
                 start = time.perf_counter()
-                if kind == "window":
-                    _, _, slot, count, extra, size, keys = msg
-                    if extra is not None:  # frames of another size than the slots'
-                        parts = [preprocess_frames(f[None].to(dev), size) for f in extra]
-                        x = torch.cat([p[0] for p in parts])
-                        images = torch.cat([p[1] for p in parts])
-                    else:
-                        frames = slots[slot, :count].to(dev, non_blocking=pinned)
-                        x, images = preprocess_frames(frames, size)
-                else:  # preprocessed float images (the pool used as a plain model)
-                    x, images, keys = msg[2].to(dev), None, None
-                with torch.inference_mode():
-                    pred = model(x, frame_keys=keys) if keys_ok and keys else model(x)
-                if not isinstance(pred, WindowPrediction):
-                    raise TypeError(
-                        f"model returned {type(pred).__name__}, expected WindowPrediction"
-                    )
-                pred.validate(x.shape[0])
-                out = {}
-                for name in _FIELDS:
-                    v = getattr(pred, name)
-                    if v is None:
-                        out[name] = None
-                    elif transfer == "ipc" and v.is_cuda:
-                        out[name] = v.contiguous()
-                    else:
-                        out[name] = v.detach().cpu().contiguous()
-                out["images"] = None if images is None else images.cpu()
+                ctx = (
+                    torch.cuda.stream(own_stream)
+                    if own_stream is not None
+                    else contextlib.nullcontext()
+                )
+                with ctx:
+                    out = _predict(model, keys_ok, msg, slots, pinned, dev, transfer)
+                if own_stream is not None:
+                    own_stream.synchronize()  # the caller reads the tensors on another stream
                 out["seconds"] = time.perf_counter() - start
                 outbox.put(("pred", rank, wid, out))
             else:
@@ -169,6 +195,40 @@ def _worker_main(
             torch.cuda.cudart().cudaHostUnregister(slots.data_ptr())
 
 
+def _predict(model, keys_ok: bool, msg: tuple, slots, pinned: bool, dev, transfer: str) -> dict:
+    """One window request -> the reply payload (prediction fields and model-size images)."""
+    if msg[0] == "window":
+        _, _, slot, count, extra, size, keys = msg
+        if extra is not None:  # frames of another size than the slots'
+            parts = [preprocess_frames(f[None].to(dev), size) for f in extra]
+            x = torch.cat([p[0] for p in parts])
+            images = torch.cat([p[1] for p in parts])
+        else:
+            frames = slots[slot, :count].to(dev, non_blocking=pinned)
+            x, images = preprocess_frames(frames, size)
+    else:  # preprocessed float images (the pool used as a plain model)
+        x, images, keys = msg[2].to(dev), None, None
+    with torch.inference_mode():
+        pred = model(x, frame_keys=keys) if keys_ok and keys else model(x)
+    if not isinstance(pred, WindowPrediction):
+        raise TypeError(f"model returned {type(pred).__name__}, expected WindowPrediction")
+    pred.validate(x.shape[0])
+    out: dict[str, Any] = {}
+    for name in _FIELDS:
+        v = getattr(pred, name)
+        if v is None:
+            out[name] = None
+        elif transfer == "local":  # same process: hand the tensors over as they are
+            out[name] = v
+        elif transfer == "ipc" and v.is_cuda:
+            out[name] = v.contiguous()
+        else:
+            out[name] = v.detach().cpu().contiguous()
+    out["images"] = None if images is None else images.cpu()
+    out["local"] = transfer == "local"
+    return out
+
+
 class WorkerPool:
     """One model worker process per device (see module doc).
 
@@ -177,6 +237,10 @@ class WorkerPool:
     ``transfer``: "ipc" (CUDA tensors shared with the caller; CUDA workers only), "host"
     (host shared memory) or "auto" (ipc on CUDA). ``pin``: page-lock the frame slots in CUDA
     workers. ``threads``: torch threads per worker (None: torch's default).
+    ``in_process_first``: serve the first device from a thread of this process instead of a
+    worker process, on its own CUDA stream. The caller's alignment then shares that GPU inside
+    one CUDA context (kernels interleave) rather than time-slicing with a worker's context, and
+    its predictions need no IPC. Its ``stats`` are this process's (alignment included).
     """
 
     def __init__(
@@ -188,6 +252,7 @@ class WorkerPool:
         pin: bool = True,
         threads: int | None = None,
         start_timeout: float = 900.0,
+        in_process_first: bool = False,
     ) -> None:
         devices = [str(d) for d in devices]
         if not devices:
@@ -200,7 +265,9 @@ class WorkerPool:
         self.pin = pin
         self.threads = threads
         self.start_timeout = start_timeout
-        self._procs: list = []
+        self.in_process_first = in_process_first
+        self._procs: list = []  # worker processes (and the in-process worker's thread)
+        self._local_store: dict[int, Any] = {}
         self._inboxes: list = []
         self._outbox = None
         self._slots: torch.Tensor | None = None
@@ -234,6 +301,26 @@ class WorkerPool:
                 transfer = "ipc" if device.startswith("cuda") else "host"
             if transfer == "ipc" and not device.startswith("cuda"):
                 raise ConfigError(f"transfer 'ipc' needs CUDA workers, got {device}")
+            if rank == 0 and self.in_process_first:
+                inbox = queue.Queue()
+                proc = threading.Thread(
+                    target=_serve,
+                    args=(
+                        rank,
+                        device,
+                        self.factory,
+                        inbox,
+                        _LocalOutbox(self._outbox, self._local_store),
+                        "local",
+                        self.pin,
+                    ),
+                    name="laser-worker-0-in-process",
+                    daemon=True,
+                )
+                proc.start()
+                self._procs.append(proc)
+                self._inboxes.append(inbox)
+                continue
             inbox = ctx.Queue()
             proc = ctx.Process(
                 target=_worker_main,
@@ -275,17 +362,18 @@ class WorkerPool:
                 inbox.put(None)
         for proc in self._procs:
             proc.join(timeout=10)
-            if proc.is_alive():
+            if proc.is_alive() and hasattr(proc, "terminate"):  # a thread can only be waited for
                 proc.terminate()
                 proc.join(timeout=5)
         for q in [*self._inboxes, self._outbox]:
-            if q is not None:
+            if q is not None and hasattr(q, "join_thread"):
                 with contextlib.suppress(Exception):
                     q.close()
                     q.join_thread()
         self._procs, self._inboxes, self._outbox = [], [], None
         self._slots = self._slots_np = None
         self._free_slots, self._slot_of, self._rank_of, self._done = [], {}, {}, {}
+        self._local_store.clear()
         self.in_flight = [0] * len(self.devices)
 
     def __enter__(self) -> WorkerPool:
@@ -304,13 +392,17 @@ class WorkerPool:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return self._outbox.get(timeout=0.5)
+                msg = self._outbox.get(timeout=0.5)
+                if isinstance(msg[3], _Local):
+                    msg = (*msg[:3], self._local_store.pop(msg[3].key))
+                return msg
             except queue.Empty:
                 pass
             for rank, proc in enumerate(self._procs):
                 if not proc.is_alive():
+                    code = getattr(proc, "exitcode", "none: a thread")
                     raise WorkerError(
-                        f"model worker {rank} ({self.devices[rank]}) died (exit code {proc.exitcode}) "
+                        f"model worker {rank} ({self.devices[rank]}) died (exit code {code}) "
                         f"while waiting for {what}"
                     )
             if time.monotonic() > deadline:

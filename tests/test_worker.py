@@ -33,14 +33,21 @@ def scene():
     return make_scene("demo", 40, 64, 112)
 
 
-@pytest.mark.parametrize(("devices", "sink_thread"), [(["cpu"], True), (["cpu", "cpu"], False)])
-def test_workers_give_the_plain_engines_frames(scene, devices, sink_thread):
+@pytest.mark.parametrize(
+    ("devices", "sink_thread", "in_process"),
+    [(["cpu"], True, False), (["cpu", "cpu"], False, False), (["cpu", "cpu"], True, True)],
+)
+def test_workers_give_the_plain_engines_frames(scene, devices, sink_thread, in_process):
     cfg = LaserConfig(window_size=8, overlap=3)
     plain_sink, sink = Recorder(), Recorder()
     plain = StreamingReconstructor(make_model(scene=scene), cfg).reconstruct(
         scene.frames(), [plain_sink]
     )
-    with WorkerPool(model_factory("synthetic", **SCENE), devices, threads=1) as pool:
+    factory = model_factory("synthetic", **SCENE)
+    with WorkerPool(factory, devices, threads=1, in_process_first=in_process) as pool:
+        if in_process:  # worker 0 is a thread of this process, worker 1 a process
+            assert type(pool._procs[0]).__name__ == "Thread"
+            assert type(pool._procs[1]).__name__ != "Thread"
         rec = ProcessReconstructor(pool, cfg, sink_thread=sink_thread)
         frames = rec.reconstruct(scene.frames(), [sink])
         assert_same_frames(frames, plain)
@@ -53,7 +60,8 @@ def test_workers_give_the_plain_engines_frames(scene, devices, sink_thread):
         assert_same_frames(rec.reconstruct(scene.frames()), plain)
 
 
-def test_fast_pi3_worker_resizes_like_the_engine_and_reuses_overlap_tokens():
+@pytest.mark.parametrize("in_process", [False, True])
+def test_fast_pi3_worker_resizes_like_the_engine_and_reuses_overlap_tokens(in_process):
     """Frames of another size than the model's: the worker resizes them (batched) exactly as the
     engine does per frame; the fast path reuses overlap tokens by frame key; fp32 throughout."""
     rng = np.random.default_rng(0)
@@ -64,7 +72,7 @@ def test_fast_pi3_worker_resizes_like_the_engine_and_reuses_overlap_tokens():
         make_pi3(size="tiny", random_init=True), cfg, input_size=(42, 70)
     ).reconstruct(frames)
     factory = functools.partial(make_pi3, size="tiny", random_init=True, fast=True, dtype="fp32")
-    with WorkerPool(factory, ["cpu"], threads=1) as pool:
+    with WorkerPool(factory, ["cpu"], threads=1, in_process_first=in_process) as pool:
         out = ProcessReconstructor(pool, cfg, input_size=(42, 70)).reconstruct(frames)
         stats = pool.stats()[0]
     assert stats["cache_hits"] > 0
@@ -124,6 +132,17 @@ def test_a_worker_failure_stops_the_stream_and_interrupts_the_sinks(scene):
             rec.reconstruct(scene.frames(), [sink])
     assert sink.calls[-1] == ("interrupt", "WorkerError") and sink.closed
     assert ("window", 1) in sink.calls and ("window", 2) not in sink.calls
+
+
+def test_an_in_process_worker_failure_reaches_the_caller_and_the_pool_closes(scene):
+    sink = Recorder()
+    with WorkerPool(_failing_factory, ["cpu"], in_process_first=True) as pool:
+        rec = ProcessReconstructor(pool, LaserConfig(window_size=8, overlap=3))
+        with pytest.raises(WorkerError, match="device lost"):
+            rec.reconstruct(scene.frames(), [sink])
+        assert pool._procs[0].is_alive()  # the thread survives a failed window
+    assert not pool.started
+    assert sink.calls[-1] == ("interrupt", "WorkerError") and sink.closed
 
 
 def test_bad_pool_settings_are_config_errors():
