@@ -69,3 +69,55 @@ def test_fusion_reports_the_earlier_estimates_precision():
     torch.testing.assert_close(
         la.node_prior[:, :2], torch.full((6, 2), 3.0, dtype=la.node_prior.dtype)
     )
+
+
+def test_the_sync_free_path_gives_the_same_scales():
+    """``sync_free`` (the GPU path: no skipping tests, counts by index_add, dense label warps)
+    must give the CPU path's result exactly, on a window whose skip links do work (a glitched
+    frame) and on a moving camera over the synthetic scene with real segmentation."""
+    from laser_plugin import LaserConfig
+    from laser_plugin.geometry.layers import segment_depth_layers
+    from laser_plugin.models.synthetic import make_model, make_scene
+
+    labels, depth_true, poses, k, n_o = _window()
+    labels[3][labels[3] == 1] = -1
+    depth_new = depth_true / torch.tensor([1.0, 1.3], dtype=torch.float64)[labels.clamp_min(0)]
+    cases = [((labels, depth_new, labels[:n_o], depth_true[:n_o], poses, k), {})]
+
+    cfg = LaserConfig()
+    scene = make_scene("demo", 30, 64, 112)
+    model = make_model(scene=scene)
+    prev, new = model.predict(list(range(12))), model.predict(list(range(8, 20)))
+    stride = cfg.stride_for(64, 112)
+    lp = segment_depth_layers(prev.depth.double(), stride, cfg.crease, cfg.depth_jump)
+    ln = segment_depth_layers(new.depth.double() * 1.1, stride, cfg.crease, cfg.depth_jump)
+    k_s = new.intrinsics.double().clone()
+    k_s[:, :2] /= stride
+    args = (ln.labels, ln.depth, lp.labels[-4:], lp.depth[-4:], new.cam_to_world.double(), k_s)
+    cases.append((args, {"conf_prev": lp.depth[-4:] * 0 + 0.7, "conf_new": ln.depth * 0 + 0.4}))
+    for args, kw in cases:
+        ref = align_layers(*args, intra_hops=3, fill_radius=2, sync_free=False, **kw)
+        out = align_layers(*args, intra_hops=3, fill_radius=2, sync_free=True, **kw)
+        assert ref.num_intra_edges > 0
+        assert (out.num_inter_edges, out.num_intra_edges) == (
+            ref.num_inter_edges,
+            ref.num_intra_edges,
+        )
+        for name in ("node_scale", "reached", "pixel_scale"):
+            assert torch.equal(getattr(out, name), getattr(ref, name)), name
+
+
+def test_dense_label_warp_equals_the_subset_warp():
+    from laser_plugin.geometry.lsa import _warp_subset
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(-1, 4, (20, 30), generator=g)
+    depth = torch.rand(20, 30, generator=g, dtype=torch.float64) * 3 + 1
+    depth[0, :5] = 0  # invalid depth never lands
+    k = torch.tensor([[25.0, 0, 14.5], [0, 25.0, 9.5], [0, 0, 1]], dtype=torch.float64)
+    pose_dst = torch.eye(4, dtype=torch.float64)
+    pose_dst[:3, 3] = torch.tensor([0.1, -0.05, 0.2])
+    args = (labels, depth, torch.eye(4, dtype=torch.float64), pose_dst, k, k)
+    sub = _warp_subset(*args, dense=False)
+    assert (sub >= 0).sum() > 300  # most pixels land somewhere
+    assert torch.equal(_warp_subset(*args, dense=True), sub)

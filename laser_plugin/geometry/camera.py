@@ -67,7 +67,7 @@ def invert_rigid(transform: Tensor) -> Tensor:
     out = torch.zeros_like(transform)
     out[..., :3, :3] = r.transpose(-1, -2)
     out[..., :3, 3:] = -r.transpose(-1, -2) @ t
-    out[..., 3, 3] = 1
+    out[..., 3, 3].fill_(1)  # a kernel argument: "= 1" copies a host scalar (a GPU sync)
     return out
 
 

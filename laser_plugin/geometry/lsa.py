@@ -48,16 +48,23 @@ def _pair_codes(lab_a: Tensor, lab_b: Tensor, m: int) -> Tensor:
     return (lab_a + 1) * m1 + (lab_b + 1) + off
 
 
-def _pair_iou(codes: Tensor, num_frames: int, m: int) -> tuple[Tensor, Tensor]:
+def _pair_iou(
+    codes: Tensor, num_frames: int, m: int, sync_free: bool | None = None
+) -> tuple[Tensor, Tensor]:
     """IoU of every (frame, a, b) label pair from :func:`_pair_codes`.
 
     Returns (inter (F, M, M), iou (F, M, M)) over labels 0..M-1 (the "none" row/column dropped).
     """
     m1 = m + 1
-    hist = torch.bincount(codes.reshape(-1), minlength=num_frames * m1 * m1).view(
-        num_frames, m1, m1
-    )
-    hist = hist.double()
+    size = num_frames * m1 * m1
+    flat = codes.reshape(-1)
+    if flat.is_cuda if sync_free is None else sync_free:
+        # bincount reads the largest code back to size its output: a host sync on a GPU.
+        hist = torch.zeros(size, dtype=torch.int64, device=flat.device)
+        hist.index_add_(0, flat, torch.ones_like(flat))
+    else:
+        hist = torch.bincount(flat, minlength=size)
+    hist = hist.view(num_frames, m1, m1).double()
     inter = hist[:, 1:, 1:]
     area_a = hist[:, 1:, :].sum(-1)  # every pixel of a, whatever b is there
     area_b = hist[:, :, 1:].sum(-2)
@@ -78,28 +85,47 @@ def _box_sum(x: Tensor, r: int) -> Tensor:
 
 
 def _warp_subset(
-    labels: Tensor, depth: Tensor, pose_src: Tensor, pose_dst: Tensor, k_src: Tensor, k_dst: Tensor
+    labels: Tensor,
+    depth: Tensor,
+    pose_src: Tensor,
+    pose_dst: Tensor,
+    k_src: Tensor,
+    k_dst: Tensor,
+    dense: bool | None = None,
 ) -> Tensor:
-    """Forward-warp the labelled pixels (>= 0) of one (h, w) map into another camera; -1 elsewhere."""
+    """Forward-warp the labelled pixels (>= 0) of one (h, w) map into another camera; -1 elsewhere.
+
+    On the CPU only the labelled pixels are projected (few, in the skip-link loop). On a GPU
+    (``dense``, default: not on the CPU) every pixel is, and those that must not land write into
+    a spare slot past the end: no data-dependent shapes, so no host sync per call. Both write in
+    row-major order.
+    """
     h, w = labels.shape
-    v, u = torch.nonzero((labels >= 0) & (depth > 0), as_tuple=True)
-    out = torch.full_like(labels, -1)
-    if v.numel() == 0:
-        return out
+    dev = labels.device
+    lab = labels.reshape(-1)
+    d = depth.reshape(-1)
+    if not (dev.type != "cpu" if dense is None else dense):
+        idx = torch.nonzero((lab >= 0) & (d > 0)).squeeze(1)
+        if idx.numel() == 0:
+            return torch.full_like(labels, -1)
+        lab, d = lab[idx], d[idx]
+    else:
+        idx = torch.arange(h * w, device=dev)
     dt = torch.float64
-    z = depth[v, u].to(dt)
+    z = d.to(dt)
     k_src, k_dst = k_src.to(dt), k_dst.to(dt)
-    x = (u.to(dt) - k_src[0, 2]) / k_src[0, 0] * z
-    y = (v.to(dt) - k_src[1, 2]) / k_src[1, 1] * z
+    x = ((idx % w).to(dt) - k_src[0, 2]) / k_src[0, 0] * z
+    y = ((idx // w).to(dt) - k_src[1, 2]) / k_src[1, 1] * z
     rel = invert_rigid(pose_dst.to(dt)) @ pose_src.to(dt)
     p = torch.stack([x, y, z], -1) @ rel[:3, :3].T + rel[:3, 3]
     zc = p[:, 2]
     zs = zc.clamp_min(1e-9)
     uu = torch.round(k_dst[0, 0] * p[:, 0] / zs + k_dst[0, 2]).clamp(-1, w).long()
     vv = torch.round(k_dst[1, 1] * p[:, 1] / zs + k_dst[1, 2]).clamp(-1, h).long()
-    ok = (zc > 0) & (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
-    out.view(-1)[(vv * w + uu)[ok]] = labels[v, u][ok]
-    return out
+    ok = (lab >= 0) & (d > 0) & (zc > 0) & (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
+    out = torch.full((h * w + 1,), -1, dtype=labels.dtype, device=dev)
+    out[torch.where(ok, vv * w + uu, h * w)] = torch.where(ok, lab, -1)
+    return out[: h * w].view(h, w)
 
 
 def warp_labels(labels: Tensor, depth: Tensor, poses: Tensor, intrinsics: Tensor) -> Tensor:
@@ -158,6 +184,7 @@ def align_layers(
     conf_new: Tensor | None = None,
     intra_hops: int = 1,
     fill_radius: int = 0,
+    sync_free: bool | None = None,
 ) -> LayerAlignment:
     """Per-layer scales for a window registered by Sim(3) (all on the strided grid).
 
@@ -174,6 +201,11 @@ def align_layers(
     chain for the rest of the window. ``fill_radius`` > 0: unlabelled pixels take the mean
     log-scale of the labelled pixels within that radius instead of their frame's mean.
 
+    ``sync_free`` (default: on a GPU) runs the skip-link loop without the tests that skip empty
+    work and counts without ``bincount``: each would read a value back from the device (a host
+    sync, costly while a network shares the GPU). The skipped work adds exact zeros, so the
+    result is the same either way.
+
     labels_new, depth_new: (L, h, w) for the new window, its first O frames being the overlap;
     labels_prev, depth_prev: (O, h, w) final estimates of those overlap frames; poses (L, 4, 4)
     and intrinsics (L, 3, 3) of the new window (global frame, intrinsics for (h, w)).
@@ -181,7 +213,10 @@ def align_layers(
     n, h, w = labels_new.shape
     n_o = labels_prev.shape[0]
     dev = labels_new.device
-    m = int(max(labels_new.max().item(), labels_prev.max().item() if n_o else -1, 0)) + 1
+    top = labels_new.max()
+    if n_o:
+        top = torch.maximum(top, labels_prev.max())
+    m = max(int(top), 0) + 1  # one host sync: M sizes every table below
     acc_sum = torch.zeros(n * m, dtype=torch.float64, device=dev)
     acc_w = torch.zeros(n * m, dtype=torch.float64, device=dev)
     fuse = conf_prev is not None and conf_new is not None
@@ -191,7 +226,7 @@ def align_layers(
     num_inter = 0
     if n_o > 0:
         codes = _pair_codes(labels_prev.reshape(n_o, -1), labels_new[:n_o].reshape(n_o, -1), m)
-        inter, iou = _pair_iou(codes, n_o, m)
+        inter, iou = _pair_iou(codes, n_o, m, sync_free)
         is_edge = (iou > iou_threshold) & (inter >= min_pixels)
         edge_ids = torch.nonzero(is_edge.reshape(-1)).squeeze(1)  # flat (frame, a, b)
         num_inter = int(edge_ids.numel())
@@ -242,9 +277,9 @@ def align_layers(
             warp_labels(labels_new, depth_new, poses, intrinsics) if intra_warp else labels_new[:-1]
         )
         codes = _pair_codes(src_lab.reshape(n - 1, -1), labels_new[1:].reshape(n - 1, -1), m)
-        _, iou = _pair_iou(codes, n - 1, m)
+        _, iou = _pair_iou(codes, n - 1, m, sync_free)
         link_all = torch.where(iou > iou_threshold, iou, torch.zeros_like(iou))
-        num_intra = int((link_all > 0).sum())
+        intra_count = (link_all > 0).sum()  # a tensor: read back once, after the loop
         has_successor = (link_all > 0).any(2)  # (L-1, M): the layer continues in frame t+1
         present = torch.zeros(n, m + 1, dtype=torch.bool, device=dev)
         present.scatter_(1, (labels_new.reshape(n, -1) % (m + 1)), True)  # -1 -> column m
@@ -263,6 +298,9 @@ def align_layers(
                     torch.where(reached, acc_prior[src] / w_src.clamp_min(1e-30), 0.0) @ link
                 )
 
+        # On the CPU the tests below skip work; on a GPU each would be a host sync, and the
+        # masked work they skip adds exact zeros, so there it all runs (same result).
+        skip_empty = not (dev.type != "cpu" if sync_free is None else sync_free)
         for t in range(n - 1):
             add_links(t, t + 1, link_all[t])
             # Skip links: a layer of frame t+1 the chain missed (a frame where segmentation
@@ -271,24 +309,34 @@ def align_layers(
             # pixels are warped, so this costs little.
             for k in range(2, intra_hops + 1):
                 s = t + 1 - k
+                if s < 0:
+                    break
                 missed = acc_w[t + 1] == 0
-                if s < 0 or not bool((missed & present[t + 1]).any()):
+                if skip_empty and not bool((missed & present[t + 1]).any()):
                     break
                 orphan = (acc_w[s] > 0) & ~has_successor[s]
-                if not orphan.any():
+                if skip_empty and not orphan.any():
                     continue
-                src = labels_new[s].clone()
-                src[(src < 0) | ~orphan[src.clamp_min(0)]] = -1
+                src = labels_new[s]
+                src = torch.where((src >= 0) & orphan[src.clamp_min(0)], src, -1)
                 if intra_warp:
                     src = _warp_subset(
-                        src, depth_new[s], poses[s], poses[t + 1], intrinsics[s], intrinsics[t + 1]
+                        src,
+                        depth_new[s],
+                        poses[s],
+                        poses[t + 1],
+                        intrinsics[s],
+                        intrinsics[t + 1],
+                        dense=not skip_empty,
                     )
                 codes_k = _pair_codes(src.reshape(1, -1), labels_new[t + 1].reshape(1, -1), m)
-                iou_k = _pair_iou(codes_k, 1, m)[1][0]
+                iou_k = _pair_iou(codes_k, 1, m, not skip_empty)[1][0]
                 ok = (iou_k > iou_threshold) & orphan[:, None] & missed[None, :]
-                if ok.any():
-                    add_links(s, t + 1, torch.where(ok, iou_k, torch.zeros_like(iou_k)))
-                    num_intra += int(ok.sum())
+                if skip_empty and not ok.any():
+                    continue
+                add_links(s, t + 1, torch.where(ok, iou_k, torch.zeros_like(iou_k)))
+                intra_count = intra_count + ok.sum()
+        num_intra = int(intra_count)
         acc_sum, acc_w = acc_sum.reshape(-1), acc_w.reshape(-1)
         acc_prior = acc_prior.reshape(-1) if fuse else None
 
