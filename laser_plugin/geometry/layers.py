@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from laser_plugin.geometry.robust import group_counts
+
 
 class Layers(NamedTuple):
     labels: Tensor
@@ -184,7 +186,7 @@ def relabel(roots: Tensor, max_layers: int, min_pixels: int) -> tuple[Tensor, Te
     dev = roots.device
     frame_off = (torch.arange(n, device=dev) * (h * w)).reshape(n, 1, 1)
     key = torch.where(roots >= 0, roots + frame_off, torch.full_like(roots, n * h * w)).reshape(-1)
-    counts_all = torch.bincount(key, minlength=n * h * w + 1)[: n * h * w]
+    counts_all = group_counts(key, n * h * w + 1)[: n * h * w]
     comp = torch.nonzero(counts_all).squeeze(1)  # sorted: by frame, then root
     counts = counts_all[comp]
     comp_frame = comp // (h * w)

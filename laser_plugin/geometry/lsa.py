@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from laser_plugin.geometry.camera import invert_rigid
-from laser_plugin.geometry.robust import robust_scale
+from laser_plugin.geometry.robust import group_counts, robust_scale
 
 
 @dataclass
@@ -48,23 +48,14 @@ def _pair_codes(lab_a: Tensor, lab_b: Tensor, m: int) -> Tensor:
     return (lab_a + 1) * m1 + (lab_b + 1) + off
 
 
-def _pair_iou(
-    codes: Tensor, num_frames: int, m: int, sync_free: bool | None = None
-) -> tuple[Tensor, Tensor]:
+def _pair_iou(codes: Tensor, num_frames: int, m: int) -> tuple[Tensor, Tensor]:
     """IoU of every (frame, a, b) label pair from :func:`_pair_codes`.
 
     Returns (inter (F, M, M), iou (F, M, M)) over labels 0..M-1 (the "none" row/column dropped).
     """
     m1 = m + 1
     size = num_frames * m1 * m1
-    flat = codes.reshape(-1)
-    if flat.is_cuda if sync_free is None else sync_free:
-        # bincount reads the largest code back to size its output: a host sync on a GPU.
-        hist = torch.zeros(size, dtype=torch.int64, device=flat.device)
-        hist.index_add_(0, flat, torch.ones_like(flat))
-    else:
-        hist = torch.bincount(flat, minlength=size)
-    hist = hist.view(num_frames, m1, m1).double()
+    hist = group_counts(codes.reshape(-1), size).view(num_frames, m1, m1).double()
     inter = hist[:, 1:, 1:]
     area_a = hist[:, 1:, :].sum(-1)  # every pixel of a, whatever b is there
     area_b = hist[:, :, 1:].sum(-2)
@@ -264,7 +255,7 @@ def align_layers(
                 )
                 frac = (cp / (cp + cn).clamp_min(1e-12))[ok]
                 edge_scale = edge_scale**frac
-                npix = torch.bincount(grp, minlength=num_inter).double().clamp_min(1)
+                npix = group_counts(grp, num_inter).double().clamp_min(1)
                 acc_prior.index_add_(0, node, wgt * (cp / npix)[ok])
             acc_sum.index_add_(0, node, wgt * edge_scale)
             acc_w.index_add_(0, node, wgt)

@@ -17,6 +17,17 @@ class ScaleFit(NamedTuple):
     """(G,) number of samples per group."""
 
 
+def group_counts(group: Tensor, num_groups: int) -> Tensor:
+    """``bincount(group, minlength=num_groups)`` for ``group`` (N,) int64 in [0, num_groups).
+
+    On a GPU by ``index_add_`` into a table of known size: ``bincount`` reads the largest value
+    back to size its output, a host sync (costly while a network shares the GPU)."""
+    if not group.is_cuda:
+        return torch.bincount(group, minlength=num_groups)
+    out = torch.zeros(num_groups, dtype=torch.int64, device=group.device)
+    return out.index_add_(0, group, torch.ones_like(group))
+
+
 def segment_median(values: Tensor, group: Tensor, num_groups: int) -> Tensor:
     """Median of ``values`` (N,) within each of ``num_groups`` groups given by ``group`` (N,).
 
@@ -33,7 +44,7 @@ def segment_median(values: Tensor, group: Tensor, num_groups: int) -> Tensor:
     lo, hi = v.min(), v.max()
     key = (v - lo) / (hi - lo).clamp_min(1e-300) + 2.0 * group.double()
     order = torch.argsort(key)
-    counts = torch.bincount(group, minlength=num_groups)
+    counts = group_counts(group, num_groups)
     starts = torch.cumsum(counts, 0) - counts
     mid = (starts + (counts - 1).clamp_min(0) // 2).clamp(max=values.numel() - 1)
     med = values[order[mid]]
@@ -90,7 +101,7 @@ def robust_scale(
     if keep is not None:
         num, den, group, prior = num[keep], den[keep], group[keep], prior[keep]
     y = torch.log(num) - torch.log(den)
-    counts = torch.bincount(group_all if keep is not None else group, minlength=num_groups)
+    counts = group_counts(group_all if keep is not None else group, num_groups)
 
     def weighted_mean(w: Tensor, current: Tensor) -> Tensor:
         if num_groups == 1:
