@@ -100,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="--process: serve the first device from a thread of this (aligning) process",
     )
+    ap.add_argument(
+        "--pending-per-device",
+        type=int,
+        default=2,
+        help="--process: windows in flight per device (the reorder buffer: max_pending = this x n)",
+    )
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
     if args.align_threads:
@@ -239,6 +245,7 @@ def main_process(args) -> int:
         "align_threads": torch.get_num_threads(),
         "transfer": args.transfer,
         "in_process_first": args.in_process_first,
+        "pending_per_device": args.pending_per_device,
     }
     print(json.dumps(info), flush=True)
     factory = functools.partial(
@@ -258,7 +265,11 @@ def main_process(args) -> int:
             t = time.perf_counter()
             pool.start()
             engine = ProcessReconstructor(
-                pool, config, keep_source_images=False, input_size=(args.height, args.width)
+                pool,
+                config,
+                keep_source_images=False,
+                input_size=(args.height, args.width),
+                max_pending=args.pending_per_device * n,
             )
             for _ in engine.run(warm[: config.window_size + stride * (2 * n + 1)]):
                 pass  # every worker compiles and captures its window shapes
