@@ -17,6 +17,12 @@ alignment and the sinks, and slows down (π³ on an H100: 145 ms per window in t
 
 The caller (``laser_plugin.worker_runner.ProcessReconstructor``) keeps the stream state and
 aligns the windows in order; the pool is only "predict this window somewhere".
+
+With ``in_process_first`` the first device is served by a thread of the caller's process instead
+(the same request loop, on a CUDA stream of its own). Two processes on one GPU are two CUDA
+contexts, which the GPU time-slices: the aligner's many small kernels and syncs then wait for the
+worker's slices (run 4 of benchmarks/SPEED_NOTES.md). In one context the two streams interleave,
+and the whole pipeline runs at the network's rate (run 6).
 """
 
 from __future__ import annotations

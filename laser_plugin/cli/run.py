@@ -261,10 +261,12 @@ class Run:
     """Several devices for the network, e.g. cuda:0,cuda:1, or all (every visible GPU): windows
     are predicted on one model replica per device at once; same output as one device."""
     fast: bool = False
-    """Streaming speed path: the network runs in its own worker process per device (frames sent
-    as shared uint8, resized on the device), π³/VGGT in their fast form (bf16 trunk, cached
-    overlap tokens; compiled and CUDA-graphed on a GPU: tens of seconds of warm-up); alignment
-    stays in this process, in order. Works with --devices and --resume; no loop closure."""
+    """Streaming speed path: π³/VGGT in their fast form (bf16 trunk, cached overlap tokens;
+    compiled and CUDA-graphed on a GPU: tens of seconds of warm-up), frames sent as shared uint8
+    and resized on the device. On a GPU the first device's network runs in a thread of this
+    process beside the alignment (one CUDA context), every further device's in a worker process;
+    on the CPU every device gets a worker process. Alignment stays here, in order. Works with
+    --devices and --resume; no loop closure."""
     laser: FlatRunLaser = field(default_factory=RunLaserConfig)
     viewers: Annotated[Viewers, tyro.conf.OmitArgPrefixes] = field(default_factory=Viewers)
     overwrite: bool = False
@@ -329,7 +331,14 @@ class Run:
             devices = parse_devices(self.devices) if self.devices is not None else [device]
             device = ",".join(devices)
             kw = {"fast": True} if self.model in ("pi3", "vggt") else {}
-            pool = WorkerPool(model_factory(self.model, self.weights, **kw), devices)
+            # The first GPU in this process: alignment and network then share one CUDA context
+            # instead of time-slicing two (H100: 120.8 against 97.8 new fps for π³ on one GPU;
+            # 2x H200: 213.9 against 150.9; benchmarks/SPEED_NOTES.md run 6).
+            pool = WorkerPool(
+                model_factory(self.model, self.weights, **kw),
+                devices,
+                in_process_first=devices[0].startswith("cuda"),
+            )
 
             def make_engine(_model, config, **kw):
                 # Sinks in this thread: the resume state saver must see the state of its window.
