@@ -192,13 +192,8 @@ class MultiDeviceReconstructor(StreamingReconstructor):
             for _, future in pending:
                 future.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
-            for sink in live:
-                try:
-                    sink.close()
-                except Exception as exc:  # a sink failing must not lose the others' files
-                    self._warn(f"sink {type(sink).__name__} failed to close: {exc}")
-            if ok and self.num_frames == 0:
-                self._warn("the stream had no frames")
+            # As the engine: every sink closes; an essential one failing fails a finished run.
+            self._end_stream(live, ok)
 
     def _predict_on_free(
         self, window: Window, free: queue.SimpleQueue

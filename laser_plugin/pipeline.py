@@ -247,13 +247,8 @@ class PipelinedReconstructor:
             if self.sink_thread and sink_worker.is_alive():
                 sink_q.put(_END)
                 sink_worker.join()
-            for sink in live:
-                try:
-                    sink.close()
-                except Exception as exc:  # a sink failing must not lose the others' files
-                    rec._warn(f"sink {type(sink).__name__} failed to close: {exc}")
-            if ok and rec.num_frames == 0:
-                rec._warn("the stream had no frames")
+            # As the engine: every sink closes; an essential one failing fails a finished run.
+            rec._end_stream(live, ok)
 
     def reconstruct(self, source, sinks: Sequence = (), **kw) -> list[ReconstructedFrame]:
         """Run to completion and return all frames (for short streams; ``run`` streams)."""
