@@ -124,7 +124,10 @@ class _LocalOutbox:
         with self._lock:
             key, self._next = self._next, self._next + 1
         self.store[key] = payload
-        self.outbox.put((kind, rank, wid, _Local(key)))
+        # A window still running when the pool closed (join timed out) finds the queue closed:
+        # nobody waits for it any more.
+        with contextlib.suppress(ValueError, OSError):
+            self.outbox.put((kind, rank, wid, _Local(key)))
 
 
 def _serve(

@@ -238,8 +238,10 @@ class ProcessReconstructor(StreamingReconstructor):
                 pred = to_prediction(payload)
                 pred.validate(len(window.items))
                 if payload.get("local"):  # made on the in-process worker's stream, freed on ours
-                    same = self._align_stream is not None and pred.depth.device == self.device
-                    pred.record_stream(self._align_stream if same else None)
+                    s = self._align_stream
+                    pred.record_stream(
+                        s if s is not None and s.device == pred.depth.device else None
+                    )
                 t = time.perf_counter()
                 if self._align_stream is not None:
                     with torch.cuda.stream(self._align_stream):

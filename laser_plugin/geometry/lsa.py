@@ -88,8 +88,9 @@ def _warp_subset(
 
     On the CPU only the labelled pixels are projected (few, in the skip-link loop). On a GPU
     (``dense``, default: not on the CPU) every pixel is, and those that must not land write into
-    a spare slot past the end: no data-dependent shapes, so no host sync per call. Both write in
-    row-major order.
+    a spare slot past the end: no data-dependent shapes, so no host sync per call. Where two
+    pixels land on one, the CPU keeps the later in row-major order either way; on a GPU which
+    write wins is unspecified (as for any indexed write).
     """
     h, w = labels.shape
     dev = labels.device
