@@ -72,8 +72,10 @@ def test_fusion_reports_the_earlier_estimates_precision():
 
 
 def test_the_sync_free_path_gives_the_same_scales():
-    """``sync_free`` (no tests that skip empty work) must give the default path's result exactly, on a window whose skip links do work (a glitched
-    frame) and on a moving camera over the synthetic scene with real segmentation."""
+    """``sync_free`` (no tests that skip empty work) and ``dense_warp`` (the skip links warped
+    through one landing map per hop) must give the default path's result exactly, on a window
+    whose skip links do work (a glitched frame) and on a moving camera over the synthetic scene
+    with real segmentation."""
     from laser_plugin import LaserConfig
     from laser_plugin.geometry.layers import segment_depth_layers
     from laser_plugin.models.synthetic import make_model, make_scene
@@ -96,14 +98,16 @@ def test_the_sync_free_path_gives_the_same_scales():
     cases.append((args, {"conf_prev": lp.depth[-4:] * 0 + 0.7, "conf_new": ln.depth * 0 + 0.4}))
     for args, kw in cases:
         ref = align_layers(*args, intra_hops=3, fill_radius=2, sync_free=False, **kw)
-        out = align_layers(*args, intra_hops=3, fill_radius=2, sync_free=True, **kw)
         assert ref.num_intra_edges > 0
-        assert (out.num_inter_edges, out.num_intra_edges) == (
-            ref.num_inter_edges,
-            ref.num_intra_edges,
-        )
-        for name in ("node_scale", "reached", "pixel_scale"):
-            assert torch.equal(getattr(out, name), getattr(ref, name)), name
+        # The GPU paths, run here on the CPU: no skipping tests; one landing map per hop.
+        for variant in ({"sync_free": True}, {"dense_warp": True}):
+            out = align_layers(*args, intra_hops=3, fill_radius=2, **variant, **kw)
+            assert (out.num_inter_edges, out.num_intra_edges) == (
+                ref.num_inter_edges,
+                ref.num_intra_edges,
+            )
+            for name in ("node_scale", "reached", "pixel_scale"):
+                assert torch.equal(getattr(out, name), getattr(ref, name)), (variant, name)
 
 
 def test_dense_label_warp_equals_the_subset_warp():

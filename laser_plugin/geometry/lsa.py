@@ -75,6 +75,45 @@ def _box_sum(x: Tensor, r: int) -> Tensor:
     return c[:, 2 * r + 1 : 2 * r + 1 + h] - c[:, :h]
 
 
+def landing_index(
+    depth: Tensor, pose_src: Tensor, pose_dst: Tensor, k_src: Tensor, k_dst: Tensor
+) -> Tensor:
+    """Where every pixel of B source maps lands in its destination camera, as a flat index.
+
+    depth (B, h, w); poses (B, 4, 4) camera-to-world; intrinsics (B, 3, 3) for (h, w).
+    Returns (B, h*w) int64: ``v * w + u`` of the landing pixel, or ``h * w`` (a spare slot past
+    the end) where the pixel has no depth, lands behind the camera or outside the image.
+    """
+    b, h, w = depth.shape
+    dev = depth.device
+    dt = torch.float64
+    idx = torch.arange(h * w, device=dev)
+    z = depth.reshape(b, -1).to(dt)
+    k_src, k_dst = k_src.to(dt), k_dst.to(dt)
+    x = ((idx % w).to(dt) - k_src[:, 0, 2, None]) / k_src[:, 0, 0, None] * z
+    y = ((idx // w).to(dt) - k_src[:, 1, 2, None]) / k_src[:, 1, 1, None] * z
+    rel = invert_rigid(pose_dst.to(dt)) @ pose_src.to(dt)
+    p = torch.stack([x, y, z], -1) @ rel[:, :3, :3].transpose(-1, -2) + rel[:, None, :3, 3]
+    zc = p[..., 2]
+    zs = zc.clamp_min(1e-9)
+    uu = torch.round(k_dst[:, 0, 0, None] * p[..., 0] / zs + k_dst[:, 0, 2, None]).clamp(-1, w)
+    vv = torch.round(k_dst[:, 1, 1, None] * p[..., 1] / zs + k_dst[:, 1, 2, None]).clamp(-1, h)
+    uu, vv = uu.long(), vv.long()
+    ok = (z > 0) & (zc > 0) & (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
+    return torch.where(ok, vv * w + uu, h * w)
+
+
+def scatter_labels(labels: Tensor, landing: Tensor) -> Tensor:
+    """Forward-warp an (h, w) label map along a :func:`landing_index` row (h*w,): labelled
+    pixels (>= 0) that land write their label there; -1 elsewhere. No data-dependent shapes, so
+    no host sync on a GPU."""
+    h, w = labels.shape
+    lab = labels.reshape(-1)
+    out = torch.full((h * w + 1,), -1, dtype=labels.dtype, device=labels.device)
+    out[torch.where(lab >= 0, landing, h * w)] = lab
+    return out[: h * w].view(h, w)
+
+
 def _warp_subset(
     labels: Tensor,
     depth: Tensor,
@@ -87,22 +126,21 @@ def _warp_subset(
     """Forward-warp the labelled pixels (>= 0) of one (h, w) map into another camera; -1 elsewhere.
 
     On the CPU only the labelled pixels are projected (few, in the skip-link loop). On a GPU
-    (``dense``, default: not on the CPU) every pixel is, and those that must not land write into
-    a spare slot past the end: no data-dependent shapes, so no host sync per call. Where two
-    pixels land on one, the CPU keeps the later in row-major order either way; on a GPU which
-    write wins is unspecified (as for any indexed write).
+    (``dense``, default: not on the CPU) every pixel is (:func:`landing_index`), and those that
+    must not land write into a spare slot past the end: no data-dependent shapes, so no host
+    sync per call. Where two pixels land on one, the CPU keeps the later in row-major order
+    either way; on a GPU which write wins is unspecified (as for any indexed write).
     """
+    if dense if dense is not None else labels.device.type != "cpu":
+        land = landing_index(depth[None], pose_src[None], pose_dst[None], k_src[None], k_dst[None])
+        return scatter_labels(labels, land[0])
     h, w = labels.shape
-    dev = labels.device
     lab = labels.reshape(-1)
     d = depth.reshape(-1)
-    if not (dev.type != "cpu" if dense is None else dense):
-        idx = torch.nonzero((lab >= 0) & (d > 0)).squeeze(1)
-        if idx.numel() == 0:
-            return torch.full_like(labels, -1)
-        lab, d = lab[idx], d[idx]
-    else:
-        idx = torch.arange(h * w, device=dev)
+    idx = torch.nonzero((lab >= 0) & (d > 0)).squeeze(1)
+    if idx.numel() == 0:
+        return torch.full_like(labels, -1)
+    lab, d = lab[idx], d[idx]
     dt = torch.float64
     z = d.to(dt)
     k_src, k_dst = k_src.to(dt), k_dst.to(dt)
@@ -114,9 +152,9 @@ def _warp_subset(
     zs = zc.clamp_min(1e-9)
     uu = torch.round(k_dst[0, 0] * p[:, 0] / zs + k_dst[0, 2]).clamp(-1, w).long()
     vv = torch.round(k_dst[1, 1] * p[:, 1] / zs + k_dst[1, 2]).clamp(-1, h).long()
-    ok = (lab >= 0) & (d > 0) & (zc > 0) & (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
-    out = torch.full((h * w + 1,), -1, dtype=labels.dtype, device=dev)
-    out[torch.where(ok, vv * w + uu, h * w)] = torch.where(ok, lab, -1)
+    ok = (zc > 0) & (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
+    out = torch.full((h * w + 1,), -1, dtype=labels.dtype, device=labels.device)
+    out[torch.where(ok, vv * w + uu, h * w)] = lab
     return out[: h * w].view(h, w)
 
 
@@ -177,6 +215,7 @@ def align_layers(
     intra_hops: int = 1,
     fill_radius: int = 0,
     sync_free: bool = False,
+    dense_warp: bool | None = None,
 ) -> LayerAlignment:
     """Per-layer scales for a window registered by Sim(3) (all on the strided grid).
 
@@ -197,7 +236,9 @@ def align_layers(
     value back from the device (a host sync on a GPU). The skipped work adds exact zeros, so the
     result is the same either way. Off by default: on an H200 next to a network the extra
     kernel launches cost more than the syncs they save (layer graph 14 -> 57 ms per window,
-    benchmarks/SPEED_NOTES.md run 6).
+    benchmarks/SPEED_NOTES.md run 6). ``dense_warp`` (default: on a GPU) warps the skip links
+    through one landing map per hop for the whole window instead of projecting the orphaned
+    pixels per link (same result).
 
     labels_new, depth_new: (L, h, w) for the new window, its first O frames being the overlap;
     labels_prev, depth_prev: (O, h, w) final estimates of those overlap frames; poses (L, 4, 4)
@@ -293,6 +334,19 @@ def align_layers(
 
         # The tests below skip work that would add exact zeros (see ``sync_free``).
         skip_empty = not sync_free
+        # On a GPU, where each skip-link warp lands is computed once per hop for the window (a
+        # few batched kernels) instead of per call (about 40 small kernels each, tens of calls
+        # per window); the CPU warps only the few orphaned pixels.
+        landing = {}
+        if intra_warp and (dev.type != "cpu" if dense_warp is None else dense_warp):
+            for k in range(2, min(intra_hops, n - 1) + 1):
+                landing[k] = landing_index(
+                    depth_new[: n - k],
+                    poses[: n - k],
+                    poses[k:],
+                    intrinsics[: n - k],
+                    intrinsics[k:],
+                )
         for t in range(n - 1):
             add_links(t, t + 1, link_all[t])
             # Skip links: a layer of frame t+1 the chain missed (a frame where segmentation
@@ -311,7 +365,9 @@ def align_layers(
                     continue
                 src = labels_new[s]
                 src = torch.where((src >= 0) & orphan[src.clamp_min(0)], src, -1)
-                if intra_warp:
+                if k in landing:
+                    src = scatter_labels(src, landing[k][s])
+                elif intra_warp:
                     src = _warp_subset(
                         src,
                         depth_new[s],
