@@ -4,6 +4,7 @@ as the plain engine, in order, with one or two CPU workers; failures reach the c
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import pytest
@@ -173,7 +174,10 @@ def test_laser_run_fast_writes_the_plain_engines_run(tmp_path, capsys):
     ).reconstruct(folder)
     args = ["run", str(folder), "--model", "synthetic", "--window-size", "8", "--overlap", "3"]
     out = tmp_path / "fast"
-    assert main([*args, "--quiet", "--fast", "--devices", "cpu,cpu", "--output-dir", str(out)]) == 0
+    assert main([*args, "--fast", "--devices", "cpu,cpu", "--output-dir", str(out)]) == 0
+    summary = capsys.readouterr().err
+    split = re.search(r"windows per device\W+cpu (\d+), cpu (\d+)", summary)
+    assert split and int(split[1]) + int(split[2]) == 3 and min(int(split[1]), int(split[2])) > 0
     run = load_run(out)
     assert run.status == "complete" and run.summary["settings"]["fast"] is True
     assert [f.index for f in run.frames] == [f.index for f in reference] == list(range(16))

@@ -189,6 +189,21 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=sys.stderr)
 
 
+def device_split(engine) -> str | None:
+    """Windows each device predicted, e.g. "cuda:0 21, cuda:1 19" (None on one device)."""
+    pool = getattr(engine, "pool", None)
+    if pool is not None and hasattr(pool, "windows_per_worker"):
+        names, counts = pool.devices, pool.windows_per_worker
+    elif hasattr(engine, "windows_per_replica"):
+        names = [str(getattr(m, "device", f"replica {i}")) for i, m in enumerate(engine.replicas)]
+        counts = engine.windows_per_replica
+    else:
+        return None
+    if len(counts) < 2:
+        return None
+    return ", ".join(f"{d} {n}" for d, n in zip(names, counts, strict=True))
+
+
 def print_summary(
     engine, writer, extra_rows: dict[str, str] | None = None, quiet: bool = False
 ) -> None:
@@ -209,6 +224,9 @@ def print_summary(
     }
     per_frame = {k: 1000 * v / max(writer.num_frames, 1) for k, v in engine.timings.items()}
     rows["ms / frame"] = ", ".join(f"{k} {v:.1f}" for k, v in per_frame.items())
+    split = device_split(engine)
+    if split:
+        rows["windows per device"] = split
     if engine.warnings:
         rows["warnings"] = f"{len(engine.warnings)} (first: {engine.warnings[0]})"
     rows.update(extra_rows or {})
