@@ -6,7 +6,9 @@ each window's uint8 frames into a shared slot, aligns the predictions in stream 
 back (a bounded reorder buffer of ``max_pending`` windows, as in
 :mod:`laser_plugin.multi_device`) and feeds the sinks (optionally from a thread). Resizing,
 normalising and the network run in the workers, so the network no longer shares this
-interpreter's GIL with alignment, decoding and the sinks, and N devices serve one stream.
+interpreter's GIL with alignment, decoding and the sinks, and N devices serve one stream. With
+``WorkerPool(in_process_first=True)`` (what ``laser run --fast`` uses on GPUs) the first device's
+network is a thread of this process instead, so it shares one CUDA context with the alignment.
 
 The predictions and the order of alignment are those of a single-device run, so the frames are
 the plain engine's: bit for bit with CPU workers (tests/test_worker_*.py), up to floating-point
