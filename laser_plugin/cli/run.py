@@ -358,6 +358,14 @@ class Run:
                 in_process_first=devices[0].startswith("cuda"),
             )
 
+            if not self.quiet and devices[0].startswith("cuda"):
+                # Otherwise the progress bar sits at zero with no explanation while it compiles.
+                print(
+                    "laser: --fast compiles the network on its first windows "
+                    "(tens of seconds on a GPU, once per run)",
+                    file=sys.stderr,
+                )
+
             def make_engine(_model, config, **kw):
                 # Sinks in this thread: the resume state saver must see the state of its window.
                 return ProcessReconstructor(pool, config, sink_thread=False, **kw)
