@@ -67,6 +67,31 @@ def network_only(engine: MultiDeviceReconstructor, windows, devices) -> float:
         return time.perf_counter() - start
 
 
+def add_row(results: list[dict], row: dict, out: list) -> None:
+    """Append the figures for n GPUs; from n = 2 on, with the largest pose and depth difference
+    to the one-GPU frames (``out``: (cam_to_world, depth) per frame) and the speed-ups."""
+    row["frames_out"] = out
+    if results:
+        reference = results[0]["frames_out"]
+        for key, i in (("max_abs_pose_diff_vs_1", 0), ("max_abs_depth_diff_vs_1", 1)):
+            row[key] = float(max(np.abs(a[i] - b[i]).max() for a, b in zip(out, reference)))
+        for key, fps in (
+            ("network_speedup", "network_only_new_fps"),
+            ("end_to_end_speedup", "end_to_end_new_fps"),
+        ):
+            row[key] = round(row[fps] / results[0][fps], 3)
+    results.append(row)
+    print(json.dumps({k: v for k, v in row.items() if k != "frames_out"}), flush=True)
+
+
+def save(info: dict, results: list[dict], path: str | None) -> int:
+    info["results"] = [{k: v for k, v in r.items() if k != "frames_out"} for r in results]
+    if path:
+        with open(path, "w") as fh:
+            json.dump(info, fh, indent=1)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", default="all", help="e.g. cuda:0,cuda:1, all, or cpu,cpu")
@@ -142,7 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     frames = panning_frames(args.height, args.width, args.frames)
     config = LaserConfig(window_size=args.window_size, overlap=args.overlap, device=align_device)
     results = []
-    reference = None
     for n in range(1, len(devices) + 1):
         engine = MultiDeviceReconstructor(
             replicas[:n], config, keep_source_images=False, input_size=(args.height, args.width)
@@ -192,29 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             row["peak_gib"] = [
                 round(torch.cuda.max_memory_allocated(d) / 2**30, 2) for d in devices[:n]
             ]
-        if reference is None:
-            reference = out
-        else:
-            row["max_abs_pose_diff_vs_1"] = float(
-                max(np.abs(a[0] - b[0]).max() for a, b in zip(out, reference))
-            )
-            row["max_abs_depth_diff_vs_1"] = float(
-                max(np.abs(a[1] - b[1]).max() for a, b in zip(out, reference))
-            )
-        if results:
-            row["network_speedup"] = round(
-                row["network_only_new_fps"] / results[0]["network_only_new_fps"], 3
-            )
-            row["end_to_end_speedup"] = round(
-                row["end_to_end_new_fps"] / results[0]["end_to_end_new_fps"], 3
-            )
-        results.append(row)
-        print(json.dumps(row), flush=True)
-    info["results"] = results
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(info, fh, indent=1)
-    return 0
+        add_row(results, row, out)
+    return save(info, results, args.out)
 
 
 def main_process(args) -> int:
@@ -256,7 +259,7 @@ def main_process(args) -> int:
     warm = panning_frames(args.height, args.width, args.frames, seed=1)
     config = LaserConfig(window_size=args.window_size, overlap=args.overlap, device=align_device)
     stride = config.window_size - config.overlap
-    results, reference = [], None
+    results = []
     for n in range(1, len(devices) + 1):
         pool = WorkerPool(
             factory, devices[:n], transfer=args.transfer, in_process_first=args.in_process_first
@@ -323,28 +326,8 @@ def main_process(args) -> int:
                 )
         finally:
             pool.close()
-        if reference is None:
-            reference = out
-        else:
-            row["max_abs_pose_diff_vs_1"] = float(
-                max(np.abs(a[0] - b[0]).max() for a, b in zip(out, reference))
-            )
-            row["max_abs_depth_diff_vs_1"] = float(
-                max(np.abs(a[1] - b[1]).max() for a, b in zip(out, reference))
-            )
-            row["network_speedup"] = round(
-                row["network_only_new_fps"] / results[0]["network_only_new_fps"], 3
-            )
-            row["end_to_end_speedup"] = round(
-                row["end_to_end_new_fps"] / results[0]["end_to_end_new_fps"], 3
-            )
-        results.append(row)
-        print(json.dumps(row), flush=True)
-    info["results"] = results
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(info, fh, indent=1)
-    return 0
+        add_row(results, row, out)
+    return save(info, results, args.out)
 
 
 if __name__ == "__main__":

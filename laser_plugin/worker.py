@@ -28,6 +28,7 @@ and the whole pipeline runs at the network's rate (run 6).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import queue
 import threading
 import time
@@ -116,13 +117,11 @@ class _LocalOutbox:
 
     def __init__(self, outbox, store: dict[int, Any]) -> None:
         self.outbox, self.store = outbox, store
-        self._next = 0
-        self._lock = threading.Lock()
+        self._keys = itertools.count()  # one thread puts: no lock needed
 
     def put(self, msg: tuple) -> None:
         kind, rank, wid, payload = msg
-        with self._lock:
-            key, self._next = self._next, self._next + 1
+        key = next(self._keys)
         self.store[key] = payload
         # A window still running when the pool closed (join timed out) finds the queue closed:
         # nobody waits for it any more.
@@ -184,12 +183,7 @@ def _serve(
                 outbox.put(("stats", rank, wid, info))
             elif kind in ("window", "images"):
                 start = time.perf_counter()
-                ctx = (
-                    torch.cuda.stream(own_stream)
-                    if own_stream is not None
-                    else contextlib.nullcontext()
-                )
-                with ctx:
+                with torch.cuda.stream(own_stream):  # a no-op for None
                     out = _predict(model, keys_ok, msg, slots, pinned, dev, transfer)
                 if own_stream is not None:
                     own_stream.synchronize()  # the caller reads the tensors on another stream

@@ -139,19 +139,8 @@ def connected_components_scipy(member: Tensor, conn_r: Tensor, conn_d: Tensor) -
     from scipy import ndimage
 
     n, h, w = member.shape
-    if member.is_cuda:  # one device-to-host copy (one sync) for the three masks
-        flat = torch.cat([member.reshape(-1), conn_r.reshape(-1), conn_d.reshape(-1)]).cpu()
-        m, cr, cd = (
-            x.numpy().reshape(s)
-            for x, s in zip(
-                flat.split([member.numel(), conn_r.numel(), conn_d.numel()]),
-                (member.shape, conn_r.shape, conn_d.shape),
-                strict=True,
-            )
-        )
-    else:
-        m = member.cpu().numpy()
-        cr, cd = conn_r.cpu().numpy(), conn_d.cpu().numpy()
+    m = member.cpu().numpy()
+    cr, cd = conn_r.cpu().numpy(), conn_d.cpu().numpy()
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = ndimage.generate_binary_structure(2, 1)
     if np.array_equal(cr, m[:, :, :-1] & m[:, :, 1:]) and np.array_equal(cd, m[:, :-1] & m[:, 1:]):

@@ -76,19 +76,24 @@ def _box_sum(x: Tensor, r: int) -> Tensor:
 
 
 def landing_index(
-    depth: Tensor, pose_src: Tensor, pose_dst: Tensor, k_src: Tensor, k_dst: Tensor
+    depth: Tensor,
+    pose_src: Tensor,
+    pose_dst: Tensor,
+    k_src: Tensor,
+    k_dst: Tensor,
+    pixels: Tensor | None = None,
 ) -> Tensor:
-    """Where every pixel of B source maps lands in its destination camera, as a flat index.
+    """Where the pixels of B source maps land in their destination cameras, as flat indices.
 
-    depth (B, h, w); poses (B, 4, 4) camera-to-world; intrinsics (B, 3, 3) for (h, w).
-    Returns (B, h*w) int64: ``v * w + u`` of the landing pixel, or ``h * w`` (a spare slot past
+    depth (B, h, w); poses (B, 4, 4) camera-to-world; intrinsics (B, 3, 3) for (h, w);
+    ``pixels`` (P,) flat indices of the source pixels to project (default: all h*w).
+    Returns (B, P) int64: ``v * w + u`` of the landing pixel, or ``h * w`` (a spare slot past
     the end) where the pixel has no depth, lands behind the camera or outside the image.
     """
     b, h, w = depth.shape
-    dev = depth.device
     dt = torch.float64
-    idx = torch.arange(h * w, device=dev)
-    z = depth.reshape(b, -1).to(dt)
+    idx = torch.arange(h * w, device=depth.device) if pixels is None else pixels
+    z = depth.reshape(b, -1)[:, idx].to(dt)
     k_src, k_dst = k_src.to(dt), k_dst.to(dt)
     x = ((idx % w).to(dt) - k_src[:, 0, 2, None]) / k_src[:, 0, 0, None] * z
     y = ((idx // w).to(dt) - k_src[:, 1, 2, None]) / k_src[:, 1, 1, None] * z
@@ -103,15 +108,20 @@ def landing_index(
     return torch.where(ok, vv * w + uu, h * w)
 
 
+def _write_labels(labels: Tensor, target: Tensor, h: int, w: int) -> Tensor:
+    """(N,) labels written at (N,) flat targets of an (h, w) map (``h * w``: dropped), -1
+    elsewhere: one indexed write into a spare slot past the end, no data-dependent shapes."""
+    out = torch.full((h * w + 1,), -1, dtype=labels.dtype, device=labels.device)
+    out[target] = labels
+    return out[: h * w].view(h, w)
+
+
 def scatter_labels(labels: Tensor, landing: Tensor) -> Tensor:
     """Forward-warp an (h, w) label map along a :func:`landing_index` row (h*w,): labelled
-    pixels (>= 0) that land write their label there; -1 elsewhere. No data-dependent shapes, so
-    no host sync on a GPU."""
+    pixels (>= 0) that land write their label there; -1 elsewhere. No host sync on a GPU."""
     h, w = labels.shape
     lab = labels.reshape(-1)
-    out = torch.full((h * w + 1,), -1, dtype=labels.dtype, device=labels.device)
-    out[torch.where(lab >= 0, landing, h * w)] = lab
-    return out[: h * w].view(h, w)
+    return _write_labels(lab, torch.where(lab >= 0, landing, h * w), h, w)
 
 
 def _warp_subset(
@@ -126,36 +136,20 @@ def _warp_subset(
     """Forward-warp the labelled pixels (>= 0) of one (h, w) map into another camera; -1 elsewhere.
 
     On the CPU only the labelled pixels are projected (few, in the skip-link loop). On a GPU
-    (``dense``, default: not on the CPU) every pixel is (:func:`landing_index`), and those that
-    must not land write into a spare slot past the end: no data-dependent shapes, so no host
-    sync per call. Where two pixels land on one, the CPU keeps the later in row-major order
-    either way; on a GPU which write wins is unspecified (as for any indexed write).
+    (``dense``, default: not on the CPU) every pixel is, and those that must not land write into
+    the spare slot: no data-dependent shapes, so no host sync per call. Where two pixels land on
+    one, the CPU keeps the later in row-major order either way; on a GPU which write wins is
+    unspecified (as for any indexed write).
     """
+    poses_k = (pose_src[None], pose_dst[None], k_src[None], k_dst[None])
     if dense if dense is not None else labels.device.type != "cpu":
-        land = landing_index(depth[None], pose_src[None], pose_dst[None], k_src[None], k_dst[None])
-        return scatter_labels(labels, land[0])
+        return scatter_labels(labels, landing_index(depth[None], *poses_k)[0])
     h, w = labels.shape
     lab = labels.reshape(-1)
-    d = depth.reshape(-1)
-    idx = torch.nonzero((lab >= 0) & (d > 0)).squeeze(1)
+    idx = torch.nonzero((lab >= 0) & (depth.reshape(-1) > 0)).squeeze(1)
     if idx.numel() == 0:
         return torch.full_like(labels, -1)
-    lab, d = lab[idx], d[idx]
-    dt = torch.float64
-    z = d.to(dt)
-    k_src, k_dst = k_src.to(dt), k_dst.to(dt)
-    x = ((idx % w).to(dt) - k_src[0, 2]) / k_src[0, 0] * z
-    y = ((idx // w).to(dt) - k_src[1, 2]) / k_src[1, 1] * z
-    rel = invert_rigid(pose_dst.to(dt)) @ pose_src.to(dt)
-    p = torch.stack([x, y, z], -1) @ rel[:3, :3].T + rel[:3, 3]
-    zc = p[:, 2]
-    zs = zc.clamp_min(1e-9)
-    uu = torch.round(k_dst[0, 0] * p[:, 0] / zs + k_dst[0, 2]).clamp(-1, w).long()
-    vv = torch.round(k_dst[1, 1] * p[:, 1] / zs + k_dst[1, 2]).clamp(-1, h).long()
-    ok = (zc > 0) & (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
-    out = torch.full((h * w + 1,), -1, dtype=labels.dtype, device=labels.device)
-    out[torch.where(ok, vv * w + uu, h * w)] = lab
-    return out[: h * w].view(h, w)
+    return _write_labels(lab[idx], landing_index(depth[None], *poses_k, pixels=idx)[0], h, w)
 
 
 def warp_labels(labels: Tensor, depth: Tensor, poses: Tensor, intrinsics: Tensor) -> Tensor:
