@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from laser_plugin import LaserConfig
-from laser_plugin.engine import rank_normalise
 from laser_plugin.geometry.layers import mul_upsampled_, segment_depth_layers
 from laser_plugin.geometry.lsa import align_layers
 from laser_plugin.geometry.sanitize import sanitize_prediction
 from laser_plugin.geometry.sim3 import register_overlap
 from laser_plugin.models.synthetic import make_model, make_scene
+from laser_plugin.prepare import rank_normalise
 
 
 def iter_source(scene):

@@ -392,7 +392,7 @@ def process_variants(
         t = time.perf_counter()
         try:
             pool.start()
-            rec = ProcessReconstructor(pool, cfg_dev, input_size=size)
+            rec = ProcessReconstructor(pool, cfg_dev, input_size=size, prepare=args.prepare)
             for _ in rec.run(Stream(warm_canvas, 3 * args.window, args.src_width)):
                 pass  # compiles and captures every window shape in the worker
             res[f"{name}_warmup_s"] = time.perf_counter() - t
@@ -488,6 +488,13 @@ def main() -> None:
         "the worker as a thread of this process)",
     )
     ap.add_argument("--no-process-cpu-align", action="store_true")
+    ap.add_argument(
+        "--prepare",
+        default="all",
+        choices=["all", "processes", "none"],
+        help="worker-process variants: which workers prepare (sanitise, rank, segment) their "
+        "windows; 'processes' leaves an in-process worker's windows to the aligning thread",
+    )
     ap.add_argument(
         "--fast-options",
         default="{}",

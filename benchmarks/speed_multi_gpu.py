@@ -69,17 +69,19 @@ def network_only(engine: MultiDeviceReconstructor, windows, devices) -> float:
 
 def add_row(results: list[dict], row: dict, out: list) -> None:
     """Append the figures for n GPUs; from n = 2 on, with the largest pose and depth difference
-    to the one-GPU frames (``out``: (cam_to_world, depth) per frame) and the speed-ups."""
+    to the one-GPU frames (``out``: (cam_to_world, depth) per frame) and the speed-ups (against
+    the one-GPU row of the same ``prepare`` mode where rows have one)."""
     row["frames_out"] = out
-    if results:
-        reference = results[0]["frames_out"]
+    ref = next((r for r in results if r.get("prepare") == row.get("prepare")), None)
+    if ref is not None:
+        reference = ref["frames_out"]
         for key, i in (("max_abs_pose_diff_vs_1", 0), ("max_abs_depth_diff_vs_1", 1)):
             row[key] = float(max(np.abs(a[i] - b[i]).max() for a, b in zip(out, reference)))
         for key, fps in (
             ("network_speedup", "network_only_new_fps"),
             ("end_to_end_speedup", "end_to_end_new_fps"),
         ):
-            row[key] = round(row[fps] / results[0][fps], 3)
+            row[key] = round(row[fps] / ref[fps], 3)
     results.append(row)
     print(json.dumps({k: v for k, v in row.items() if k != "frames_out"}), flush=True)
 
@@ -130,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=2,
         help="--process: windows in flight per device (the reorder buffer: max_pending = this x n)",
+    )
+    ap.add_argument(
+        "--prepare",
+        default="all",
+        help="--process: which workers prepare their windows (all, processes, none); a comma "
+        "list runs each mode on the same warm workers",
     )
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
@@ -249,6 +257,7 @@ def main_process(args) -> int:
         "transfer": args.transfer,
         "in_process_first": args.in_process_first,
         "pending_per_device": args.pending_per_device,
+        "prepare": args.prepare,
     }
     print(json.dumps(info), flush=True)
     factory = functools.partial(
@@ -267,17 +276,20 @@ def main_process(args) -> int:
         try:
             t = time.perf_counter()
             pool.start()
+            modes = args.prepare.split(",")
             engine = ProcessReconstructor(
                 pool,
                 config,
                 keep_source_images=False,
                 input_size=(args.height, args.width),
                 max_pending=args.pending_per_device * n,
+                prepare=modes[0],
             )
             for _ in engine.run(warm[: config.window_size + stride * (2 * n + 1)]):
                 pass  # every worker compiles and captures its window shapes
             warm_s = time.perf_counter() - t
             # Network only: windows through the pool, no alignment (dispatch as the engine does).
+            pool.set_prepare(None)
             windows = list(
                 schedule_windows(list(enumerate(frames)), config.window_size, config.overlap)
             )
@@ -294,39 +306,45 @@ def main_process(args) -> int:
             for wid in pending:
                 pool.result(wid)
             net_s = time.perf_counter() - start
-            pool.stats()
-            engine.timings = {}
-            engine.num_windows = engine.num_frames = 0  # counted per stream (warm-up ran before)
-            before = list(pool.windows_per_worker)
-            sync(devices[:n])
-            start = time.perf_counter()
-            out = [(f.cam_to_world, f.depth) for f in engine.run(frames)]
-            sync(devices[:n])
-            e2e_s = time.perf_counter() - start
-            stats = pool.stats()
-            nw = engine.num_windows
-            row = {
-                "gpus": n,
-                "windows": len(windows),
-                "warmup_s": round(warm_s, 1),
-                "network_only_new_fps": round(args.frames / net_s, 2),
-                "network_only_ms_per_window": round(1000 * net_s / len(windows), 1),
-                "end_to_end_new_fps": round(len(out) / e2e_s, 2),
-                "end_to_end_s": round(e2e_s, 3),
-                "windows_per_worker": [a - b for a, b in zip(pool.windows_per_worker, before)],
-                "max_buffered": engine.max_buffered,
-                "ms_per_window": {
-                    k: round(1000 * v / max(nw, 1), 1) for k, v in engine.timings.items()
-                },
-                "workers": stats,
-            }
-            if str(align_device).startswith("cuda"):
-                row["align_process_peak_gib"] = round(
-                    torch.cuda.max_memory_allocated(align_device) / 2**30, 2
-                )
+            for mode in modes:
+                engine.prepare = mode
+                for _ in engine.run(warm[: config.window_size + stride * (2 * n + 1)]):
+                    pass  # this mode's kernels loaded in every worker
+                pool.stats()
+                engine.timings = {}
+                engine.num_windows = engine.num_frames = 0  # counted per stream
+                before = list(pool.windows_per_worker)
+                sync(devices[:n])
+                start = time.perf_counter()
+                out = [(f.cam_to_world, f.depth) for f in engine.run(frames)]
+                sync(devices[:n])
+                e2e_s = time.perf_counter() - start
+                stats = pool.stats()
+                nw = engine.num_windows
+                row = {
+                    "gpus": n,
+                    "prepare": mode,
+                    "windows": len(windows),
+                    "warmup_s": round(warm_s, 1),
+                    "network_only_new_fps": round(args.frames / net_s, 2),
+                    "network_only_ms_per_window": round(1000 * net_s / len(windows), 1),
+                    "end_to_end_new_fps": round(len(out) / e2e_s, 2),
+                    "end_to_end_s": round(e2e_s, 3),
+                    "windows_per_worker": [a - b for a, b in zip(pool.windows_per_worker, before)],
+                    "max_buffered": engine.max_buffered,
+                    "ms_per_window": {
+                        k: round(1000 * v / max(nw, 1), 1) for k, v in engine.timings.items()
+                    },
+                    "workers": stats,
+                }
+                if str(align_device).startswith("cuda"):
+                    row["align_process_peak_gib"] = round(
+                        torch.cuda.max_memory_allocated(align_device) / 2**30, 2
+                    )
+                    torch.cuda.reset_peak_memory_stats(align_device)
+                add_row(results, row, out)
         finally:
             pool.close()
-        add_row(results, row, out)
     return save(info, results, args.out)
 
 

@@ -23,14 +23,8 @@ from torch import Tensor
 
 from laser_plugin.config import LaserConfig
 from laser_plugin.errors import ConfigError
-from laser_plugin.geometry.layers import (
-    mul_upsampled_,
-    segment_depth_layers,
-    strided_depth,
-    upsample_labels,
-)
+from laser_plugin.geometry.layers import Layers, mul_upsampled_
 from laser_plugin.geometry.lsa import align_layers
-from laser_plugin.geometry.sanitize import sanitize_prediction
 from laser_plugin.geometry.sim3 import (
     RegistrationResult,
     Sim3,
@@ -38,6 +32,7 @@ from laser_plugin.geometry.sim3 import (
     register_overlap,
     weighted_procrustes,
 )
+from laser_plugin.prepare import PreparedWindow, prepare_window
 from laser_plugin.sources import SourceFrame, open_source
 from laser_plugin.types import (
     ReconstructedFrame,
@@ -74,36 +69,6 @@ class _Final:
     labels: Tensor | None  # (h, w) strided layer labels
     depth_strided: Tensor | None  # (h, w)
     conf_strided: Tensor | None = None  # (h, w) the model's own confidence (layer_fusion)
-
-
-def rank_normalise(conf: Tensor, valid: Tensor, samples: int = 65536, bins: int = 1024) -> Tensor:
-    """Map confidences to their approximate rank in [0, 1] within the window (0 where invalid).
-
-    Only the order of a model's confidence is meaningful (π³: sigmoid of logits, VGGT: 1 + exp),
-    so ranks make thresholds comparable across models. The ranks come from a histogram of a
-    strided sample of log-confidences turned into a lookup table: O(N) elementwise work, no sort
-    or binary search over the full window.
-    """
-    # The histogram only needs a sample: take a regular lattice of the window first and drop the
-    # invalid pixels from that (a boolean gather over every pixel costs more than all the rest).
-    step = max(1, conf.numel() // (2 * samples))
-    sample = conf.reshape(-1)[::step][valid.reshape(-1)[::step]]
-    if sample.numel() == 0:
-        if not bool(valid.any()):
-            return torch.zeros_like(conf)
-        sample = conf[valid]
-    log_sample = torch.log(sample.float().clamp_min(1e-30))
-    lo, hi = float(log_sample.min()), float(log_sample.max())
-    if not hi > lo:
-        return torch.where(valid, torch.full_like(conf, 0.5), torch.zeros_like(conf))
-    hist = torch.histc(log_sample, bins=bins, min=lo, max=hi)
-    cdf = torch.cumsum(hist, 0) / hist.sum()
-    mid = cdf - 0.5 * hist / hist.sum()  # rank of a bin's centre
-    # One pass per op, in place: log, affine map to bin coordinates, clamp, truncate, look up.
-    x = conf.float().clamp_min(1e-30)
-    x.log_().sub_(lo).mul_(bins / (hi - lo)).clamp_(0, bins - 1)
-    rank = mid.index_select(0, x.to(torch.int32).reshape(-1)).view_as(conf)  # int32: half the bytes
-    return rank.mul_(valid).to(conf.dtype)  # in place: no inverted-mask temporary
 
 
 class StreamingReconstructor:
@@ -267,26 +232,39 @@ class StreamingReconstructor:
         return self.align(window, pred, times)
 
     def align(
-        self, window: Window[_Item], pred: WindowPrediction, times: dict[str, float] | None = None
+        self,
+        window: Window[_Item],
+        pred: WindowPrediction | PreparedWindow,
+        times: dict[str, float] | None = None,
     ) -> tuple[list[ReconstructedFrame], WindowStats]:
-        """Register and layer-align a predicted window (windows must come in stream order)."""
+        """Register and layer-align a predicted window (windows must come in stream order).
+
+        ``pred`` may already be prepared (:func:`laser_plugin.prepare.prepare_window`, e.g. by a
+        worker where the window was predicted); otherwise it is prepared here."""
         cfg = self.config
         times = {} if times is None else times
         warns: list[str] = []
         t = time.perf_counter()
-        pred = pred.to(self.device)
 
         with torch.inference_mode():
-            depth, conf, poses, intr, fixes = sanitize_prediction(pred)
-            warns += [f"window {window.index}: {m}" for m in fixes]
-            valid = depth > 0
-            conf_n = rank_normalise(conf, valid)
-            confident = valid & (conf_n >= 1.0 - cfg.top_conf_fraction)
+            if isinstance(pred, PreparedWindow):
+                prep = pred.to(self.device)
+            else:
+                prep = prepare_window(pred.to(self.device), cfg)
+                t = self._timed("prepare", t, times)
+            del pred
+            poses, intr, conf_n, confident = (
+                prep.cam_to_world,
+                prep.intrinsics,
+                prep.conf_n,
+                prep.confident,
+            )
+            warns += [f"window {window.index}: {m}" for m in prep.messages]
             n_o = window.num_overlap
             prev = [self._cache[it.index] for it in window.items[:n_o]]
-            reg = self._register(prev, depth, poses, intr, confident, warns, window.index)
+            reg = self._register(prev, prep.depth, poses, intr, confident, warns, window.index)
             sim3 = reg.sim3
-            depth = depth * sim3.scale
+            depth = prep.depth * sim3.scale
             poses = sim3.apply_poses(poses)
             t = self._timed("registration", t, times)
 
@@ -296,21 +274,15 @@ class StreamingReconstructor:
             spread = 0.0
             n_inter = n_intra = 0
             layers = None
-            stride = cfg.stride_for(*depth.shape[-2:])
-            conf_strided = None
-            if cfg.layer_alignment and cfg.layer_fusion in ("confidence", "accumulated"):
-                conf_strided = strided_depth(conf.clamp_min(1e-12) * valid, stride)
+            conf_strided = prep.conf_strided
             if cfg.layer_alignment:
-                layers = segment_depth_layers(
-                    depth,
-                    stride,
-                    cfg.crease,
-                    cfg.depth_jump,
-                    cfg.max_layers,
-                    cfg.min_layer_fraction,
+                stride = prep.stride
+                # Segmented at the model's scale (scale-invariant): bring its depth to the run's.
+                layers = Layers(
+                    prep.labels, prep.num_layers, prep.depth_strided * sim3.scale, stride
                 )
                 num_layers = layers.num_layers
-                t = self._timed("segmentation", t, times)
+                labels_full = prep.labels_full
                 if n_o and all(p.labels is not None for p in prev):
                     k_s = intr.clone()
                     k_s[:, :2] /= stride
@@ -336,7 +308,6 @@ class StreamingReconstructor:
                         fill_radius=cfg.scale_fill_radius,
                     )
                     t = self._timed("layer_graph", t, times)
-                    h, w = depth.shape[-2:]
                     # Overlap frames keep the earlier estimate unless they are re-emitted ("later").
                     first = 0 if cfg.overlap_estimate == "later" else n_o
                     # ``depth`` is this window's own tensor (scaled above): rescale it in place.
@@ -360,8 +331,6 @@ class StreamingReconstructor:
                             torch.log(la.node_scale[n_o:][new_reached]).std(unbiased=False)
                         )
                     t = self._timed("layer_scaling", t, times)
-                h, w = depth.shape[-2:]
-                labels_full = upsample_labels(layers.labels.to(torch.int16), stride, h, w)
 
             finals = self._finalise(
                 window,

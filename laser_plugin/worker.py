@@ -11,9 +11,12 @@ alignment and the sinks, and slows down (π³ on an H100: 145 ms per window in t
    (bilinear, antialiased, clamped) and returns the model-size uint8 images with the prediction;
 3. runs the model, passing frame keys (stream, frame index) so the fast path reuses the overlap
    frames' encoder tokens without comparing frame contents;
-4. hands the prediction back: as CUDA tensors through CUDA IPC (``transfer="ipc"``: the caller
-   maps the worker's memory, nothing crosses the bus) or through host shared memory
-   (``transfer="host"``).
+4. optionally prepares it (:meth:`WorkerPool.set_prepare`: sanitise, rank the confidences,
+   segment the depth layers; the half of alignment that needs no earlier window) on a thread and
+   CUDA stream of its own while the network goes on with the next window;
+5. hands the result back packed into one buffer: on its GPU through CUDA IPC
+   (``transfer="ipc"``: the caller maps the worker's memory, nothing crosses the bus) or through
+   host shared memory (``transfer="host"``).
 
 The caller (``laser_plugin.worker_runner.ProcessReconstructor``) keeps the stream state and
 aligns the windows in order; the pool is only "predict this window somewhere".
@@ -41,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from laser_plugin.errors import ConfigError, LaserError
+from laser_plugin.prepare import PreparedWindow
 from laser_plugin.types import WindowPrediction
 
 _FIELDS = ("depth", "conf", "cam_to_world", "intrinsics", "descriptors")
@@ -152,54 +156,127 @@ def _serve(
     outbox.put(("ready", rank, None, {"device": device, "model": type(model).__name__}))
     slots = None
     pinned = False
+    post: _Post | None = None  # prepares windows once a "prepare" request set the function
     # In process, the network gets a stream of its own so the caller's alignment (on its
     # high-priority stream) runs between the network's kernels: one CUDA context, no time slices.
     own_stream = (
         torch.cuda.Stream(device=dev) if transfer == "local" and dev.type == "cuda" else None
     )
-    while True:
-        msg = inbox.get()
-        if msg is None:
-            break
-        kind, wid = msg[0], msg[1]
-        try:
-            if kind == "slots":
-                slots = msg[2]
-                pinned = dev.type == "cuda" and pin and _pin(slots)
-                outbox.put(("slots", rank, wid, {"pinned": pinned}))
-            elif kind == "input_size":
-                h, w = msg[2]
-                size = model.input_size(h, w) if hasattr(model, "input_size") else (h, w)
-                outbox.put(("input_size", rank, wid, tuple(int(v) for v in size)))
-            elif kind == "stats":  # GPU memory and token-cache counters (then reset the peak)
-                info: dict[str, Any] = {"device": device}
-                cache = getattr(model, "cache", None)
-                if cache is not None:
-                    info["cache_hits"], info["cache_misses"] = cache.hits, cache.misses
-                if dev.type == "cuda":
-                    info["gpu_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
-                    info["gpu_allocated_mb"] = torch.cuda.memory_allocated(dev) / 2**20
-                    torch.cuda.reset_peak_memory_stats(dev)
-                outbox.put(("stats", rank, wid, info))
-            elif kind in ("window", "images"):
+    try:
+        while True:
+            msg = inbox.get()
+            if msg is None:
+                break
+            kind, wid = msg[0], msg[1]
+            try:
+                if kind == "slots":
+                    slots = msg[2]
+                    pinned = dev.type == "cuda" and pin and _pin(slots)
+                    outbox.put(("slots", rank, wid, {"pinned": pinned}))
+                elif kind == "prepare":
+                    if post is not None:
+                        post.close()
+                    post = None if msg[2] is None else _Post(rank, dev, msg[2], outbox, transfer)
+                    outbox.put(("prepare", rank, wid, None))
+                elif kind == "input_size":
+                    h, w = msg[2]
+                    size = model.input_size(h, w) if hasattr(model, "input_size") else (h, w)
+                    outbox.put(("input_size", rank, wid, tuple(int(v) for v in size)))
+                elif kind == "stats":  # GPU memory and token-cache counters (then reset the peak)
+                    info: dict[str, Any] = {"device": device}
+                    cache = getattr(model, "cache", None)
+                    if cache is not None:
+                        info["cache_hits"], info["cache_misses"] = cache.hits, cache.misses
+                    if dev.type == "cuda":
+                        info["gpu_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+                        info["gpu_allocated_mb"] = torch.cuda.memory_allocated(dev) / 2**20
+                        torch.cuda.reset_peak_memory_stats(dev)
+                    outbox.put(("stats", rank, wid, info))
+                elif kind in ("window", "images"):
+                    start = time.perf_counter()
+                    with torch.cuda.stream(own_stream):  # a no-op for None
+                        pred, images = _predict(model, keys_ok, msg, slots, pinned, dev)
+                        seconds = time.perf_counter() - start
+                        if post is not None and kind == "window":
+                            # The next window's network starts now; this one is prepared
+                            # meanwhile.
+                            post.submit(wid, pred, images, seconds)
+                            continue
+                    if own_stream is not None:
+                        own_stream.synchronize()  # the caller reads the tensors on another stream
+                    out = ship(_prediction_tensors(pred), transfer)
+                    out.update(images=images, seconds=seconds)
+                    outbox.put(("pred", rank, wid, out))
+                else:
+                    raise ValueError(f"unknown request {kind!r}")
+            except BaseException as exc:
+                outbox.put(("error", rank, wid, _error_payload(exc)))
+    finally:
+        if post is not None:
+            post.close()
+        with contextlib.suppress(Exception):
+            if pinned:
+                torch.cuda.cudart().cudaHostUnregister(slots.data_ptr())
+
+
+class _Post:
+    """A worker's preparing thread: runs ``prepare(prediction)`` (sanitise, rank, segment:
+    :mod:`laser_plugin.prepare`) on a CUDA stream of its own while the request loop starts the
+    next window's network, then sends the reply. Replies keep the windows' order."""
+
+    def __init__(self, rank: int, dev: torch.device, prepare, outbox, transfer: str) -> None:
+        self.rank, self.prepare, self.outbox, self.transfer = rank, prepare, outbox, transfer
+        self.stream = torch.cuda.Stream(device=dev) if dev.type == "cuda" else None
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(
+            target=self._loop, name=f"laser-worker-{rank}-prepare", daemon=True
+        )
+        self.thread.start()
+
+    def submit(self, wid: int, pred: WindowPrediction, images, seconds: float) -> None:
+        ready = None
+        if self.stream is not None:
+            # The prediction was made on the request loop's stream: the preparing stream waits
+            # for it, and the allocator must not hand its memory to the next window meanwhile.
+            ready = torch.cuda.current_stream(self.stream.device).record_event()
+            pred.record_stream(self.stream)
+        self.queue.put((wid, pred, images, seconds, ready))
+
+    def _loop(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            wid, pred, images, seconds, ready = item
+            try:
                 start = time.perf_counter()
-                with torch.cuda.stream(own_stream):  # a no-op for None
-                    out = _predict(model, keys_ok, msg, slots, pinned, dev, transfer)
-                if own_stream is not None:
-                    own_stream.synchronize()  # the caller reads the tensors on another stream
-                out["seconds"] = time.perf_counter() - start
-                outbox.put(("pred", rank, wid, out))
-            else:
-                raise ValueError(f"unknown request {kind!r}")
-        except BaseException as exc:
-            outbox.put(("error", rank, wid, _error_payload(exc)))
-    with contextlib.suppress(Exception):
-        if pinned:
-            torch.cuda.cudart().cudaHostUnregister(slots.data_ptr())
+                with torch.cuda.stream(self.stream):
+                    if ready is not None:
+                        self.stream.wait_event(ready)
+                    prep = self.prepare(pred)
+                    del pred
+                    out = ship(prep.tensors(), self.transfer)
+                if self.stream is not None:
+                    self.stream.synchronize()  # the caller reads the tensors on another stream
+                out.update(
+                    images=images,
+                    seconds=seconds,
+                    prepare_seconds=time.perf_counter() - start,
+                    prepared={"stride": prep.stride, "messages": prep.messages},
+                )
+                self.outbox.put(("pred", self.rank, wid, out))
+            except BaseException as exc:
+                self.outbox.put(("error", self.rank, wid, _error_payload(exc)))
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
 
 
-def _predict(model, keys_ok: bool, msg: tuple, slots, pinned: bool, dev, transfer: str) -> dict:
-    """One window request -> the reply payload (prediction fields and model-size images)."""
+def _predict(
+    model, keys_ok: bool, msg: tuple, slots, pinned: bool, dev
+) -> tuple[WindowPrediction, torch.Tensor | None]:
+    """One window request -> (its prediction on ``dev``, the model-size uint8 images on the host)."""
     if msg[0] == "window":
         _, _, slot, count, extra, size, keys = msg
         if extra is not None:  # frames of another size than the slots'
@@ -216,19 +293,60 @@ def _predict(model, keys_ok: bool, msg: tuple, slots, pinned: bool, dev, transfe
     if not isinstance(pred, WindowPrediction):
         raise TypeError(f"model returned {type(pred).__name__}, expected WindowPrediction")
     pred.validate(x.shape[0])
-    out: dict[str, Any] = {}
-    for name in _FIELDS:
-        v = getattr(pred, name)
-        if v is None:
+    return pred, None if images is None else images.cpu()
+
+
+def _prediction_tensors(pred: WindowPrediction) -> dict[str, torch.Tensor | None]:
+    return {name: getattr(pred, name) for name in _FIELDS}
+
+
+def ship(tensors: dict[str, torch.Tensor | None], transfer: str) -> dict:
+    """Tensors -> the part of a reply payload that carries them.
+
+    "local" (same process): the tensors as they are. Otherwise they are packed into one byte
+    buffer, so a window crosses processes as one shared allocation (one CUDA IPC handle to open,
+    one host shared-memory segment, one peer copy to the aligning device) instead of one per
+    field. "ipc" keeps the buffer on the worker's GPU, "host" moves it to host memory.
+    """
+    if transfer == "local":
+        return {"tensors": dict(tensors), "local": True}
+    layout, offset, present = [], 0, []
+    for name, t in tensors.items():
+        if t is None:
+            layout.append((name, None, None, 0))
+            continue
+        t = t.detach().contiguous()
+        offset = -(-offset // 16) * 16  # 16-byte aligned, so every dtype can view its slice
+        layout.append((name, t.dtype, tuple(t.shape), offset))
+        present.append((t, offset))
+        offset += t.numel() * t.element_size()
+    device = next((t.device for t, _ in present), torch.device("cpu"))
+    buf = torch.empty(max(offset, 1), dtype=torch.uint8, device=device)
+    for t, off in present:
+        n = t.numel() * t.element_size()
+        buf[off : off + n].view(t.dtype).view(t.shape).copy_(t)
+    if transfer != "ipc" or not buf.is_cuda:
+        buf = buf.cpu()
+    return {"packed": buf, "layout": layout, "local": False}
+
+
+def unship(
+    payload: dict, device: torch.device | str | None = None
+) -> dict[str, torch.Tensor | None]:
+    """The tensors of a reply payload (views into its packed buffer, moved to ``device`` in one
+    copy first when given; a "local" payload's tensors stay where they are)."""
+    if "tensors" in payload:
+        return dict(payload["tensors"])
+    buf = payload["packed"]
+    if device is not None:
+        buf = buf.to(device, non_blocking=True)
+    out: dict[str, torch.Tensor | None] = {}
+    for name, dtype, shape, off in payload["layout"]:
+        if dtype is None:
             out[name] = None
-        elif transfer == "local":  # same process: hand the tensors over as they are
-            out[name] = v
-        elif transfer == "ipc" and v.is_cuda:
-            out[name] = v.contiguous()
-        else:
-            out[name] = v.detach().cpu().contiguous()
-    out["images"] = None if images is None else images.cpu()
-    out["local"] = transfer == "local"
+            continue
+        n = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+        out[name] = buf[off : off + n].view(dtype).view(shape)
     return out
 
 
@@ -451,6 +569,18 @@ class WorkerPool:
         return self._replies.pop((kind, rid))[1]
 
     # -- the model side ------------------------------------------------------------------------
+    def set_prepare(self, prepare: Callable | None, ranks: Sequence[int] | None = None) -> None:
+        """Have workers prepare each window after predicting it: ``prepare(prediction)`` ->
+        :class:`~laser_plugin.prepare.PreparedWindow` (picklable, e.g. a ``functools.partial``
+        of :func:`~laser_plugin.prepare.prepare_window`), run on a thread and CUDA stream of the
+        worker's own while its network goes on with the next window. ``ranks``: the workers
+        that prepare (default all); the others, and every worker after ``set_prepare(None)``,
+        return plain predictions."""
+        self.start()
+        chosen = set(range(len(self._procs)) if ranks is None else ranks)
+        for rank in range(len(self._procs)):
+            self._request(rank, "prepare", prepare if rank in chosen else None)
+
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """The model's input size for a (height, width) source frame (asked of worker 0)."""
         self.start()
@@ -532,12 +662,25 @@ class WorkerPool:
         self._rank_of[rid] = 0
         self.in_flight[0] += 1
         self._inboxes[0].put(("images", rid, images.detach().cpu().contiguous()))
-        return to_prediction(self.result(rid))
+        return to_prediction(self.result(rid))  # "images" requests are never prepared
 
 
-def to_prediction(payload: dict) -> WindowPrediction:
-    """A worker's payload -> :class:`WindowPrediction` (tensors where the worker left them)."""
-    return WindowPrediction(**{name: payload[name] for name in _FIELDS})
+def to_prediction(payload: dict, device: torch.device | str | None = None) -> WindowPrediction:
+    """A worker's payload of a window that was not prepared -> :class:`WindowPrediction`."""
+    return WindowPrediction(**unship(payload, device))
+
+
+def from_payload(
+    payload: dict, device: torch.device | str | None = None
+) -> WindowPrediction | PreparedWindow:
+    """A worker's payload -> the prediction, or the prepared window when the worker prepared it
+    (:meth:`WorkerPool.set_prepare`). ``device``: move the packed tensors there first."""
+    meta = payload.get("prepared")
+    if meta is None:
+        return to_prediction(payload, device)
+    return PreparedWindow(
+        **unship(payload, device), stride=meta["stride"], messages=meta["messages"]
+    )
 
 
 def model_factory(name: str, weights: str | None = None, **kwargs) -> Callable[..., Any]:

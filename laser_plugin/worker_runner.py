@@ -18,6 +18,7 @@ noise of the device's kernels on GPUs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import sys
 import threading
@@ -34,10 +35,11 @@ import torch
 from laser_plugin.config import LaserConfig
 from laser_plugin.engine import StreamingReconstructor
 from laser_plugin.errors import ConfigError
+from laser_plugin.prepare import prepare_window
 from laser_plugin.sources import open_source
 from laser_plugin.types import ReconstructedFrame
 from laser_plugin.windows import Window, schedule_windows
-from laser_plugin.worker import WorkerPool, to_prediction
+from laser_plugin.worker import WorkerError, WorkerPool, from_payload
 
 if TYPE_CHECKING:
     from laser_plugin.resume import EngineState
@@ -72,6 +74,10 @@ class ProcessReconstructor(StreamingReconstructor):
     engine state of a later window: keep it off when a sink reads the state, e.g. resume's saver).
     ``align_priority``: align on a high-priority CUDA stream. ``switch_interval``: this
     interpreter's thread switch interval while streaming (None keeps Python's).
+    ``prepare``: which workers also prepare their windows (sanitise, rank, segment:
+    :mod:`laser_plugin.prepare`) so this process only registers and layer-aligns them: "all",
+    "processes" (not the in-process first worker, whose preparing would share this process's
+    interpreter) or "none".
     """
 
     def __init__(
@@ -85,12 +91,16 @@ class ProcessReconstructor(StreamingReconstructor):
         sink_thread: bool = True,
         align_priority: bool = True,
         switch_interval: float | None = 0.0005,
+        prepare: str = "all",
     ) -> None:
         super().__init__(pool, config, keep_source_images=keep_source_images, input_size=input_size)
         self.pool = pool
         self.max_pending = max_pending if max_pending is not None else 2 * len(pool.devices)
         if self.max_pending < 1:
             raise ConfigError(f"max_pending must be at least 1, got {self.max_pending}")
+        if prepare not in ("all", "processes", "none"):
+            raise ConfigError(f"prepare must be all, processes or none, got {prepare!r}")
+        self.prepare = prepare
         self.sink_thread = sink_thread
         self.align_priority = align_priority
         self.switch_interval = switch_interval
@@ -106,6 +116,16 @@ class ProcessReconstructor(StreamingReconstructor):
     def close(self) -> None:
         """Stop the worker processes."""
         self.pool.close()
+
+    def _set_prepare(self) -> None:
+        n = len(self.pool.devices)
+        ranks = {
+            "all": list(range(n)),
+            "processes": [r for r in range(n) if r > 0 or not self.pool.in_process_first],
+            "none": [],
+        }[self.prepare]
+        fn = functools.partial(prepare_window, config=self.config) if ranks else None
+        self.pool.set_prepare(fn, ranks)
 
     def _add(self, name: str, seconds: float) -> None:
         self.timings[name] = self.timings.get(name, 0.0) + seconds
@@ -123,6 +143,7 @@ class ProcessReconstructor(StreamingReconstructor):
         """As :meth:`StreamingReconstructor.run`, with the network in the worker processes."""
         cfg = self.config
         self.pool.start()
+        self._set_prepare()
         live = list(sinks)
         done = self.start_stream(resume)
         self._stream_id += 1
@@ -237,18 +258,22 @@ class ProcessReconstructor(StreamingReconstructor):
                 for j, it in enumerate(window.items):
                     if it.image is None:
                         it.image = images[j]
-                pred = to_prediction(payload)
-                pred.validate(len(window.items))
-                if payload.get("local"):  # made on the in-process worker's stream, freed on ours
-                    s = self._align_stream
-                    pred.record_stream(
-                        s if s is not None and s.device == pred.depth.device else None
-                    )
+                if "prepare_seconds" in payload:
+                    self._add("worker_prepare", payload["prepare_seconds"])
                 t = time.perf_counter()
-                if self._align_stream is not None:
-                    with torch.cuda.stream(self._align_stream):
-                        finals, stats = self.align(window, pred, {"model": payload["seconds"]})
-                else:
+                with torch.cuda.stream(self._align_stream):  # a no-op for None
+                    # Packed tensors from another device cross in one copy, on the align stream.
+                    pred = from_payload(payload, self.device)
+                    if pred.depth.shape[0] != len(window.items):
+                        raise WorkerError(
+                            f"a worker returned {pred.depth.shape[0]} frames for window "
+                            f"{window.index} of {len(window.items)}"
+                        )
+                    if payload["local"]:  # made on the in-process worker's stream, freed on ours
+                        s = self._align_stream
+                        pred.record_stream(
+                            s if s is not None and s.device == pred.depth.device else None
+                        )
                     finals, stats = self.align(window, pred, {"model": payload["seconds"]})
                 del pred, payload
                 self._add("align", time.perf_counter() - t)

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from laser_plugin.engine import rank_normalise
 from laser_plugin.geometry.camera import (
     invert_rigid,
     project_points,
@@ -18,6 +17,7 @@ from laser_plugin.geometry.camera import (
 from laser_plugin.geometry.layers import fill_boundaries, relabel, strided_depth
 from laser_plugin.geometry.lsa import _pair_codes, _pair_iou, warp_labels
 from laser_plugin.geometry.robust import segment_median
+from laser_plugin.prepare import rank_normalise
 
 
 def test_strided_depth_matches_pooling_reference():

@@ -7,12 +7,12 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from laser_plugin.engine import rank_normalise
 from laser_plugin.geometry.sanitize import sanitize_prediction
 from laser_plugin.loop.config import LoopConfig
 from laser_plugin.loop.sim3np import correct_pose, sim3_from, sim3_inverse, sim3_split
 from laser_plugin.loop.verify import FrameEstimates, covisibility, verify_loop
 from laser_plugin.models.synthetic import EmulatedModel, make_scene
+from laser_plugin.prepare import rank_normalise
 
 
 @pytest.fixture(scope="module")

@@ -35,11 +35,18 @@ def scene():
 
 
 @pytest.mark.parametrize(
-    ("devices", "sink_thread", "in_process"),
-    [(["cpu"], True, False), (["cpu", "cpu"], False, False), (["cpu", "cpu"], True, True)],
+    ("devices", "sink_thread", "in_process", "prepare", "fusion"),
+    [
+        (["cpu"], True, False, "all", "previous"),
+        (["cpu", "cpu"], False, False, "none", "previous"),
+        (["cpu", "cpu"], True, True, "processes", "previous"),
+        (["cpu", "cpu"], True, True, "all", "accumulated"),
+    ],
 )
-def test_workers_give_the_plain_engines_frames(scene, devices, sink_thread, in_process):
-    cfg = LaserConfig(window_size=8, overlap=3)
+def test_workers_give_the_plain_engines_frames(
+    scene, devices, sink_thread, in_process, prepare, fusion
+):
+    cfg = LaserConfig(window_size=8, overlap=3, layer_fusion=fusion)
     plain_sink, sink = Recorder(), Recorder()
     plain = StreamingReconstructor(make_model(scene=scene), cfg).reconstruct(
         scene.frames(), [plain_sink]
@@ -49,7 +56,7 @@ def test_workers_give_the_plain_engines_frames(scene, devices, sink_thread, in_p
         if in_process:  # worker 0 is a thread of this process, worker 1 a process
             assert type(pool._procs[0]).__name__ == "Thread"
             assert type(pool._procs[1]).__name__ != "Thread"
-        rec = ProcessReconstructor(pool, cfg, sink_thread=sink_thread)
+        rec = ProcessReconstructor(pool, cfg, sink_thread=sink_thread, prepare=prepare)
         frames = rec.reconstruct(scene.frames(), [sink])
         assert_same_frames(frames, plain)
         assert sink.calls == plain_sink.calls and sink.closed
@@ -57,6 +64,11 @@ def test_workers_give_the_plain_engines_frames(scene, devices, sink_thread, in_p
         if len(devices) == 2:
             assert min(pool.windows_per_worker) > 0  # both workers took windows
         assert rec.max_buffered <= rec.max_pending == 2 * len(devices)
+        # Windows a worker prepared skip the aligning process's own preparing.
+        prepared_here = sum("prepare" in s.timings for s in rec.window_stats)
+        preparing = {"all": [], "none": [0, 1], "processes": [0]}[prepare]
+        assert prepared_here == sum(pool.windows_per_worker[r] for r in preparing)
+        assert (rec.timings.get("worker_prepare", 0.0) > 0) == (prepare != "none")
         # The same workers serve a second stream (fresh stream state, same result).
         assert_same_frames(rec.reconstruct(scene.frames()), plain)
 
@@ -194,3 +206,32 @@ def test_laser_run_fast_writes_the_plain_engines_run(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("transfer", ["host", "local"])
+def test_ship_packs_every_field_into_one_buffer_and_unpacks_it_exactly(transfer):
+    from laser_plugin.worker import ship, unship
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "depth": torch.rand(3, 5, 7, generator=g),
+        "confident": torch.rand(3, 5, 7, generator=g) > 0.5,  # 105 bytes: the next is realigned
+        "labels_full": torch.randint(-1, 9, (3, 5, 7), generator=g, dtype=torch.int16),
+        "poses": torch.rand(3, 4, 4, generator=g, dtype=torch.float64),
+        "labels": torch.randint(-1, 9, (3, 2, 3), generator=g),
+        "descriptors": None,
+        "strided": torch.rand(3, 6, generator=g)[:, ::2],  # not contiguous
+    }
+    payload = ship(tensors, transfer)
+    if transfer != "local":  # one buffer carries everything
+        assert (
+            set(payload) == {"packed", "layout", "local"} and payload["packed"].dtype == torch.uint8
+        )
+    back = unship(payload)
+    assert list(back) == list(tensors)
+    for name, t in tensors.items():
+        if t is None:
+            assert back[name] is None
+            continue
+        assert back[name].dtype == t.dtype and back[name].shape == t.shape
+        assert torch.equal(back[name], t)

@@ -31,13 +31,14 @@ import numpy as np
 import torch
 
 from laser_plugin.config import LaserConfig
-from laser_plugin.engine import StreamingReconstructor, rank_normalise
+from laser_plugin.engine import StreamingReconstructor
 from laser_plugin.geometry.sanitize import sanitize_prediction
 from laser_plugin.loop.config import LoopConfig
 from laser_plugin.loop.index import KeyframeIndex
 from laser_plugin.loop.posegraph import EdgeNoise, PoseGraph
 from laser_plugin.loop.sim3np import correct_pose, sim3_inverse, sim3_split
 from laser_plugin.loop.verify import FrameEstimates, verify_loop
+from laser_plugin.prepare import rank_normalise
 from laser_plugin.spill import RecordLog, SpillStore
 from laser_plugin.types import (
     ReconstructedFrame,
