@@ -136,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--prepare",
         default="all",
-        help="--process: which workers prepare their windows (all, processes, none); a comma "
-        "list runs each mode on the same warm workers",
+        help="--process: which workers prepare their windows (all, processes, none; "
+        "append :concurrent to prepare during the next window's network); a comma list runs "
+        "each mode on the same warm workers",
     )
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
@@ -283,7 +284,7 @@ def main_process(args) -> int:
                 keep_source_images=False,
                 input_size=(args.height, args.width),
                 max_pending=args.pending_per_device * n,
-                prepare=modes[0],
+                prepare=modes[0].partition(":")[0],
             )
             for _ in engine.run(warm[: config.window_size + stride * (2 * n + 1)]):
                 pass  # every worker compiles and captures its window shapes
@@ -307,7 +308,8 @@ def main_process(args) -> int:
                 pool.result(wid)
             net_s = time.perf_counter() - start
             for mode in modes:
-                engine.prepare = mode
+                engine.prepare, _, how = mode.partition(":")
+                engine.prepare_concurrent = how == "concurrent"
                 for _ in engine.run(warm[: config.window_size + stride * (2 * n + 1)]):
                     pass  # this mode's kernels loaded in every worker
                 pool.stats()

@@ -176,7 +176,10 @@ def _serve(
                 elif kind == "prepare":
                     if post is not None:
                         post.close()
-                    post = None if msg[2] is None else _Post(rank, dev, msg[2], outbox, transfer)
+                    fn, concurrent = msg[2]
+                    post = (
+                        None if fn is None else _Post(rank, dev, fn, outbox, transfer, concurrent)
+                    )
                     outbox.put(("prepare", rank, wid, None))
                 elif kind == "input_size":
                     h, w = msg[2]
@@ -220,20 +223,26 @@ def _serve(
 
 
 class _Post:
-    """A worker's preparing thread: runs ``prepare(prediction)`` (sanitise, rank, segment:
-    :mod:`laser_plugin.prepare`) on a CUDA stream of its own while the request loop starts the
-    next window's network, then sends the reply. Replies keep the windows' order."""
+    """Runs ``prepare(prediction)`` (sanitise, rank, segment: :mod:`laser_plugin.prepare`) on a
+    high-priority CUDA stream, then sends the reply. ``concurrent``: on a thread of its own while
+    the request loop starts the next window's network; otherwise in the request loop, before the
+    next window (the GPU is then idle for it: its many syncs do not wait behind the network's
+    kernels). Replies keep the windows' order either way."""
 
-    def __init__(self, rank: int, dev: torch.device, prepare, outbox, transfer: str) -> None:
+    def __init__(
+        self, rank: int, dev: torch.device, prepare, outbox, transfer: str, concurrent: bool
+    ) -> None:
         self.rank, self.prepare, self.outbox, self.transfer = rank, prepare, outbox, transfer
         # High priority, as the aligner's: its many small kernels and syncs would otherwise
         # queue behind the network's long kernels (measured: 60+ ms per window instead of ~15).
         self.stream = torch.cuda.Stream(device=dev, priority=-1) if dev.type == "cuda" else None
         self.queue: queue.Queue = queue.Queue()
-        self.thread = threading.Thread(
-            target=self._loop, name=f"laser-worker-{rank}-prepare", daemon=True
-        )
-        self.thread.start()
+        self.thread = None
+        if concurrent:
+            self.thread = threading.Thread(
+                target=self._loop, name=f"laser-worker-{rank}-prepare", daemon=True
+            )
+            self.thread.start()
 
     def submit(self, wid: int, pred: WindowPrediction, images, seconds: float) -> None:
         ready = None
@@ -243,36 +252,42 @@ class _Post:
             ready = torch.cuda.current_stream(self.stream.device).record_event()
             pred.record_stream(self.stream)
         self.queue.put((wid, pred, images, seconds, ready))
+        if self.thread is None:
+            self._run(self.queue.get())
 
     def _loop(self) -> None:
         while True:
             item = self.queue.get()
             if item is None:
                 return
-            wid, pred, images, seconds, ready = item
-            try:
-                start = time.perf_counter()
-                with torch.cuda.stream(self.stream):
-                    if ready is not None:
-                        self.stream.wait_event(ready)
-                    prep = self.prepare(pred)
-                    del pred
-                    out = ship(prep.tensors(), self.transfer)
-                if self.stream is not None:
-                    self.stream.synchronize()  # the caller reads the tensors on another stream
-                out.update(
-                    images=images,
-                    seconds=seconds,
-                    prepare_seconds=time.perf_counter() - start,
-                    prepared={"stride": prep.stride, "messages": prep.messages},
-                )
-                self.outbox.put(("pred", self.rank, wid, out))
-            except BaseException as exc:
-                self.outbox.put(("error", self.rank, wid, _error_payload(exc)))
+            self._run(item)
+
+    def _run(self, item: tuple) -> None:
+        wid, pred, images, seconds, ready = item
+        try:
+            start = time.perf_counter()
+            with torch.cuda.stream(self.stream):
+                if ready is not None:
+                    self.stream.wait_event(ready)
+                prep = self.prepare(pred)
+                del pred
+                out = ship(prep.tensors(), self.transfer)
+            if self.stream is not None:
+                self.stream.synchronize()  # the caller reads the tensors on another stream
+            out.update(
+                images=images,
+                seconds=seconds,
+                prepare_seconds=time.perf_counter() - start,
+                prepared={"stride": prep.stride, "messages": prep.messages},
+            )
+            self.outbox.put(("pred", self.rank, wid, out))
+        except BaseException as exc:
+            self.outbox.put(("error", self.rank, wid, _error_payload(exc)))
 
     def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
 
 
 def _predict(
@@ -571,17 +586,22 @@ class WorkerPool:
         return self._replies.pop((kind, rid))[1]
 
     # -- the model side ------------------------------------------------------------------------
-    def set_prepare(self, prepare: Callable | None, ranks: Sequence[int] | None = None) -> None:
+    def set_prepare(
+        self,
+        prepare: Callable | None,
+        ranks: Sequence[int] | None = None,
+        concurrent: bool = False,
+    ) -> None:
         """Have workers prepare each window after predicting it: ``prepare(prediction)`` ->
         :class:`~laser_plugin.prepare.PreparedWindow` (picklable, e.g. a ``functools.partial``
-        of :func:`~laser_plugin.prepare.prepare_window`), run on a thread and CUDA stream of the
-        worker's own while its network goes on with the next window. ``ranks``: the workers
-        that prepare (default all); the others, and every worker after ``set_prepare(None)``,
-        return plain predictions."""
+        of :func:`~laser_plugin.prepare.prepare_window`), on a high-priority CUDA stream.
+        ``concurrent``: on a thread of the worker's own while its network goes on with the next
+        window (else between windows). ``ranks``: the workers that prepare (default all); the
+        others, and every worker after ``set_prepare(None)``, return plain predictions."""
         self.start()
         chosen = set(range(len(self._procs)) if ranks is None else ranks)
         for rank in range(len(self._procs)):
-            self._request(rank, "prepare", prepare if rank in chosen else None)
+            self._request(rank, "prepare", (prepare if rank in chosen else None, concurrent))
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """The model's input size for a (height, width) source frame (asked of worker 0)."""

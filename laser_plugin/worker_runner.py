@@ -77,7 +77,8 @@ class ProcessReconstructor(StreamingReconstructor):
     ``prepare``: which workers also prepare their windows (sanitise, rank, segment:
     :mod:`laser_plugin.prepare`) so this process only registers and layer-aligns them: "all",
     "processes" (not the in-process first worker, whose preparing would share this process's
-    interpreter) or "none".
+    interpreter) or "none". ``prepare_concurrent``: workers prepare on a thread of their own,
+    during the next window's network, instead of between windows.
     """
 
     def __init__(
@@ -92,6 +93,7 @@ class ProcessReconstructor(StreamingReconstructor):
         align_priority: bool = True,
         switch_interval: float | None = 0.0005,
         prepare: str = "all",
+        prepare_concurrent: bool = False,
     ) -> None:
         super().__init__(pool, config, keep_source_images=keep_source_images, input_size=input_size)
         self.pool = pool
@@ -101,6 +103,7 @@ class ProcessReconstructor(StreamingReconstructor):
         if prepare not in ("all", "processes", "none"):
             raise ConfigError(f"prepare must be all, processes or none, got {prepare!r}")
         self.prepare = prepare
+        self.prepare_concurrent = prepare_concurrent
         self.sink_thread = sink_thread
         self.align_priority = align_priority
         self.switch_interval = switch_interval
@@ -125,7 +128,7 @@ class ProcessReconstructor(StreamingReconstructor):
             "none": [],
         }[self.prepare]
         fn = functools.partial(prepare_window, config=self.config) if ranks else None
-        self.pool.set_prepare(fn, ranks)
+        self.pool.set_prepare(fn, ranks, concurrent=self.prepare_concurrent)
 
     def _add(self, name: str, seconds: float) -> None:
         self.timings[name] = self.timings.get(name, 0.0) + seconds
