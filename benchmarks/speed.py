@@ -490,7 +490,7 @@ def main() -> None:
     ap.add_argument("--no-process-cpu-align", action="store_true")
     ap.add_argument(
         "--prepare",
-        default="all",
+        default="processes",
         choices=["all", "processes", "none"],
         help="worker-process variants: which workers prepare (sanitise, rank, segment) their "
         "windows; 'processes' leaves an in-process worker's windows to the aligning thread",

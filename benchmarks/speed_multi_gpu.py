@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--prepare",
-        default="all",
+        default="processes",
         help="--process: which workers prepare their windows (all, processes, none; "
         "append :concurrent to prepare during the next window's network); a comma list runs "
         "each mode on the same warm workers",

@@ -76,9 +76,10 @@ class ProcessReconstructor(StreamingReconstructor):
     interpreter's thread switch interval while streaming (None keeps Python's).
     ``prepare``: which workers also prepare their windows (sanitise, rank, segment:
     :mod:`laser_plugin.prepare`) so this process only registers and layer-aligns them: "all",
-    "processes" (not the in-process first worker, whose preparing would share this process's
-    interpreter) or "none". ``prepare_concurrent``: workers prepare on a thread of their own,
-    during the next window's network, instead of between windows.
+    "processes" (the default: every worker but an in-process first one, whose GPU also runs this
+    process's alignment) or "none". ``prepare_concurrent``: workers prepare on a thread of their
+    own, during the next window's network, instead of between windows (measured slower: the
+    preparing syncs wait behind the network's kernels; benchmarks/SPEED_NOTES.md run 7).
     """
 
     def __init__(
@@ -92,7 +93,7 @@ class ProcessReconstructor(StreamingReconstructor):
         sink_thread: bool = True,
         align_priority: bool = True,
         switch_interval: float | None = 0.0005,
-        prepare: str = "all",
+        prepare: str = "processes",
         prepare_concurrent: bool = False,
     ) -> None:
         super().__init__(pool, config, keep_source_images=keep_source_images, input_size=input_size)
