@@ -115,9 +115,8 @@ def connected_components_torch(member: Tensor, conn_r: Tensor, conn_d: Tensor) -
     col_run = (start.reshape(-1).cumsum(0) - 1).view(n, w, h).transpose(1, 2).reshape(-1)
     inside = member.reshape(-1)
     lab = torch.where(inside, torch.arange(big, device=dev).repeat(n), big)
-    for i in range(h + w):
-        if i % 2 == 0:
-            before = lab
+    for _ in range(h + w):
+        before = lab
         for run in (row_run, col_run):
             run_min = torch.full((total,), big, device=dev)
             lab = run_min.scatter_reduce_(0, run, lab, "amin")[run]
@@ -125,9 +124,7 @@ def connected_components_torch(member: Tensor, conn_r: Tensor, conn_d: Tensor) -
         for _ in range(2):
             hop = torch.gather(lab.view(n, big), 1, lab.view(n, big).clamp(max=big - 1))
             lab = torch.where(inside, torch.minimum(lab, hop.reshape(-1)), lab)
-        # Labels only decrease, so equal to two iterations ago means converged: one host sync
-        # (a wait for the GPU's queue) per two iterations of a few kernels each.
-        if i % 2 == 1 and torch.equal(lab, before):
+        if torch.equal(lab, before):
             break
     return torch.where(member, lab.view(n, h, w), -1)
 

@@ -352,15 +352,11 @@ def align_layers(
                 if s < 0:
                     break
                 missed = acc_w[t + 1] == 0
+                if skip_empty and not bool((missed & present[t + 1]).any()):
+                    break
                 orphan = (acc_w[s] > 0) & ~has_successor[s]
-                if skip_empty:
-                    # Both tests in one read-back: on a GPU each read-back is a host sync.
-                    flags = torch.stack(((missed & present[t + 1]).any(), orphan.any()))
-                    any_missed, any_orphan = flags.tolist()
-                    if not any_missed:
-                        break
-                    if not any_orphan:
-                        continue
+                if skip_empty and not orphan.any():
+                    continue
                 src = labels_new[s]
                 src = torch.where((src >= 0) & orphan[src.clamp_min(0)], src, -1)
                 if k in landing:
@@ -377,8 +373,8 @@ def align_layers(
                 codes_k = _pair_codes(src.reshape(1, -1), labels_new[t + 1].reshape(1, -1), m)
                 iou_k = _pair_iou(codes_k, 1, m)[1][0]
                 ok = (iou_k > iou_threshold) & orphan[:, None] & missed[None, :]
-                # No "any link?" test: an all-zero link adds exact zeros, and its few small
-                # kernels cost less than a host sync next to the network (SPEED_NOTES run 7).
+                if skip_empty and not ok.any():
+                    continue
                 add_links(s, t + 1, torch.where(ok, iou_k, torch.zeros_like(iou_k)))
                 intra_count = intra_count + ok.sum()
         num_intra = int(intra_count)
