@@ -69,13 +69,26 @@ def preprocess_frames(
     return t, images
 
 
-def _pin(t: torch.Tensor) -> bool:
+def _pin(t: torch.Tensor, dev: torch.device) -> bool:
     """Page-lock a shared host tensor in this process (CUDA uploads from it become DMA)."""
     try:
         err = torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0)
     except Exception:
         return False
-    return int(getattr(err, "value", err)) == 0
+    if int(getattr(err, "value", err)) == 0:
+        return True
+    # A failed registration leaves its error in this thread's CUDA runtime, where the next kernel
+    # launch's check would find it and fail an unrelated window: consume it with a launch here.
+    with contextlib.suppress(Exception):
+        torch.zeros(1, device=dev).add_(1)
+    return False
+
+
+def _unpin(t: torch.Tensor) -> None:
+    """Undo :func:`_pin` before ``t`` is dropped: a registration outlives the mapping, and new
+    slots mapped at the same addresses could then not be registered."""
+    with contextlib.suppress(Exception):
+        torch.cuda.cudart().cudaHostUnregister(t.data_ptr())
 
 
 def _error_payload(exc: BaseException) -> tuple[str, object]:
@@ -169,9 +182,11 @@ def _serve(
                 break
             kind, wid = msg[0], msg[1]
             try:
-                if kind == "slots":
+                if kind == "slots":  # new slots (another size or count) replace the old ones
+                    if pinned:
+                        _unpin(slots)
                     slots = msg[2]
-                    pinned = dev.type == "cuda" and pin and _pin(slots)
+                    pinned = dev.type == "cuda" and pin and _pin(slots, dev)
                     outbox.put(("slots", rank, wid, {"pinned": pinned}))
                 elif kind == "prepare":
                     if post is not None:
@@ -217,9 +232,8 @@ def _serve(
     finally:
         if post is not None:
             post.close()
-        with contextlib.suppress(Exception):
-            if pinned:
-                torch.cuda.cudart().cudaHostUnregister(slots.data_ptr())
+        if pinned:
+            _unpin(slots)
 
 
 class _Post:
