@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", default="all", help="e.g. cuda:0,cuda:1, all, or cpu,cpu")
     ap.add_argument("--size", default="large", choices=["large", "tiny"])
+    ap.add_argument(
+        "--model", default="pi3", choices=["pi3", "vggt"], help="--process only: the network"
+    )
     ap.add_argument("--frames", type=int, default=365, help="stream length (default: 24 windows)")
     ap.add_argument("--height", type=int, default=294)
     ap.add_argument("--width", type=int, default=518)
@@ -249,7 +252,7 @@ def main_process(args) -> int:
         ],
         "torch": torch.__version__,
         "python": sys.version.split()[0],
-        "model": f"pi3 {args.size}, random weights, fast path in worker processes",
+        "model": f"{args.model} {args.size}, random weights, fast path in worker processes",
         "frames": args.frames,
         "size": [args.height, args.width],
         "window": [args.window_size, args.overlap],
@@ -261,8 +264,12 @@ def main_process(args) -> int:
         "prepare": args.prepare,
     }
     print(json.dumps(info), flush=True)
+    if args.model == "vggt":
+        from laser_plugin.models.vggt import make_model as build
+    else:
+        build = make_model
     factory = functools.partial(
-        make_model, size=args.size, random_init=True, seed=0, fast=True,
+        build, size=args.size, random_init=True, seed=0, fast=True,
         dtype="bf16" if cuda else "fp32",
     )  # fmt: skip
     frames = panning_frames(args.height, args.width, args.frames)
