@@ -68,15 +68,16 @@ def network_only(engine: MultiDeviceReconstructor, windows, devices) -> float:
 
 
 def add_row(results: list[dict], row: dict, out: list) -> None:
-    """Append the figures for n GPUs; from n = 2 on, with the largest pose and depth difference
-    to the one-GPU frames (``out``: (cam_to_world, depth) per frame) and the speed-ups (against
-    the one-GPU row of the same ``prepare`` mode where rows have one)."""
+    """Append the figures for n GPUs, with the largest pose and depth difference to the first
+    row's frames (``out``: (cam_to_world, depth) per frame) and the speed-ups against the first
+    row of the same ``prepare`` mode (the one-GPU row)."""
     row["frames_out"] = out
-    ref = next((r for r in results if r.get("prepare") == row.get("prepare")), None)
-    if ref is not None:
-        reference = ref["frames_out"]
+    if results:  # frames against the first row's, whatever its mode
+        reference = results[0]["frames_out"]
         for key, i in (("max_abs_pose_diff_vs_1", 0), ("max_abs_depth_diff_vs_1", 1)):
             row[key] = float(max(np.abs(a[i] - b[i]).max() for a, b in zip(out, reference)))
+    ref = next((r for r in results if r.get("prepare") == row.get("prepare")), None)
+    if ref is not None:
         for key, fps in (
             ("network_speedup", "network_only_new_fps"),
             ("end_to_end_speedup", "end_to_end_new_fps"),

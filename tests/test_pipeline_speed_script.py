@@ -30,3 +30,28 @@ def test_speed_script_smoke(tmp_path):
     assert res["baseline_accuracy"][1]["depth"] < 1e-5
     assert res["fast_accuracy"][1]["depth"] < 1e-5 and res["fast_accuracy"][1]["pose"] < 1e-5
     assert "speedup_e2e" in res and "== pi3 on CPU" in proc.stdout
+
+
+def test_multi_gpu_script_smoke_on_two_cpu_workers(tmp_path):
+    """benchmarks/speed_multi_gpu.py --process: both prepare modes, one and two workers, the same
+    frames (the figures themselves only mean something on GPUs)."""
+    out = tmp_path / "multi.json"
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "speed_multi_gpu.py"), "--process",
+        "--devices", "cpu,cpu", "--size", "tiny", "--frames", "30", "--height", "42",
+        "--width", "56", "--window-size", "8", "--overlap", "3", "--prepare", "processes,none",
+        "--out", str(out),
+    ]  # fmt: skip
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["gpus"], r["prepare"]) for r in rows] == [
+        (1, "processes"), (1, "none"), (2, "processes"), (2, "none"),
+    ]  # fmt: skip
+    for r in rows:
+        assert r["end_to_end_new_fps"] > 0 and sum(r["windows_per_worker"]) == r["windows"]
+        # Windows a worker process prepared skip the aligning process's own preparing.
+        assert ("worker_prepare" in r["ms_per_window"]) == (r["prepare"] == "processes")
+    for r in rows[1:]:  # same frames whatever the mode and the number of workers
+        assert r["max_abs_pose_diff_vs_1"] == 0.0 and r["max_abs_depth_diff_vs_1"] == 0.0
