@@ -329,6 +329,10 @@ def main_process(args) -> int:
                 out = [(f.cam_to_world, f.depth) for f in engine.run(frames)]
                 sync(devices[:n])
                 e2e_s = time.perf_counter() - start
+                # Read before pool.stats(): an in-process worker's stats reset this process's peak.
+                peak = None
+                if str(align_device).startswith("cuda"):
+                    peak = torch.cuda.max_memory_allocated(align_device) / 2**30
                 stats = pool.stats()
                 nw = engine.num_windows
                 row = {
@@ -347,10 +351,10 @@ def main_process(args) -> int:
                     },
                     "workers": stats,
                 }
-                if str(align_device).startswith("cuda"):
-                    row["align_process_peak_gib"] = round(
-                        torch.cuda.max_memory_allocated(align_device) / 2**30, 2
-                    )
+                if peak is not None:
+                    # With an in-process first worker: the whole pipeline on the first GPU (its
+                    # network, the alignment and the hand-backs), one process, no other model.
+                    row["align_process_peak_gib"] = round(peak, 2)
                     torch.cuda.reset_peak_memory_stats(align_device)
                 add_row(results, row, out)
         finally:
