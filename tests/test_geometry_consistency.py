@@ -71,9 +71,9 @@ def test_fusion_reports_the_earlier_estimates_precision():
     )
 
 
-def test_the_sync_free_path_gives_the_same_scales():
-    """``sync_free`` (no tests that skip empty work) and ``dense_warp`` (the skip links warped
-    through one landing map per hop) must give the default path's result exactly, on a window
+def test_the_dense_warp_path_gives_the_same_scales():
+    """``dense_warp`` (the GPU's way: the skip links warped through one landing map per hop)
+    must give the default CPU path's result exactly, on a window
     whose skip links do work (a glitched frame) and on a moving camera over the synthetic scene
     with real segmentation."""
     from laser_plugin import LaserConfig
@@ -97,10 +97,10 @@ def test_the_sync_free_path_gives_the_same_scales():
     args = (ln.labels, ln.depth, lp.labels[-4:], lp.depth[-4:], new.cam_to_world.double(), k_s)
     cases.append((args, {"conf_prev": lp.depth[-4:] * 0 + 0.7, "conf_new": ln.depth * 0 + 0.4}))
     for args, kw in cases:
-        ref = align_layers(*args, intra_hops=3, fill_radius=2, sync_free=False, **kw)
+        ref = align_layers(*args, intra_hops=3, fill_radius=2, dense_warp=False, **kw)
         assert ref.num_intra_edges > 0
-        # The GPU paths, run here on the CPU: no skipping tests; one landing map per hop.
-        for variant in ({"sync_free": True}, {"dense_warp": True}):
+        # The GPU path, run here on the CPU: one landing map per hop.
+        for variant in ({"dense_warp": True},):
             out = align_layers(*args, intra_hops=3, fill_radius=2, **variant, **kw)
             assert (out.num_inter_edges, out.num_intra_edges) == (
                 ref.num_inter_edges,

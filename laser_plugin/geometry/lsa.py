@@ -208,7 +208,6 @@ def align_layers(
     conf_new: Tensor | None = None,
     intra_hops: int = 1,
     fill_radius: int = 0,
-    sync_free: bool = False,
     dense_warp: bool | None = None,
 ) -> LayerAlignment:
     """Per-layer scales for a window registered by Sim(3) (all on the strided grid).
@@ -226,13 +225,8 @@ def align_layers(
     chain for the rest of the window. ``fill_radius`` > 0: unlabelled pixels take the mean
     log-scale of the labelled pixels within that radius instead of their frame's mean.
 
-    ``sync_free`` runs the skip-link loop without the tests that skip empty work: each reads a
-    value back from the device (a host sync on a GPU). The skipped work adds exact zeros, so the
-    result is the same either way. Off by default: on an H200 next to a network the extra
-    kernel launches cost more than the syncs they save (layer graph 14 -> 57 ms per window,
-    benchmarks/SPEED_NOTES.md run 6). ``dense_warp`` (default: on a GPU) warps the skip links
-    through one landing map per hop for the whole window instead of projecting the orphaned
-    pixels per link (same result).
+    ``dense_warp`` (default: on a GPU) warps the skip links through one landing map per hop for
+    the whole window instead of projecting the orphaned pixels per link (same result).
 
     labels_new, depth_new: (L, h, w) for the new window, its first O frames being the overlap;
     labels_prev, depth_prev: (O, h, w) final estimates of those overlap frames; poses (L, 4, 4)
@@ -307,13 +301,20 @@ def align_layers(
         codes = _pair_codes(src_lab.reshape(n - 1, -1), labels_new[1:].reshape(n - 1, -1), m)
         _, iou = _pair_iou(codes, n - 1, m)
         link_all = torch.where(iou > iou_threshold, iou, torch.zeros_like(iou))
-        intra_count = (link_all > 0).sum()  # a tensor: read back once, after the loop
-        has_successor = (link_all > 0).any(2)  # (L-1, M): the layer continues in frame t+1
         present = torch.zeros(n, m + 1, dtype=torch.bool, device=dev)
         present.scatter_(1, (labels_new.reshape(n, -1) % (m + 1)), True)  # -1 -> column m
-        present = present[:, :m]
-        acc_sum, acc_w = acc_sum.view(n, m), acc_w.view(n, m)
-        acc_prior = acc_prior.view(n, m) if fuse else None
+        # The propagation is a chain of (M,)-vector steps that decide as they go which skip links
+        # to try. On a GPU each step costs a dozen kernel launches and a host sync, and the
+        # aligning thread is launch-bound (benchmarks/SPEED_NOTES.md run 7): the chain runs on
+        # the host (one copy of the (L-1, M, M) links there, one of the accumulators back); only
+        # the skip links' warps and IoUs stay on the device.
+        cpu = torch.device("cpu")
+        acc_dev = (acc_sum, acc_w, acc_prior)
+        link_all, present = link_all.to(cpu), present[:, :m].to(cpu)
+        acc_sum, acc_w = acc_sum.view(n, m).to(cpu), acc_w.view(n, m).to(cpu)
+        acc_prior = acc_prior.view(n, m).to(cpu) if fuse else None
+        intra_count = int((link_all > 0).sum())
+        has_successor = (link_all > 0).any(2)  # (L-1, M): the layer continues in frame t+1
 
         def add_links(src: int, dst: int, link: Tensor) -> None:
             w_src = acc_w[src]
@@ -326,8 +327,6 @@ def align_layers(
                     torch.where(reached, acc_prior[src] / w_src.clamp_min(1e-30), 0.0) @ link
                 )
 
-        # The tests below skip work that would add exact zeros (see ``sync_free``).
-        skip_empty = not sync_free
         # On a GPU, where each skip-link warp lands is computed once per hop for the window (a
         # few batched kernels) instead of per call (about 40 small kernels each, tens of calls
         # per window); the CPU warps only the few orphaned pixels.
@@ -352,13 +351,14 @@ def align_layers(
                 if s < 0:
                     break
                 missed = acc_w[t + 1] == 0
-                if skip_empty and not bool((missed & present[t + 1]).any()):
+                if not bool((missed & present[t + 1]).any()):
                     break
                 orphan = (acc_w[s] > 0) & ~has_successor[s]
-                if skip_empty and not orphan.any():
+                if not bool(orphan.any()):
                     continue
                 src = labels_new[s]
-                src = torch.where((src >= 0) & orphan[src.clamp_min(0)], src, -1)
+                orphan_dev = orphan.to(dev, non_blocking=True)
+                src = torch.where((src >= 0) & orphan_dev[src.clamp_min(0)], src, -1)
                 if k in landing:
                     src = scatter_labels(src, landing[k][s])
                 elif intra_warp:
@@ -371,15 +371,17 @@ def align_layers(
                         intrinsics[t + 1],
                     )
                 codes_k = _pair_codes(src.reshape(1, -1), labels_new[t + 1].reshape(1, -1), m)
-                iou_k = _pair_iou(codes_k, 1, m)[1][0]
+                iou_k = _pair_iou(codes_k, 1, m)[1][0].to(cpu)  # the one sync of a skip link
                 ok = (iou_k > iou_threshold) & orphan[:, None] & missed[None, :]
-                if skip_empty and not ok.any():
+                if not bool(ok.any()):
                     continue
                 add_links(s, t + 1, torch.where(ok, iou_k, torch.zeros_like(iou_k)))
-                intra_count = intra_count + ok.sum()
-        num_intra = int(intra_count)
-        acc_sum, acc_w = acc_sum.reshape(-1), acc_w.reshape(-1)
-        acc_prior = acc_prior.reshape(-1) if fuse else None
+                intra_count += int(ok.sum())
+        num_intra = intra_count
+        # Back into the device accumulators (on the CPU these are the same memory).
+        acc_sum = acc_dev[0].copy_(acc_sum.reshape(-1))
+        acc_w = acc_dev[1].copy_(acc_w.reshape(-1))
+        acc_prior = acc_dev[2].copy_(acc_prior.reshape(-1)) if fuse else None
 
     reached = (acc_w > 0).view(n, m)
     node_scale = torch.where(
