@@ -12,8 +12,9 @@ alignment and the sinks, and slows down (π³ on an H100: 145 ms per window in t
 3. runs the model, passing frame keys (stream, frame index) so the fast path reuses the overlap
    frames' encoder tokens without comparing frame contents;
 4. optionally prepares it (:meth:`WorkerPool.set_prepare`: sanitise, rank the confidences,
-   segment the depth layers; the half of alignment that needs no earlier window) on a thread and
-   CUDA stream of its own while the network goes on with the next window;
+   segment the depth layers; the half of alignment that needs no earlier window) on a
+   high-priority CUDA stream, before the next window (or, ``concurrent``, on a thread of its own
+   during the next window's network: measured slower);
 5. hands the result back packed into one buffer: on its GPU through CUDA IPC
    (``transfer="ipc"``: the caller maps the worker's memory, nothing crosses the bus) or through
    host shared memory (``transfer="host"``).

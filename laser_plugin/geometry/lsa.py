@@ -378,10 +378,11 @@ def align_layers(
                 add_links(s, t + 1, torch.where(ok, iou_k, torch.zeros_like(iou_k)))
                 intra_count += int(ok.sum())
         num_intra = intra_count
-        # Back into the device accumulators (on the CPU these are the same memory).
-        acc_sum = acc_dev[0].copy_(acc_sum.reshape(-1))
-        acc_w = acc_dev[1].copy_(acc_w.reshape(-1))
-        acc_prior = acc_dev[2].copy_(acc_prior.reshape(-1)) if fuse else None
+        # Back into the device accumulators (on the CPU these are the same memory). Copies from
+        # pageable host memory are staged at once, so they need not wait for the GPU.
+        acc_sum = acc_dev[0].copy_(acc_sum.reshape(-1), non_blocking=True)
+        acc_w = acc_dev[1].copy_(acc_w.reshape(-1), non_blocking=True)
+        acc_prior = acc_dev[2].copy_(acc_prior.reshape(-1), non_blocking=True) if fuse else None
 
     reached = (acc_w > 0).view(n, m)
     node_scale = torch.where(
