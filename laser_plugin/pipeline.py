@@ -27,17 +27,9 @@ import torch
 
 from laser_plugin.engine import StreamingReconstructor
 from laser_plugin.sources import open_source
+from laser_plugin.stream_threads import END, Failure, Feeder, SinkCaller, put_until
 from laser_plugin.types import ReconstructedFrame
 from laser_plugin.windows import schedule_windows
-
-_END = object()
-
-
-class _Failure:
-    """An exception raised in a worker thread, carried to the caller's thread."""
-
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
 
 
 class PipelinedReconstructor:
@@ -94,53 +86,22 @@ class PipelinedReconstructor:
         rec = self.rec
         cfg = rec.config
         rec.start_stream()
-        stop = threading.Event()
-        frames_q: queue.Queue = queue.Queue(maxsize=2 * cfg.window_size)
+        feeder = Feeder(
+            lambda: rec._prepared(
+                open_source(source, fps=fps, stride=stride, max_frames=max_frames)
+            ),
+            2 * cfg.window_size,
+            lambda seconds: self._add("decode", seconds),
+        )
+        stop = feeder.stop  # one event stops both threads
         pred_q: queue.Queue = queue.Queue(maxsize=self.prefetch_windows)
-        sink_q: queue.Queue = queue.Queue(maxsize=8 * cfg.window_size)
-        live = list(sinks)
-
-        def put(q: queue.Queue, item) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def decode() -> None:
-            try:
-                src = open_source(source, fps=fps, stride=stride, max_frames=max_frames)
-                it = rec._prepared(src)
-                while True:
-                    t = time.perf_counter()
-                    item = next(it, _END)
-                    self._add("decode", time.perf_counter() - t)
-                    if item is _END or not put(frames_q, item):
-                        break
-                put(frames_q, _END)
-            except BaseException as exc:
-                put(frames_q, _Failure(exc))
-
-        def frames_from_queue() -> Iterator:
-            while not stop.is_set():
-                try:
-                    item = frames_q.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                if item is _END:
-                    return
-                if isinstance(item, _Failure):
-                    raise item.exc
-                yield item
 
         def predict() -> None:
             stream = None
             if self.model_device.type == "cuda":
                 stream = torch.cuda.Stream(device=self.model_device)
             try:
-                for window in schedule_windows(frames_from_queue(), cfg.window_size, cfg.overlap):
+                for window in schedule_windows(iter(feeder), cfg.window_size, cfg.overlap):
                     if stop.is_set():
                         return
                     t = time.perf_counter()
@@ -153,50 +114,22 @@ class PipelinedReconstructor:
                     else:
                         pred = rec.predict(window)
                     self._add("predict", time.perf_counter() - t)
-                    if not put(pred_q, (window, pred)):
+                    if not put_until(pred_q, (window, pred), stop):
                         return
-                put(pred_q, _END)
+                put_until(pred_q, END, stop)
             except BaseException as exc:
-                put(pred_q, _Failure(exc))
+                put_until(pred_q, Failure(exc), stop)
 
-        sink_error: list[BaseException] = []  # an essential sink failed in the sink thread
-
-        def deliver() -> None:
-            nonlocal live
-            while True:
-                item = sink_q.get()
-                if item is _END:
-                    return
-                if sink_error:
-                    continue  # keep draining, so the caller never blocks on a full queue
-                t = time.perf_counter()
-                method, arg = item
-                try:
-                    live = rec._emit(live, method, arg)
-                except BaseException as exc:  # e.g. the run writer on a full disk
-                    sink_error.append(exc)
-                self._add("sinks", time.perf_counter() - t)
-
-        def emit(method: str, arg) -> None:
-            nonlocal live
-            if self.sink_thread:
-                if sink_error:
-                    raise sink_error[0]
-                sink_q.put((method, arg))
-            else:
-                t = time.perf_counter()
-                live = rec._emit(live, method, arg)
-                self._add("sinks", time.perf_counter() - t)
-
-        workers = [
-            threading.Thread(target=decode, name="laser-decode", daemon=True),
-            threading.Thread(target=predict, name="laser-predict", daemon=True),
-        ]
-        sink_worker = threading.Thread(target=deliver, name="laser-sinks", daemon=True)
-        for w in workers:
-            w.start()
-        if self.sink_thread:
-            sink_worker.start()
+        predictor = threading.Thread(target=predict, name="laser-predict", daemon=True)
+        feeder.start()
+        predictor.start()
+        calls = SinkCaller(
+            rec,
+            sinks,
+            self.sink_thread,
+            lambda seconds: self._add("sinks", seconds),
+            8 * cfg.window_size,
+        )
         ok = False
         old_interval = sys.getswitchinterval()
         if self.switch_interval:
@@ -204,51 +137,29 @@ class PipelinedReconstructor:
         try:
             while True:
                 t = time.perf_counter()
-                item = pred_q.get()  # the workers always end with _END or a _Failure
+                item = pred_q.get()  # the predictor always ends with END or a Failure
                 self._add("wait_predict", time.perf_counter() - t)
-                if item is _END:
+                if item is END:
                     break
-                if isinstance(item, _Failure):
+                if isinstance(item, Failure):
                     raise item.exc
                 window, pred = item
                 t = time.perf_counter()
-                if self.align_stream is not None:
-                    with torch.cuda.stream(self.align_stream):
-                        finals, stats = rec.align(window, pred)
-                else:
+                with torch.cuda.stream(self.align_stream):  # a no-op for None
                     finals, stats = rec.align(window, pred)
                 self._add("align", time.perf_counter() - t)
-                for frame in finals:
-                    emit("on_frame", frame)
-                    yield frame
-                emit("on_window", stats)
-            for frame in rec._held:  # "later" mode: the last window's overlap frames
-                emit("on_frame", frame)
-                yield frame
-            rec.num_frames += len(rec._held)
-            rec._held = []
-            if self.sink_thread:  # the last frames' sink calls must succeed too
-                sink_q.put(_END)
-                sink_worker.join()
-                if sink_error:
-                    raise sink_error[0]
+                yield from calls.window(finals, stats)
+            yield from calls.held()  # "later" mode: the last window's overlap frames
+            calls.finish()  # the last frames' sink calls must succeed too
             ok = True
         except BaseException as exc:
-            if self.sink_thread and sink_worker.is_alive():
-                sink_q.put(_END)
-                sink_worker.join()
-            rec._emit(live, "on_interrupt", exc)
+            calls.interrupt(exc)
             raise
         finally:
             sys.setswitchinterval(old_interval)
-            stop.set()
-            for w in workers:
-                w.join(timeout=30)
-            if self.sink_thread and sink_worker.is_alive():
-                sink_q.put(_END)
-                sink_worker.join()
-            # As the engine: every sink closes; an essential one failing fails a finished run.
-            rec._end_stream(live, ok)
+            feeder.close()
+            predictor.join(timeout=30)
+            calls.close(ok)
 
     def reconstruct(self, source, sinks: Sequence = (), **kw) -> list[ReconstructedFrame]:
         """Run to completion and return all frames (for short streams; ``run`` streams)."""

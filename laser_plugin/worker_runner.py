@@ -17,11 +17,8 @@ noise of the device's kernels on GPUs.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import queue
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,14 +34,13 @@ from laser_plugin.engine import StreamingReconstructor
 from laser_plugin.errors import ConfigError
 from laser_plugin.prepare import prepare_window
 from laser_plugin.sources import open_source
+from laser_plugin.stream_threads import Feeder, SinkCaller
 from laser_plugin.types import ReconstructedFrame
 from laser_plugin.windows import Window, schedule_windows
 from laser_plugin.worker import WorkerError, WorkerPool, from_payload
 
 if TYPE_CHECKING:
     from laser_plugin.resume import EngineState
-
-_END = object()
 
 
 @dataclass
@@ -58,11 +54,6 @@ class _Frame:
     source: np.ndarray | None
     image: np.ndarray | None = None  # (H, W, 3) uint8, model size
     tensor: None = None
-
-
-class _Failure:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
 
 
 class ProcessReconstructor(StreamingReconstructor):
@@ -148,7 +139,6 @@ class ProcessReconstructor(StreamingReconstructor):
         cfg = self.config
         self.pool.start()
         self._set_prepare()
-        live = list(sinks)
         done = self.start_stream(resume)
         self._stream_id += 1
         stream_id = self._stream_id
@@ -156,87 +146,29 @@ class ProcessReconstructor(StreamingReconstructor):
             # Alignment is a chain of small kernels and host syncs: a high-priority stream lets
             # them run between other work's kernels instead of queueing behind them.
             self._align_stream = torch.cuda.Stream(device=self.device, priority=-1)
-        stop = threading.Event()
-        frames_q: queue.Queue = queue.Queue(maxsize=2 * cfg.window_size)
-        sink_q: queue.Queue = queue.Queue(maxsize=8 * cfg.window_size)
-        sink_error: list[BaseException] = []
+        keep = self.keep_source_images
 
-        def decode() -> None:
-            try:
-                src = open_source(source, fps=fps, stride=stride, max_frames=max_frames)
-                keep = self.keep_source_images
-                i = 0
-                while not stop.is_set():
-                    t = time.perf_counter()
-                    f = next(src, None)
-                    self._add("decode", time.perf_counter() - t)
-                    if f is None:
-                        break
-                    item = _Frame(i, f.timestamp, f.image, f.image if keep else None)
-                    i += 1
-                    while not stop.is_set():
-                        try:
-                            frames_q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                frames_q.put(_END)
-            except BaseException as exc:
-                frames_q.put(_Failure(exc))
+        def frames() -> Iterator[_Frame]:
+            src = open_source(source, fps=fps, stride=stride, max_frames=max_frames)
+            for i, f in enumerate(src):
+                yield _Frame(i, f.timestamp, f.image, f.image if keep else None)
 
-        def frames_from_queue() -> Iterator[_Frame]:
-            while True:
-                item = frames_q.get()
-                if item is _END:
-                    return
-                if isinstance(item, _Failure):
-                    raise item.exc
-                yield item
-
-        def deliver() -> None:
-            nonlocal live
-            while True:
-                item = sink_q.get()
-                if item is _END:
-                    return
-                if sink_error:
-                    continue  # drain: the caller stops at its next window
-                t = time.perf_counter()
-                try:
-                    live = self._emit(live, *item)
-                except BaseException as exc:  # an essential sink failed: stop the stream
-                    sink_error.append(exc)
-                self._add("sinks", time.perf_counter() - t)
-
-        def emit_window(finals: list[ReconstructedFrame], stats) -> Iterator[ReconstructedFrame]:
-            nonlocal live
-            if not self.sink_thread:
-                t = time.perf_counter()
-                yield from self._deliver(live, finals, stats)
-                self._add("sinks", time.perf_counter() - t)
-                return
-            if sink_error:
-                raise sink_error[0]
-            self.check_agreement(stats)
-            for frame in finals:
-                sink_q.put(("on_frame", frame))
-                yield frame
-            sink_q.put(("on_window", stats))
-
-        decoder = threading.Thread(target=decode, name="laser-decode", daemon=True)
-        sink_worker = threading.Thread(target=deliver, name="laser-sinks", daemon=True)
-        decoder.start()
-        if self.sink_thread:
-            sink_worker.start()
+        feeder = Feeder(frames, 2 * cfg.window_size, lambda seconds: self._add("decode", seconds))
+        feeder.start()
+        calls = SinkCaller(
+            self,
+            sinks,
+            self.sink_thread,
+            lambda seconds: self._add("sinks", seconds),
+            8 * cfg.window_size,
+        )
         old_interval = sys.getswitchinterval()
         if self.switch_interval:
             sys.setswitchinterval(self.switch_interval)
         pending: deque[Window[_Frame]] = deque()
         ok = False
         try:
-            windows = schedule_windows(
-                self._sized(frames_from_queue()), cfg.window_size, cfg.overlap
-            )
+            windows = schedule_windows(self._sized(iter(feeder)), cfg.window_size, cfg.overlap)
             exhausted = False
             while True:
                 t = time.perf_counter()
@@ -281,41 +213,24 @@ class ProcessReconstructor(StreamingReconstructor):
                     finals, stats = self.align(window, pred, {"model": payload["seconds"]})
                 del pred, payload
                 self._add("align", time.perf_counter() - t)
-                yield from emit_window(finals, stats)
-            if self.sink_thread:
-                if sink_error:
-                    raise sink_error[0]
-                held, self._held = self._held, []
-                self.num_frames += len(held)
-                for frame in held:
-                    sink_q.put(("on_frame", frame))
-                    yield frame
-            else:
-                yield from self._flush_held(live)
+                yield from calls.window(finals, stats)
+            yield from calls.held()
+            calls.finish()
             ok = True
         except BaseException as exc:
-            if self.sink_thread and sink_worker.is_alive():
-                sink_q.put(_END)
-                sink_worker.join()
-            self._emit(live, "on_interrupt", exc)
+            calls.interrupt(exc)
             raise
         finally:
             sys.setswitchinterval(old_interval)
-            stop.set()
+            feeder.stop.set()
             # Predictions still in flight are collected (and dropped) so the workers stay usable.
             for window in pending:
                 try:
                     self.pool.result(window.index, timeout=600)
                 except Exception:
                     continue
-            while decoder.is_alive():  # unblock a decoder waiting on a full queue
-                with contextlib.suppress(queue.Empty):
-                    frames_q.get(timeout=0.1)
-            decoder.join(timeout=30)
-            if self.sink_thread and sink_worker.is_alive():
-                sink_q.put(_END)
-                sink_worker.join()
-            self._end_stream(live, ok, sink_error[0] if sink_error else None)
+            feeder.close()
+            calls.close(ok)
 
     def _sized(self, frames: Iterator[_Frame]) -> Iterator[_Frame]:
         """Fix the model size at the first frame (as ``StreamingReconstructor._prepared``)."""

@@ -197,3 +197,32 @@ def test_hard_motion_without_parallax(scene_name):
     assert acc["rpe_rot_deg"] < 0.5, acc
     # The emulator makes no-parallax windows err in depth on purpose (as real models do).
     assert acc["abs_rel"] < 0.3, acc
+
+
+@pytest.mark.parametrize("sink_thread", [False, True])
+def test_the_pipelined_runner_warns_about_disagreeing_windows_as_the_engine_does(
+    scene, sink_thread
+):
+    """The same disagreement warning from the pipelined runner (inline or threaded sinks), and the
+    sinks' window stats carry it: the overlapped runners share the engine's delivery rules."""
+    from laser_plugin.pipeline import PipelinedReconstructor
+
+    class StatsSink:
+        def __init__(self):
+            self.windows = []
+
+        def on_window(self, stats):
+            self.windows.append(stats)
+
+    rec = StreamingReconstructor(
+        Corrupting(EmulatedModel(scene), constant_depth), LaserConfig(**CFG)
+    )
+    sink = StatsSink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frames = PipelinedReconstructor(rec, sink_thread=sink_thread).reconstruct(
+            scene.frames(), [sink]
+        )
+    assert_sane(frames)
+    assert any(DISAGREE in w for w in rec.warnings), rec.warnings
+    assert any(DISAGREE in m for s in sink.windows for m in s.warnings)
