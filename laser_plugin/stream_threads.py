@@ -142,32 +142,32 @@ class SinkCaller:
         if self.errors:
             raise self.errors[0]
 
+    def _call(self, method: str, arg: Any) -> None:
+        if self.threaded:
+            self.queue.put((method, arg))
+            return
+        t = time.perf_counter()
+        self.live = self.rec._emit(self.live, method, arg)  # an essential sink's failure raises
+        self.timed(time.perf_counter() - t)
+
     def window(
         self, finals: list[ReconstructedFrame], stats: WindowStats
     ) -> Iterator[ReconstructedFrame]:
         """One aligned window: the disagreement check, then its frames and stats to the sinks."""
-        if not self.threaded:
-            t = time.perf_counter()
-            yield from self.rec._deliver(self.live, finals, stats)
-            self.timed(time.perf_counter() - t)
-            return
         self._raise_failure()
         self.rec.check_agreement(stats)
         for frame in finals:
-            self.queue.put(("on_frame", frame))
+            self._call("on_frame", frame)
             yield frame
-        self.queue.put(("on_window", stats))
+        self._call("on_window", stats)
 
     def held(self) -> Iterator[ReconstructedFrame]:
         """At the end of a stream: the frames "later" mode held back for a next window."""
-        if not self.threaded:
-            yield from self.rec._flush_held(self.live)
-            return
         self._raise_failure()
         held, self.rec._held = self.rec._held, []
         self.rec.num_frames += len(held)
         for frame in held:
-            self.queue.put(("on_frame", frame))
+            self._call("on_frame", frame)
             yield frame
 
     def finish(self) -> None:
