@@ -135,7 +135,9 @@ class _LocalOutbox:
 
     def __init__(self, outbox, store: dict[int, Any]) -> None:
         self.outbox, self.store = outbox, store
-        self._keys = itertools.count()  # one thread puts: no lock needed
+        # The request loop and a concurrent preparing thread may both put: ``next`` on a count
+        # and a dict store are each atomic under the GIL, so no lock is needed.
+        self._keys = itertools.count()
 
     def put(self, msg: tuple) -> None:
         kind, rank, wid, payload = msg

@@ -8,18 +8,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_speed_script_smoke(tmp_path):
-    out = tmp_path / "speed.json"
-    cmd = [
-        sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--model", "pi3", "--device", "cpu",
-        "--size", "tiny", "--frames", "24", "--height", "42", "--width", "56", "--src-height", "45",
-        "--src-width", "60", "--window", "8", "--overlap", "3", "--no-compile", "--no-ladder",
-        "--out", str(out),
-    ]  # fmt: skip
+def run_script(name: str, args: list[str], out: Path) -> tuple[dict, str]:
+    """Run ``benchmarks/NAME`` on the CPU, one thread; return its JSON (``--out``) and stdout."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / name), *args, "--out", str(out)]
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    res = json.loads(out.read_text())
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_speed_script_smoke(tmp_path):
+    args = [
+        "--model", "pi3", "--device", "cpu", "--size", "tiny", "--frames", "24", "--height", "42",
+        "--width", "56", "--src-height", "45", "--src-width", "60", "--window", "8",
+        "--overlap", "3", "--no-compile", "--no-ladder",
+    ]  # fmt: skip
+    res, stdout = run_script("speed.py", args, tmp_path / "speed.json")
     for key in ("baseline", "fast", "fast_network_only", "fast_e2e_sequential_align_gpu"):
         assert "error" not in res[key], res[key]
     assert res["baseline"]["frames"] == 24 and res["fast"]["frames"] == 24
@@ -29,23 +33,17 @@ def test_speed_script_smoke(tmp_path):
     # On the CPU both paths run in fp32: the same numbers as the fp32 reference, cache included.
     assert res["baseline_accuracy"][1]["depth"] < 1e-5
     assert res["fast_accuracy"][1]["depth"] < 1e-5 and res["fast_accuracy"][1]["pose"] < 1e-5
-    assert "speedup_e2e" in res and "== pi3 on CPU" in proc.stdout
+    assert "speedup_e2e" in res and "== pi3 on CPU" in stdout
 
 
 def test_multi_gpu_script_smoke_on_two_cpu_workers(tmp_path):
     """benchmarks/speed_multi_gpu.py --process: both prepare modes, one and two workers, the same
     frames (the figures themselves only mean something on GPUs)."""
-    out = tmp_path / "multi.json"
-    cmd = [
-        sys.executable, str(ROOT / "benchmarks" / "speed_multi_gpu.py"), "--process",
-        "--devices", "cpu,cpu", "--size", "tiny", "--frames", "30", "--height", "42",
+    args = [
+        "--process", "--devices", "cpu,cpu", "--size", "tiny", "--frames", "30", "--height", "42",
         "--width", "56", "--window-size", "8", "--overlap", "3", "--prepare", "processes,none",
-        "--out", str(out),
     ]  # fmt: skip
-    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = json.loads(out.read_text())["results"]
+    rows = run_script("speed_multi_gpu.py", args, tmp_path / "multi.json")[0]["results"]
     assert [(r["gpus"], r["prepare"]) for r in rows] == [
         (1, "processes"), (1, "none"), (2, "processes"), (2, "none"),
     ]  # fmt: skip
