@@ -1,0 +1,327 @@
+"""Kernel-level measurements behind SPEED_NOTES run 8: where the network's time could still go.
+
+Three questions, each answered on the same card in one process, with errors against fp32 on the
+same weights and inputs (‖a−b‖/‖b‖):
+
+1. ``attention``: SDPA at π³'s global (1, 16, 15640, 64) and frame (20, 16, 782, 64) shapes
+   through each backend PyTorch offers, in TFLOP/s, against two floors: the matrix products at
+   the measured bf16 matmul rate, and the softmax's exponentials at the special-function units'
+   rate (16 per SM per clock on Hopper: at head dimension 64 these are almost as slow as the
+   products, which is why attention kernels stop far below the matmul ceiling).
+2. ``block``: one π³ decoder block (global and frame attention shapes) eager, with the regional
+   ``torch.compile`` the fast path uses, and with Inductor's ``max-autotune`` (Triton matrix
+   products whose epilogues take the bias, GELU and residual adds that otherwise make extra
+   passes over memory).
+3. ``dpt``: VGGT's DPT depth head on one window (20 frames): the fast path's bf16 NCHW chunks,
+   channels-last memory format, larger chunks, compiled.
+
+    python benchmarks/kernels.py [--only attention block dpt] [--tiny --device cpu] [--out F]
+
+``--tiny`` shrinks every shape for a CPU smoke test (figures meaningless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from laser_plugin.models.blocks import Block, DPTHead
+from laser_plugin.models.blocks.transformer import Rope2D, grid_positions
+from laser_plugin.models.fast import no_tf32
+
+
+def rel(a: Tensor, b: Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def bench(fn: Callable[[int], object], device: torch.device, iters: int, warmup: int = 3) -> float:
+    """Median milliseconds of ``fn(i)`` (i rotates the caller's input sets)."""
+    for i in range(warmup):
+        fn(i)
+    times = []
+    for i in range(iters):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(i)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t = time.perf_counter()
+            fn(i)
+            times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def matmul_rate(device: torch.device, n: int) -> float:
+    """Measured bf16 matrix-product rate in TFLOP/s (the ceiling the floors use)."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    ms = bench(lambda i: a @ b, device, 10)
+    return 2 * n**3 / ms / 1e9
+
+
+def sfu_rate(device: torch.device) -> float | None:
+    """Exponentials per second of the special-function units: SMs x clock x 16 (sm_80/sm_90)."""
+    if device.type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(device)
+    clock_khz = getattr(props, "clock_rate", None)
+    if not clock_khz:
+        return None
+    return props.multi_processor_count * clock_khz * 1e3 * 16
+
+
+def attention(args, device, res: dict) -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    heads, dim = (16, 64) if not args.tiny else (2, 16)
+    tokens = 782 if not args.tiny else 40
+    frames = 20 if not args.tiny else 3
+    shapes = {"global": (1, frames * tokens), "frame": (frames, tokens)}
+    backends = {
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "flash2": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
+    out = {}
+    sfu = sfu_rate(device)
+    for shape_name, (b, n) in shapes.items():
+        gen = torch.Generator(device=device).manual_seed(0)
+        sets = [
+            [torch.randn(b, heads, n, dim, device=device, generator=gen) for _ in range(3)]
+            for _ in range(3)
+        ]
+        with no_tf32():
+            ref = F.scaled_dot_product_attention(*sets[0])
+        low = [[t.to(torch.bfloat16) for t in s] for s in sets]
+        flop = 4 * b * heads * n * n * dim
+        row = {
+            "shape": [b, heads, n, dim],
+            "gflop": flop / 1e9,
+            "matmul_floor_ms": flop / (res["matmul_tflops"] * 1e9),
+            "exp_floor_ms": None if sfu is None else b * heads * n * n / sfu * 1e3,
+        }
+        for name, backend in backends.items():
+            if name == "math" and not args.tiny:
+                continue  # materialises the 15640^2 score matrix per head: not a contender
+            try:
+                with sdpa_kernel([backend]):
+                    ms = bench(
+                        lambda i, low=low: F.scaled_dot_product_attention(*low[i % 3]),
+                        device,
+                        args.iters,
+                    )
+                    err = rel(F.scaled_dot_product_attention(*low[0]), ref)
+                row[name] = {"ms": ms, "tflops": flop / ms / 1e9, "err_vs_fp32": err}
+            except RuntimeError as exc:  # backend not built or not applicable here
+                row[name] = {"unavailable": str(exc).splitlines()[0][:160]}
+        if device.type == "cuda":
+            row["flex"] = _flex(low, ref, flop, device, args.iters)
+        out[shape_name] = row
+    res["attention"] = out
+
+
+def _flex(low, ref, flop, device, iters) -> dict:
+    """FlexAttention: a Triton kernel generated by Inductor (no mask, no score modification)."""
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        fn = torch.compile(flex_attention)
+        ms = bench(lambda i: fn(*low[i % 3]), device, iters)
+        err = rel(fn(*low[0]), ref)
+        return {"ms": ms, "tflops": flop / ms / 1e9, "err_vs_fp32": err}
+    except Exception as exc:  # Triton missing or the shape unsupported: say so, keep going
+        return {"unavailable": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
+
+
+def _block_inputs(args, device, b, n, dim, heads):
+    """Three input sets (B, N, dim) fp32 and the rotary tables of π³'s token grid."""
+    h, w = (21, 37) if not args.tiny else (4, 9)
+    pos = grid_positions(h, w, 5, device)
+    per_frame = pos.shape[1]
+    frames = n // per_frame
+    rope_pos = pos.repeat(1, frames, 1) if b == 1 else pos
+    cos, sin = Rope2D(rope_pos).tables(dim // heads, torch.float32, device)
+    gen = torch.Generator(device=device).manual_seed(1)
+    xs = [torch.randn(b, n, dim, device=device, generator=gen) for _ in range(3)]
+    return xs, (cos, sin)
+
+
+def block(args, device, res: dict) -> None:
+    import torch._dynamo
+
+    torch._dynamo.config.automatic_dynamic_shapes = False
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    dim, heads = (1024, 16) if not args.tiny else (64, 4)
+    per_frame = (21 * 37 + 5) if not args.tiny else (4 * 9 + 5)
+    frames = 20 if not args.tiny else 3
+    torch.manual_seed(0)
+    ref_block = Block(dim, heads, eps=1e-6, layer_scale=0.01, qk_norm=True, qk_to_v_dtype=True)
+    # Random weights of the scale a trained block has: layer scale 0.01 as π³'s init would make
+    # the residual branch negligible; use 0.5 so the error figures measure the branch.
+    with torch.no_grad():
+        ref_block.ls1.gamma.fill_(0.5)
+        ref_block.ls2.gamma.fill_(0.5)
+    ref_block = ref_block.to(device).eval()
+    modes = ["eager", "compile"] + ([] if args.no_autotune else ["max-autotune"])
+    out = {}
+    for shape_name, (b, n) in {
+        "global": (1, frames * per_frame),
+        "frame": (frames, per_frame),
+    }.items():
+        xs, (cos, sin) = _block_inputs(args, device, b, n, dim, heads)
+        with torch.inference_mode(), no_tf32():
+            ref = ref_block(xs[0], (cos, sin))
+        xl = [x.to(torch.bfloat16) for x in xs]
+        tl = (cos.to(torch.bfloat16), sin.to(torch.bfloat16))
+        row = {"tokens": [b, n, dim]}
+        for mode in modes:
+            blk = copy.deepcopy(ref_block).to(torch.bfloat16)
+            if mode == "compile":
+                fn = torch.compile(blk)
+            elif mode == "max-autotune":
+                fn = torch.compile(blk, mode="max-autotune-no-cudagraphs")
+            else:
+                fn = blk
+            t = time.perf_counter()
+            with torch.inference_mode():
+                fn(xl[0], tl)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                first_s = time.perf_counter() - t
+                ms = bench(lambda i, fn=fn, xl=xl, tl=tl: fn(xl[i % 3], tl), device, args.iters)
+                err = rel(fn(xl[0], tl).float(), ref)
+            row[mode] = {"ms": ms, "first_call_s": first_s, "err_vs_fp32": err}
+        out[shape_name] = row
+    res["block"] = out
+
+
+def dpt(args, device, res: dict) -> None:
+    dim = 2048 if not args.tiny else 64
+    layers_idx = (4, 11, 17, 23) if not args.tiny else (0, 1, 2, 3)
+    features, channels = (256, (256, 512, 1024, 1024)) if not args.tiny else (16, (8, 16, 32, 32))
+    frames = 20 if not args.tiny else 4
+    hw = (294, 518) if not args.tiny else (56, 126)
+    ph, pw = hw[0] // 14, hw[1] // 14
+    start = 5
+    torch.manual_seed(0)
+    head = DPTHead(dim, 2, features=features, out_channels=channels, layer_indices=layers_idx)
+    head = head.to(device).eval()
+    gen = torch.Generator(device=device).manual_seed(2)
+    layers = {
+        i: torch.randn(frames, start + ph * pw, dim, device=device, generator=gen)
+        for i in layers_idx
+    }
+
+    def run(h, lay, chunk):
+        outs = []
+        for f0 in range(0, frames, chunk):
+            outs.append(h({i: t[f0 : f0 + chunk] for i, t in lay.items()}, hw, start))
+        return torch.cat(outs)
+
+    with torch.inference_mode(), no_tf32():
+        ref = run(head, layers, 4)
+    low = {i: t.to(torch.bfloat16) for i, t in layers.items()}
+    variants = [
+        ("bf16_chunk4", 4, False, False),
+        ("bf16_chunk4_channels_last", 4, True, False),
+        ("bf16_chunk4_compiled", 4, False, True),
+        ("bf16_chunk10_channels_last", 10, True, False),
+        ("bf16_chunk4_channels_last_compiled", 4, True, True),
+        ("bf16_chunk10_channels_last_compiled", 10, True, True),
+    ]
+    out = {"frames": frames, "hw": list(hw)}
+    for name, chunk, cl, comp in variants:
+        h = copy.deepcopy(head).to(torch.bfloat16)
+        if cl:
+            h = h.to(memory_format=torch.channels_last)
+        fn = torch.compile(h) if comp else h
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            y = run(fn, low, chunk)
+            first_s = time.perf_counter() - t
+            ms = bench(lambda i, fn=fn, chunk=chunk: run(fn, low, chunk), device, 8)
+            err = rel(y.float(), ref)
+        row = {"ms": ms, "first_call_s": first_s, "err_vs_fp32": err}
+        if device.type == "cuda":
+            row["peak_extra_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        out[name] = row
+    res["dpt"] = out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--only", nargs="*", default=["attention", "block", "dpt"])
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--no-autotune", action="store_true")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    res: dict = {"device": str(device), "torch": torch.__version__}
+    if device.type == "cuda":
+        res["card"] = torch.cuda.get_device_name(device)
+    res["matmul_tflops"] = matmul_rate(device, 8192 if not args.tiny else 256)
+    for part in args.only:
+        t = time.perf_counter()
+        {"attention": attention, "block": block, "dpt": dpt}[part](args, device, res)
+        res[f"{part}_s"] = time.perf_counter() - t
+        if args.out:
+            args.out.write_text(json.dumps(res, indent=1))
+    summary(res)
+
+
+def summary(res: dict) -> None:
+    """One line per measured variant (the JSON under --out has everything)."""
+    print(f"card: {res.get('card', res['device'])}  bf16 matmul {res['matmul_tflops']:.0f} TFLOP/s")
+    for shape, row in res.get("attention", {}).items():
+        floor = f"matmul floor {row['matmul_floor_ms']:.2f} ms"
+        if row["exp_floor_ms"] is not None:
+            floor += f", exp floor {row['exp_floor_ms']:.2f} ms"
+        print(f"attention {shape} {row['shape']}: {floor}")
+        for name, r in row.items():
+            if isinstance(r, dict) and "ms" in r:
+                print(
+                    f"  {name:10s} {r['ms']:8.3f} ms {r['tflops']:6.0f} TFLOP/s err {r['err_vs_fp32']:.1e}"
+                )
+            elif isinstance(r, dict):
+                print(f"  {name:10s} unavailable: {r['unavailable']}")
+    for part in ("block", "dpt"):
+        for shape, row in res.get(part, {}).items():
+            if not isinstance(row, dict):
+                continue
+            for name, r in row.items():
+                if isinstance(r, dict) and "ms" in r:
+                    extra = f" peak +{r['peak_extra_mib']:.0f} MiB" if "peak_extra_mib" in r else ""
+                    print(
+                        f"{part} {shape} {name}: {r['ms']:.3f} ms, first call "
+                        f"{r['first_call_s']:.1f} s, err {r['err_vs_fp32']:.1e}{extra}"
+                    )
+            if part == "dpt" and "ms" in row:
+                extra = f" peak +{row['peak_extra_mib']:.0f} MiB" if "peak_extra_mib" in row else ""
+                print(
+                    f"dpt {shape}: {row['ms']:.3f} ms, first call {row['first_call_s']:.1f} s, "
+                    f"err {row['err_vs_fp32']:.1e}{extra}"
+                )
+
+
+if __name__ == "__main__":
+    main()
