@@ -325,6 +325,8 @@ def worker_factory(args, **fast_options):
     else:
         from laser_plugin.models.vggt import make_model
     opts = {**json.loads(args.fast_options), **fast_options}
+    if args.compile_mode:
+        opts.setdefault("compile_mode", args.compile_mode)
     cuda = args.device.startswith("cuda")
     return functools.partial(
         make_model,
@@ -500,6 +502,11 @@ def main() -> None:
         default="{}",
         help="JSON FastOptions overrides for the worker's model, e.g. '{\"graph_heads\": true}'",
     )
+    ap.add_argument(
+        "--compile-mode",
+        default=None,
+        help="torch.compile mode of the fast path's blocks (e.g. max-autotune-no-cudagraphs)",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -633,8 +640,9 @@ def main() -> None:
     # -- the fast path: cast in place (the reference outputs are already taken) --------------
     t = time.perf_counter()
     fast = accelerate(
-        model, dtype=model.dtype, compile=False, cuda_graph=False, cache_encoder=False
-    )
+        model, dtype=model.dtype, compile=False, cuda_graph=False, cache_encoder=False,
+        compile_mode=args.compile_mode,
+    )  # fmt: skip
     sync(device)
     res["cast_s"] = time.perf_counter() - t
     if device.type == "cuda":

@@ -89,3 +89,16 @@ def test_frame_keys_reuse_tokens_like_the_content_cache():
     assert fast.cache.hits == 2 and fast.cache.misses == 10
     with pytest.raises(ValueError):
         fast(frames[:6], frame_keys=[(1, 0)])
+
+
+def test_compiled_vggt_fast_path_equals_reference():
+    """Compiled blocks and the compiled channels-last depth head, run in 10-frame chunks (the
+    GPU default when compiled), compute the reference function (fp32, Inductor on the CPU)."""
+    ref, fast = _pair("vggt", dtype=torch.float32, compile=True)
+    assert fast.dpt_chunk == 10
+    head = fast.net.depth_head
+    assert head.scratch.output_conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    w = torch.rand(12, 3, 42, 70, generator=torch.Generator().manual_seed(4))  # chunks 10 + 2
+    a, b = ref(w.clone()), fast(w.clone())
+    for key in ("depth", "conf", "cam_to_world", "intrinsics"):
+        torch.testing.assert_close(getattr(b, key), getattr(a, key), rtol=1e-4, atol=1e-5)

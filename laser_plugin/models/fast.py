@@ -46,7 +46,12 @@ class FastOptions:
     cache_encoder: bool = True
     """Reuse the overlap frames' encoder tokens from the previous window."""
     compile: bool = False
-    """Regional ``torch.compile`` of the transformer blocks (cold compile: tens of seconds)."""
+    """Regional ``torch.compile`` of the transformer blocks (cold compile: tens of seconds), and
+    of VGGT's depth head (channels-last)."""
+    compile_mode: str | None = None
+    """``torch.compile`` mode of the blocks: None (Inductor's default) or e.g.
+    ``"max-autotune-no-cudagraphs"`` (Triton matrix products with fused epilogues; minutes of
+    autotuning on the first run, cached on disk by Inductor afterwards)."""
     cuda_graph: bool = False
     """Capture the trunk and decoders in one CUDA graph per input shape (CUDA only)."""
     graph_heads: bool = False
@@ -55,8 +60,9 @@ class FastOptions:
     synchronises). Outputs are copied out of the graph's buffers before they are returned."""
     dpt_dtype: torch.dtype | None = None
     """VGGT depth-head dtype (None: the trunk dtype on CUDA, fp32 on the CPU)."""
-    dpt_chunk: int = 4
-    """VGGT depth head: frames per chunk (smaller bounds peak memory)."""
+    dpt_chunk: int | None = None
+    """VGGT depth head: frames per chunk (smaller bounds peak memory). None: 10 when the head is
+    compiled (its fused kernels keep 10 frames within the eager head's 4-frame memory), else 4."""
 
 
 class FrameTokenCache:
@@ -117,7 +123,7 @@ class FrameTokenCache:
         self._entries = {}
 
 
-def compile_blocks(blocks: Sequence[nn.Module]) -> None:
+def compile_blocks(blocks: Sequence[nn.Module], mode: str | None = None) -> None:
     """Regional compilation: every block shares one compiled forward (per shape and config)."""
     import torch._dynamo
 
@@ -131,7 +137,7 @@ def compile_blocks(blocks: Sequence[nn.Module]) -> None:
             torch._dynamo.config.accumulated_cache_size_limit, 512
         )
     for blk in blocks:
-        blk.compile()
+        blk.compile(mode=mode)
 
 
 class GraphedTrunk:
@@ -229,7 +235,7 @@ class _FastBase:
             self.cache = FrameTokenCache() if cache_encoder else None
         if compile and not self.options.compile:
             self.options.compile = True
-            compile_blocks(self._blocks())
+            self._compile()
         if graph_heads is not None and graph_heads != self.options.graph_heads:
             self.options.graph_heads = graph_heads
             self.trunk_runner = self._make_runner()
@@ -239,6 +245,9 @@ class _FastBase:
 
     def _blocks(self) -> list[nn.Module]:
         raise NotImplementedError
+
+    def _compile(self) -> None:
+        compile_blocks(self._blocks(), self.options.compile_mode)
 
     # The wrapped model's optional protocol attributes.
     @property
@@ -319,7 +328,7 @@ class FastPi3(_FastBase):
         )
         net.register_token.data = net.register_token.data.to(options.dtype)
         if options.compile:
-            compile_blocks(self._blocks())
+            self._compile()
 
     def _blocks(self) -> list[nn.Module]:
         net = self.net
@@ -402,11 +411,26 @@ class FastVGGT(_FastBase):
         # LASER never runs the point head: keep it off the accelerator.
         net.point_head.to("cpu")
         if options.compile:
-            compile_blocks(self._blocks())
+            self._compile()
 
     def _blocks(self) -> list[nn.Module]:
         agg = self.net.aggregator
         return [*agg.patch_embed.blocks, *agg.frame_blocks, *agg.global_blocks]
+
+    def _compile(self) -> None:
+        super()._compile()
+        # The DPT head is half of VGGT's non-attention time when eager (H100: 26 ms of a window
+        # in 4-frame chunks): Inductor fuses its ReLUs, residual adds, position embeddings and
+        # bilinear resizes around the convolutions, and channels-last weights keep cuDNN's
+        # tensor-core convolutions free of layout transposes (benchmarks/kernels.py, run 8).
+        head = self.net.depth_head.to(memory_format=torch.channels_last)
+        head.compile()
+
+    @property
+    def dpt_chunk(self) -> int:
+        if self.options.dpt_chunk is not None:
+            return self.options.dpt_chunk
+        return 10 if self.options.compile else 4
 
     def _trunk(self, tokens: Tensor):
         n = tokens.shape[0]
@@ -438,7 +462,7 @@ class FastVGGT(_FastBase):
     def _heads(self, layers) -> tuple[Tensor, Tensor, Tensor]:
         n = layers[self.net.cfg.depth - 1].shape[1]
         out = self.net.run_heads(
-            layers, 1, n, self._hw, ("camera", "depth"), self.options.dpt_chunk, self.dpt_dtype
+            layers, 1, n, self._hw, ("camera", "depth"), self.dpt_chunk, self.dpt_dtype
         )
         return out["pose_enc"][0], out["depth"][0], out["depth_conf"][0]
 
