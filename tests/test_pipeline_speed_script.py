@@ -53,3 +53,20 @@ def test_multi_gpu_script_smoke_on_two_cpu_workers(tmp_path):
         assert ("worker_prepare" in r["ms_per_window"]) == (r["prepare"] == "processes")
     for r in rows[1:]:  # same frames whatever the mode and the number of workers
         assert r["max_abs_pose_diff_vs_1"] == 0.0 and r["max_abs_depth_diff_vs_1"] == 0.0
+
+
+def test_kernels_script_smoke(tmp_path):
+    """benchmarks/kernels.py at toy sizes on the CPU: every variant runs and stays within bf16
+    rounding of its fp32 reference (the timings only mean something on a GPU)."""
+    args = ["--tiny", "--device", "cpu", "--iters", "2", "--only", "attention", "dpt"]
+    res, stdout = run_script("kernels.py", args, tmp_path / "kernels.json")
+    for shape in ("global", "frame"):
+        row = res["attention"][shape]
+        assert row["matmul_floor_ms"] > 0
+        timed = {k: v for k, v in row.items() if isinstance(v, dict) and "ms" in v}
+        assert "math" in timed  # the CPU always has the math backend
+        assert all(0 < v["err_vs_fp32"] < 1e-2 for v in timed.values()), timed
+    variants = {k: v for k, v in res["dpt"].items() if isinstance(v, dict)}
+    assert "bf16_chunk10_channels_last_compiled" in variants and len(variants) == 6
+    assert all(0 < v["err_vs_fp32"] < 1e-2 and v["ms"] > 0 for v in variants.values()), variants
+    assert "attention global" in stdout and "dpt bf16_chunk4:" in stdout
