@@ -89,7 +89,15 @@ def attention(args, device, res: dict) -> None:
     heads, dim = (16, 64) if not args.tiny else (2, 16)
     tokens = 782 if not args.tiny else 40
     frames = 20 if not args.tiny else 3
-    shapes = {"global": (1, frames * tokens), "frame": (frames, tokens)}
+    # (batch, tokens, heads, head dim). The control: the global shape with half the heads at twice
+    # the head dimension does the same products with half the exponentials; if the exponentials
+    # bound the kernel, it runs much faster than the real shape.
+    shapes = {
+        "global": (1, frames * tokens, heads, dim),
+        "frame": (frames, tokens, heads, dim),
+        "global_control_d2x": (1, frames * tokens, heads // 2, dim * 2),
+        "frame_control_d2x": (frames, tokens, heads // 2, dim * 2),
+    }
     backends = {
         "cudnn": SDPBackend.CUDNN_ATTENTION,
         "flash2": SDPBackend.FLASH_ATTENTION,
@@ -98,7 +106,7 @@ def attention(args, device, res: dict) -> None:
     }
     out = {}
     sfu = sfu_rate(device)
-    for shape_name, (b, n) in shapes.items():
+    for shape_name, (b, n, heads, dim) in shapes.items():
         gen = torch.Generator(device=device).manual_seed(0)
         sets = [
             [torch.randn(b, heads, n, dim, device=device, generator=gen) for _ in range(3)]
@@ -130,8 +138,30 @@ def attention(args, device, res: dict) -> None:
                 row[name] = {"unavailable": str(exc).splitlines()[0][:160]}
         if device.type == "cuda":
             row["flex"] = _flex(low, ref, flop, device, args.iters)
+            row["cudnn_bnhd"] = _bnhd(low, ref, flop, device, args.iters)
         out[shape_name] = row
     res["attention"] = out
+
+
+def _bnhd(low, ref, flop, device, iters) -> dict:
+    """cuDNN on (B, H, N, D) views of (B, N, H, D) tensors, the layout a qkv projection writes:
+    is it as fast, and does the output come back in that layout (then the attention output needs
+    no transpose copy before the output projection)?"""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    views = [[t.transpose(1, 2).contiguous().transpose(1, 2) for t in s] for s in low]
+    try:
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            ms = bench(lambda i: F.scaled_dot_product_attention(*views[i % 3]), device, iters)
+            out = F.scaled_dot_product_attention(*views[0])
+        return {
+            "ms": ms,
+            "tflops": flop / ms / 1e9,
+            "err_vs_fp32": rel(out, ref),
+            "output_bnhd_contiguous": out.transpose(1, 2).is_contiguous(),
+        }
+    except RuntimeError as exc:
+        return {"unavailable": str(exc).splitlines()[0][:160]}
 
 
 def _flex(low, ref, flop, device, iters) -> dict:
