@@ -57,7 +57,7 @@ def _exp2_f16x2(x):
 
 @triton.jit
 def _attn_fwd(
-    Q, K, V, O,
+    Q, K, V, Out,
     qk_scale,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
@@ -115,10 +115,10 @@ def _attn_fwd(
         v = tl.load(v_ptr + cols[:, None] * stride_vn + offs_d[None, :], mask=valid[:, None])
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
     out = acc / l_i[:, None]
-    o_ptr = O + b * stride_ob + h * stride_oh
+    o_ptr = Out + b * stride_ob + h * stride_oh
     tl.store(
         o_ptr + offs_m[:, None] * stride_on + offs_d[None, :],
-        out.to(O.dtype.element_ty),
+        out.to(Out.dtype.element_ty),
         mask=offs_m[:, None] < N,
     )
 
@@ -174,7 +174,7 @@ def main() -> None:
         ]
         ref = F.scaled_dot_product_attention(*(t.float() for t in qkv))
         flop = 4 * shape[0] * shape[1] * shape[2] ** 2 * shape[3]
-        ms = do_bench(lambda: F.scaled_dot_product_attention(*qkv), return_mode="median")
+        ms = do_bench(lambda qkv=qkv: F.scaled_dot_product_attention(*qkv), return_mode="median")
         cudnn = {"shape": name, "kernel": "sdpa (cuDNN)", "ms": ms, "tflops": flop / ms / 1e9,
                  "err": rel(F.scaled_dot_product_attention(*qkv), ref)}  # fmt: skip
         res["rows"].append(cudnn)
@@ -184,7 +184,7 @@ def main() -> None:
             try:
                 out = attention(*qkv, **kw)
                 torch.cuda.synchronize()
-                ms = do_bench(lambda kw=kw: attention(*qkv, **kw), return_mode="median")
+                ms = do_bench(lambda kw=kw, qkv=qkv: attention(*qkv, **kw), return_mode="median")
             except Exception as exc:  # out of shared memory or registers for this tile shape
                 res["rows"].append({"shape": name, **kw, "error": str(exc)[:200]})
                 continue
