@@ -196,6 +196,79 @@ def _attn_fwd_pipelined(
     )
 
 
+@triton.jit
+def _attn_fwd_tma(
+    q_desc, k_desc, v_desc, o_desc,
+    qk_scale,
+    H, N, n_full,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
+):  # fmt: skip
+    """As :func:`_attn_fwd`, with tiles moved by the bulk tensor copy engine (4-D descriptors
+    over (B, N, H, D): zero fill past N, clipped stores) and optionally Triton's automatic warp
+    specialisation of the key loop (loads, products and softmax in separate warp groups)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    row0 = pid_m * BLOCK_M
+    q = q_desc.load([b, row0, h, 0]).reshape(BLOCK_M, D)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    for start in tl.range(0, n_full, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
+        k = k_desc.load([b, start, h, 0]).reshape(BLOCK_N, D)
+        v = v_desc.load([b, start, h, 0]).reshape(BLOCK_N, D)
+        s = tl.dot(q, k.T)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s * qk_scale - (m_new * qk_scale)[:, None])
+        alpha = tl.math.exp2((m_i - m_new) * qk_scale)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        m_i = m_new
+    if n_full < N:
+        cols = n_full + tl.arange(0, BLOCK_N)
+        k = k_desc.load([b, n_full, h, 0]).reshape(BLOCK_N, D)
+        v = v_desc.load([b, n_full, h, 0]).reshape(BLOCK_N, D)
+        s = tl.where((cols < N)[None, :], tl.dot(q, k.T), float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s * qk_scale - (m_new * qk_scale)[:, None])
+        alpha = tl.math.exp2((m_i - m_new) * qk_scale)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    out = (acc / l_i[:, None]).to(o_desc.dtype)
+    o_desc.store([b, row0, h, 0], out.reshape(1, BLOCK_M, 1, D))
+
+
+def attention_tma(
+    q, k, v, *, block_m=128, block_n=64, num_warps=8, num_stages=3, warp_specialize=False
+) -> torch.Tensor:
+    """:func:`attention` through tensor descriptors; q, k, v must be (B, H, N, D) views of
+    contiguous (B, N, H, D) tensors (the qkv projection's layout)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    b, h, n, d = q.shape
+    out = torch.empty(b, n, h, d, device=q.device, dtype=q.dtype)
+
+    def desc(t, rows):
+        t = t.transpose(1, 2)  # (B, N, H, D) view
+        if not t.is_contiguous():
+            raise ValueError("attention_tma needs (B, N, H, D)-contiguous inputs")
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, rows, 1, d])
+
+    grid = (triton.cdiv(n, block_m), b * h)
+    _attn_fwd_tma[grid](
+        desc(q, block_m), desc(k, block_n), desc(v, block_n),
+        TensorDescriptor(out, list(out.shape), list(out.stride()), [1, block_m, 1, d]),
+        LOG2E / math.sqrt(d), h, n, (n // block_n) * block_n,
+        D=d, BLOCK_M=block_m, BLOCK_N=block_n, WARP_SPECIALIZE=warp_specialize,
+        num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+    return out.transpose(1, 2)
+
+
 def attention(
     q, k, v, *, block_m=64, block_n=64, num_warps=4, num_stages=3, half_exp=False, pipe=False
 ) -> torch.Tensor:
@@ -234,14 +307,19 @@ def main() -> None:
     dev = torch.device("cuda")
     res: dict = {"card": torch.cuda.get_device_name(dev), "rows": []}
     shapes = {"global": (1, 16, 15640, 64), "frame": (20, 16, 782, 64)}
-    # block_m, block_n, warps, stages, half_exp, pipe
-    configs = [
-        (*c, False, pipe)
-        for c in itertools.product((64, 128), (64, 128), (4, 8), (2, 3, 4))
-        for pipe in (False, True)
-    ] + [(128, 64, 8, 3, True, True), (64, 64, 4, 3, True, True)]
+    # (kernel, block_m, block_n, warps, stages, flag): flag is half_exp for "ptr" and "pipe",
+    # warp_specialize for "tma". Run 8e/8f swept the pointer kernels (half_exp, pipe: no gain).
+    configs = [("ptr", 128, 64, 8, 3, False), ("ptr", 64, 64, 4, 3, False)]
+    configs += [
+        ("tma", *c, ws)
+        for c in itertools.product((64, 128), (64, 128), (4, 8), (2, 3))
+        for ws in (False, True)
+    ]
     if args.quick:
-        configs = [(64, 64, 4, 3, False, False), (128, 64, 8, 3, False, True)]
+        configs = [*configs[:2], ("tma", 128, 64, 8, 3, False), ("tma", 128, 64, 8, 3, True)]
+    triton.set_allocator(
+        lambda size, alignment, stream: torch.empty(size, device="cuda", dtype=torch.int8)
+    )
     for name, shape in shapes.items():
         gen = torch.Generator(device=dev).manual_seed(0)
         # The layout the qkv projection writes: (B, N, H, D) storage seen as (B, H, N, D).
@@ -254,20 +332,24 @@ def main() -> None:
         ref = F.scaled_dot_product_attention(*(t.float() for t in qkv))
         flop = 4 * shape[0] * shape[1] * shape[2] ** 2 * shape[3]
         ms = do_bench(lambda qkv=qkv: F.scaled_dot_product_attention(*qkv), return_mode="median")
-        cudnn = {"shape": name, "kernel": "sdpa (cuDNN)", "ms": ms, "tflops": flop / ms / 1e9,
+        cudnn = {"shape": name, "kernel": "cudnn", "ms": ms, "tflops": flop / ms / 1e9,
                  "err": rel(F.scaled_dot_product_attention(*qkv), ref)}  # fmt: skip
         res["rows"].append(cudnn)
         print(f"{name} cuDNN: {ms:.3f} ms {cudnn['tflops']:.0f} TFLOP/s err {cudnn['err']:.1e}")
-        for bm, bn, w, st, half, pipe in configs:
-            kw = dict(block_m=bm, block_n=bn, num_warps=w, num_stages=st, half_exp=half, pipe=pipe)
+        for kernel, bm, bn, w, st, flag in configs:
+            kw = dict(block_m=bm, block_n=bn, num_warps=w, num_stages=st)
+            if kernel == "tma":
+                fn, kw["warp_specialize"] = attention_tma, flag
+            else:
+                fn, kw["half_exp"], kw["pipe"] = attention, flag, kernel == "pipe"
             try:
-                out = attention(*qkv, **kw)
+                out = fn(*qkv, **kw)
                 torch.cuda.synchronize()
-                ms = do_bench(lambda kw=kw, qkv=qkv: attention(*qkv, **kw), return_mode="median")
+                ms = do_bench(lambda fn=fn, kw=kw, qkv=qkv: fn(*qkv, **kw), return_mode="median")
             except Exception as exc:  # out of shared memory or registers for this tile shape
-                res["rows"].append({"shape": name, **kw, "error": str(exc)[:200]})
+                res["rows"].append({"shape": name, "kernel": kernel, **kw, "error": str(exc)[:300]})
                 continue
-            row = {"shape": name, **kw, "ms": ms, "tflops": flop / ms / 1e9,
+            row = {"shape": name, "kernel": kernel, **kw, "ms": ms, "tflops": flop / ms / 1e9,
                    "err": rel(out, ref), "vs_cudnn": cudnn["ms"] / ms}  # fmt: skip
             res["rows"].append(row)
             if args.out:
@@ -277,9 +359,10 @@ def main() -> None:
             key=lambda r: r["ms"],
         )[:8]
         for r in best:
+            flags = {k: r[k] for k in ("half_exp", "pipe", "warp_specialize") if k in r}
             print(
-                f"{name} triton bm{r['block_m']} bn{r['block_n']} w{r['num_warps']} "
-                f"s{r['num_stages']} half_exp={r['half_exp']} pipe={r['pipe']}: {r['ms']:.3f} ms "
+                f"{name} triton {r['kernel']} bm{r['block_m']} bn{r['block_n']} w{r['num_warps']} "
+                f"s{r['num_stages']} {flags}: {r['ms']:.3f} ms "
                 f"{r['tflops']:.0f} TFLOP/s err {r['err']:.1e} ({r['vs_cudnn']:.2f}x cuDNN)"
             )
     if args.out:
