@@ -325,6 +325,7 @@ def worker_factory(args, **fast_options):
     else:
         from laser_plugin.models.vggt import make_model
     opts = {**json.loads(args.fast_options), **fast_options}
+    opts.setdefault("attention", args.attention)
     if args.compile_mode:
         opts.setdefault("compile_mode", args.compile_mode)
     cuda = args.device.startswith("cuda")
@@ -503,6 +504,12 @@ def main() -> None:
         help="JSON FastOptions overrides for the worker's model, e.g. '{\"graph_heads\": true}'",
     )
     ap.add_argument(
+        "--attention",
+        default="auto",
+        choices=["auto", "laser", "sdpa"],
+        help="attention kernel of the fast variants (auto: ours where it can run, else SDPA)",
+    )
+    ap.add_argument(
         "--compile-mode",
         default=None,
         help="torch.compile mode of the fast path's blocks (e.g. max-autotune-no-cudagraphs)",
@@ -641,7 +648,7 @@ def main() -> None:
     t = time.perf_counter()
     fast = accelerate(
         model, dtype=model.dtype, compile=False, cuda_graph=False, cache_encoder=False,
-        compile_mode=args.compile_mode,
+        compile_mode=args.compile_mode, attention="sdpa",
     )  # fmt: skip
     sync(device)
     res["cast_s"] = time.perf_counter() - t
@@ -710,9 +717,12 @@ def main() -> None:
         ladder_step("net_plus_cuda_graph", cuda_graph=True)
     if not args.no_ladder:
         ladder_step("net_plus_graph_heads", graph_heads=True)
+        if args.attention != "sdpa":
+            ladder_step("net_plus_laser_attention", attention=args.attention)
     else:
-        fast.enable(graph_heads=True)
+        fast.enable(graph_heads=True, attention=args.attention)
         warm()
+    res["attention_kernel"] = fast.attention_kernel
 
     def fast_net():
         fast.reset()
@@ -866,6 +876,7 @@ def summary(res: dict) -> None:
         "net_plus_compile",
         "net_plus_cuda_graph",
         "net_plus_graph_heads",
+        "net_plus_laser_attention",
         "fast_network_only",
     ):
         r = res.get(key)
@@ -882,6 +893,7 @@ def summary(res: dict) -> None:
             f"baseline network-only {res['baseline']['network_only_new_fps']:.1f} new fps; "
             f"baseline accuracy {res.get('baseline_accuracy')}"
         )
+    print(f"attention kernel of the fast variants: {res.get('attention_kernel')}")
     for key in [k for k in res if k.endswith("_accuracy") and isinstance(res[k], list)]:
         acc = res[key]
         print(

@@ -58,6 +58,9 @@ class FastOptions:
     """Put the output heads and the conversion to depth/conf/intrinsics (and VGGT's cameras) in
     the graph too, so a window costs the host almost no Python (π³'s 3x3 SVD stays outside: it
     synchronises). Outputs are copied out of the graph's buffers before they are returned."""
+    attention: str = "auto"
+    """Attention kernel of the blocks: "auto" (our Triton kernel where it can run: CUDA, Hopper or
+    newer, head dimension 64/128; SDPA elsewhere), "laser" (same, stated), or "sdpa"."""
     dpt_dtype: torch.dtype | None = None
     """VGGT depth-head dtype (None: the trunk dtype on CUDA, fp32 on the CPU)."""
     dpt_chunk: int | None = None
@@ -210,6 +213,20 @@ class _FastBase:
         self.std = torch.tensor([0.229, 0.224, 0.225], device=self.device).view(1, 3, 1, 1)
         self._hw: tuple[int, int] = (0, 0)
         self.trunk_runner: Callable = self._make_runner()
+        self.attention_kernel = self._choose_attention()
+
+    def _choose_attention(self) -> str:
+        """Set every block's attention kernel from ``options.attention``; returns the choice."""
+        from laser_plugin.models.blocks.attention_kernel import available
+
+        choice = self.options.attention
+        if choice not in ("auto", "laser", "sdpa"):
+            raise ValueError(f"unknown attention kernel {choice!r} (auto, laser or sdpa)")
+        if choice == "auto":
+            choice = "laser" if available(self.device) else "sdpa"
+        for blk in self._blocks():
+            blk.attn.kernel = choice
+        return choice
 
     def _make_runner(self) -> Callable:
         """The part of a window that runs as one unit: trunk (+ heads), graphed on CUDA."""
@@ -228,8 +245,15 @@ class _FastBase:
         cuda_graph: bool | None = None,
         cache_encoder: bool | None = None,
         graph_heads: bool | None = None,
+        attention: str | None = None,
     ) -> None:
         """Switch features on (or the cache off) after construction, e.g. to measure each step."""
+        if attention is not None and attention != self.options.attention:
+            self.options.attention = attention
+            self.attention_kernel = self._choose_attention()
+            # Captured graphs hold the old kernel's launches; the compiled blocks recompile
+            # by themselves (their guards read the attribute).
+            self.trunk_runner = self._make_runner()
         if cache_encoder is not None:
             self.options.cache_encoder = cache_encoder
             self.cache = FrameTokenCache() if cache_encoder else None

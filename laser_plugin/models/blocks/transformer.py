@@ -2,8 +2,10 @@
 
 Attribute names (``norm1``, ``attn.qkv``, ``attn.q_norm``, ``ls1.gamma``, ``mlp.fc1`` ...) are
 the ones the released checkpoints use, so their state dicts load with ``strict=True``.
-Attention always goes through ``torch.nn.functional.scaled_dot_product_attention`` (the backend is
-left to PyTorch's dispatcher).
+Attention goes through ``torch.nn.functional.scaled_dot_product_attention`` (the backend left to
+PyTorch's dispatcher), unless a fast path sets ``Attention.kernel = "laser"``: then through our own
+kernel (:mod:`laser_plugin.models.blocks.attention_kernel`), which falls back to SDPA where it
+cannot run.
 """
 
 from __future__ import annotations
@@ -134,6 +136,8 @@ class Attention(nn.Module):
         self.k_norm: nn.Module = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         # π³ casts normalised q, k back to v's dtype (matters under autocast); VGGT does not.
         self.qk_to_v_dtype = qk_to_v_dtype
+        self.kernel = "sdpa"
+        """"sdpa" or "laser" (set by the fast paths; not part of the checkpoint)."""
 
     def forward(self, x: Tensor, rope: RopeArg = None) -> Tensor:
         """x: (B, N, dim) -> (B, N, dim)."""
@@ -147,7 +151,12 @@ class Attention(nn.Module):
             q, k = rope.apply(q), rope.apply(k)
         elif rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = F.scaled_dot_product_attention(q, k, v)
+        if self.kernel == "laser":
+            from laser_plugin.models.blocks.attention_kernel import attention
+
+            out = attention(q, k, v)  # (B, heads, N, head_dim) view of (B, N, heads, head_dim)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
