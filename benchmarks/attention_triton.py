@@ -1,18 +1,22 @@
-"""An attention forward kernel of our own in Triton, swept over tile shapes, against cuDNN.
+"""Attention forward kernels of our own in Triton, swept over tile shapes, against cuDNN.
 
 SPEED_NOTES run 8 measured that cuDNN's attention at head dimension 64 takes the products' time
-plus the exponentials' time, one after the other. A kernel that keeps several small programs
-per SM (64-row query tiles, four warps) lets one program's exponentials run while another's
-products do: the overlap cuDNN does not get. Variants:
+plus the exponentials' time, one after the other. These variants test ways around that:
 
-- ``exp2``: the softmax in fp32 with ``exp2`` (one special-function op per score);
-- ``exp2_f16x2``: the exponentials two at a time in half precision (``ex2.approx.f16x2``: half
-  the special-function ops). The probabilities are rounded to bf16 for the product anyway, so
-  half precision (10-bit mantissa) loses nothing that bf16 keeps.
+- "ptr": one program per 64- or 128-row query tile, pointer loads, the softmax in fp32 with
+  ``exp2``; smaller tiles keep several programs per SM, whose phases can interleave;
+- "ptr" with ``half_exp``: the exponentials two at a time in half precision
+  (``ex2.approx.f16x2``: half the special-function ops; the probabilities are rounded to bf16 for
+  the product anyway, so half precision loses nothing that bf16 keeps);
+- "pipe": the next key block's scores issued before this block's softmax;
+- "tma": the package's kernel (:mod:`laser_plugin.models.blocks.attention_kernel`, which the fast
+  paths use): tiles moved by tensor descriptors over the (B, N, H, D) layout.
 
-    python benchmarks/attention_triton.py [--out F]      (CUDA; prints a table, best last)
+    PYTHONPATH=. python benchmarks/attention_triton.py [--out F] [--quick]   (CUDA)
 
-Not part of the package: the kernel goes into the fast path only if it beats cuDNN here.
+Results (H100, runs 8e-8g): "tma" 1.07x cuDNN on the global shape and 1.18x on the frame shape;
+half-precision exponentials and the pipelined loop were slower (conversions; Triton waits for the
+products before the softmax either way).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from laser_plugin.models.blocks import attention_kernel as ak
 
 LOG2E = 1.4426950408889634
 
@@ -196,79 +202,6 @@ def _attn_fwd_pipelined(
     )
 
 
-@triton.jit
-def _attn_fwd_tma(
-    q_desc, k_desc, v_desc, o_desc,
-    qk_scale,
-    H, N, n_full,
-    D: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr,
-):  # fmt: skip
-    """As :func:`_attn_fwd`, with tiles moved by the bulk tensor copy engine (4-D descriptors
-    over (B, N, H, D): zero fill past N, clipped stores) and optionally Triton's automatic warp
-    specialisation of the key loop (loads, products and softmax in separate warp groups)."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    row0 = pid_m * BLOCK_M
-    q = q_desc.load([b, row0, h, 0]).reshape(BLOCK_M, D)
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, D], tl.float32)
-    for start in tl.range(0, n_full, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
-        k = k_desc.load([b, start, h, 0]).reshape(BLOCK_N, D)
-        v = v_desc.load([b, start, h, 0]).reshape(BLOCK_N, D)
-        s = tl.dot(q, k.T)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s * qk_scale - (m_new * qk_scale)[:, None])
-        alpha = tl.math.exp2((m_i - m_new) * qk_scale)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-        m_i = m_new
-    if n_full < N:
-        cols = n_full + tl.arange(0, BLOCK_N)
-        k = k_desc.load([b, n_full, h, 0]).reshape(BLOCK_N, D)
-        v = v_desc.load([b, n_full, h, 0]).reshape(BLOCK_N, D)
-        s = tl.where((cols < N)[None, :], tl.dot(q, k.T), float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s * qk_scale - (m_new * qk_scale)[:, None])
-        alpha = tl.math.exp2((m_i - m_new) * qk_scale)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-    out = (acc / l_i[:, None]).to(o_desc.dtype)
-    o_desc.store([b, row0, h, 0], out.reshape(1, BLOCK_M, 1, D))
-
-
-def attention_tma(
-    q, k, v, *, block_m=128, block_n=64, num_warps=8, num_stages=3, warp_specialize=False
-) -> torch.Tensor:
-    """:func:`attention` through tensor descriptors; q, k, v must be (B, H, N, D) views of
-    contiguous (B, N, H, D) tensors (the qkv projection's layout)."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    b, h, n, d = q.shape
-    out = torch.empty(b, n, h, d, device=q.device, dtype=q.dtype)
-
-    def desc(t, rows):
-        t = t.transpose(1, 2)  # (B, N, H, D) view
-        if not t.is_contiguous():
-            raise ValueError("attention_tma needs (B, N, H, D)-contiguous inputs")
-        return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, rows, 1, d])
-
-    grid = (triton.cdiv(n, block_m), b * h)
-    _attn_fwd_tma[grid](
-        desc(q, block_m), desc(k, block_n), desc(v, block_n),
-        TensorDescriptor(out, list(out.shape), list(out.stride()), [1, block_m, 1, d]),
-        LOG2E / math.sqrt(d), h, n, (n // block_n) * block_n,
-        D=d, BLOCK_M=block_m, BLOCK_N=block_n, WARP_SPECIALIZE=warp_specialize,
-        num_warps=num_warps, num_stages=num_stages,
-    )  # fmt: skip
-    return out.transpose(1, 2)
-
-
 def attention(
     q, k, v, *, block_m=64, block_n=64, num_warps=4, num_stages=3, half_exp=False, pipe=False
 ) -> torch.Tensor:
@@ -308,15 +241,13 @@ def main() -> None:
     res: dict = {"card": torch.cuda.get_device_name(dev), "rows": []}
     shapes = {"global": (1, 16, 15640, 64), "frame": (20, 16, 782, 64)}
     # (kernel, block_m, block_n, warps, stages, flag): flag is half_exp for "ptr" and "pipe",
-    # warp_specialize for "tma". Run 8e/8f swept the pointer kernels (half_exp, pipe: no gain).
+    # unused for "tma". Run 8e/8f swept the pointer kernels (half_exp, pipe: no gain).
     configs = [("ptr", 128, 64, 8, 3, False), ("ptr", 64, 64, 4, 3, False)]
-    configs += [
-        ("tma", *c, ws)
-        for c in itertools.product((64, 128), (64, 128), (4, 8), (2, 3))
-        for ws in (False, True)
-    ]
+    # "tma": the package's kernel (laser_plugin.models.blocks.attention_kernel). Run 8g also
+    # tried Triton's automatic warp specialisation of its key loop: no change on Hopper.
+    configs += [("tma", *c, False) for c in itertools.product((64, 128), (64, 128), (4, 8), (2, 3))]
     if args.quick:
-        configs = [*configs[:2], ("tma", 128, 64, 8, 3, False), ("tma", 128, 64, 8, 3, True)]
+        configs = [*configs[:2], ("tma", 128, 64, 8, 3, False), ("tma", 64, 64, 4, 3, False)]
     triton.set_allocator(
         lambda size, alignment, stream: torch.empty(size, device="cuda", dtype=torch.int8)
     )
@@ -339,13 +270,17 @@ def main() -> None:
         for kernel, bm, bn, w, st, flag in configs:
             kw = dict(block_m=bm, block_n=bn, num_warps=w, num_stages=st)
             if kernel == "tma":
-                fn, kw["warp_specialize"] = attention_tma, flag
+                cfg = (bm, bn, w, st)
+                fn, kw = (lambda q, k, v, cfg=cfg: ak._launch(q, k, v, cfg)), dict(kw)
             else:
                 fn, kw["half_exp"], kw["pipe"] = attention, flag, kernel == "pipe"
             try:
-                out = fn(*qkv, **kw)
+                call_kw = {} if kernel == "tma" else kw
+                out = fn(*qkv, **call_kw)
                 torch.cuda.synchronize()
-                ms = do_bench(lambda fn=fn, kw=kw, qkv=qkv: fn(*qkv, **kw), return_mode="median")
+                ms = do_bench(
+                    lambda fn=fn, kw=call_kw, qkv=qkv: fn(*qkv, **kw), return_mode="median"
+                )
             except Exception as exc:  # out of shared memory or registers for this tile shape
                 res["rows"].append({"shape": name, "kernel": kernel, **kw, "error": str(exc)[:300]})
                 continue
