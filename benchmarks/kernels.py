@@ -15,7 +15,9 @@ same weights and inputs (‖a−b‖/‖b‖):
 3. ``dpt``: VGGT's DPT depth head on one window (20 frames): the fast path's bf16 NCHW chunks,
    channels-last memory format, larger chunks, compiled.
 
-    python benchmarks/kernels.py [--only attention block dpt] [--tiny --device cpu] [--out F]
+4. ``gelu``: fc1 + GELU, Inductor against cuBLASLt's GELU epilogue.
+
+    python benchmarks/kernels.py [--only attention block dpt gelu] [--tiny --device cpu] [--out F]
 
 ``--tiny`` shrinks every shape for a CPU smoke test (figures meaningless).
 """
@@ -206,7 +208,8 @@ def block(args, device, res: dict) -> None:
         ref_block.ls1.gamma.fill_(0.5)
         ref_block.ls2.gamma.fill_(0.5)
     ref_block = ref_block.to(device).eval()
-    modes = ["eager", "compile"] + ([] if args.no_autotune else ["max-autotune"])
+    modes = ["eager", "compile", "compile_fused_gelu"]
+    modes += [] if args.no_autotune else ["max-autotune"]
     out = {}
     for shape_name, (b, n) in {
         "global": (1, frames * per_frame),
@@ -220,7 +223,8 @@ def block(args, device, res: dict) -> None:
         row = {"tokens": [b, n, dim]}
         for mode in modes:
             blk = copy.deepcopy(ref_block).to(torch.bfloat16)
-            if mode == "compile":
+            blk.mlp.fused_gelu = mode == "compile_fused_gelu"
+            if mode in ("compile", "compile_fused_gelu"):
                 fn = torch.compile(blk)
             elif mode == "max-autotune":
                 fn = torch.compile(blk, mode="max-autotune-no-cudagraphs")
@@ -237,6 +241,34 @@ def block(args, device, res: dict) -> None:
             row[mode] = {"ms": ms, "first_call_s": first_s, "err_vs_fp32": err}
         out[shape_name] = row
     res["block"] = out
+
+
+def gelu(args, device, res: dict) -> None:
+    """fc1 + exact GELU of one block's MLP: Inductor (a product, then a GELU pass over the
+    4096-wide hidden layer) against ``torch._addmm_activation`` (cuBLASLt's GELU epilogue: no
+    extra pass). Which GELU the epilogue computes (erf or tanh) is read off the errors."""
+    m, k, n = (15640, 1024, 4096) if not args.tiny else (200, 64, 256)
+    gen = torch.Generator(device=device).manual_seed(3)
+    xs = [torch.randn(m, k, device=device, generator=gen) for _ in range(3)]
+    w = torch.randn(n, k, device=device, generator=gen) / k**0.5
+    b = torch.randn(n, device=device, generator=gen) * 0.1
+    with no_tf32():
+        pre = F.linear(xs[0], w, b)
+    exact, tanh = F.gelu(pre), F.gelu(pre, approximate="tanh")
+    xl, wl, bl = [x.to(torch.bfloat16) for x in xs], w.to(torch.bfloat16), b.to(torch.bfloat16)
+    compiled = torch.compile(lambda x: F.gelu(F.linear(x, wl, bl)))
+    fused = lambda x: torch._addmm_activation(bl, x, wl.t(), use_gelu=True)  # noqa: E731
+    out = {"shape": [m, k, n]}
+    for name, fn in (("inductor_linear_then_gelu", compiled), ("addmm_gelu_epilogue", fused)):
+        with torch.inference_mode():
+            y = fn(xl[0]).float()
+            ms = bench(lambda i, fn=fn: fn(xl[i % 3]), device, args.iters)
+        out[name] = {
+            "ms": ms,
+            "err_vs_exact_gelu": rel(y, exact),
+            "err_vs_tanh_gelu": rel(y, tanh),
+        }
+    res["gelu"] = out
 
 
 def dpt(args, device, res: dict) -> None:
@@ -312,7 +344,8 @@ def main() -> None:
     res["matmul_tflops"] = matmul_rate(device, 8192 if not args.tiny else 256)
     for part in args.only:
         t = time.perf_counter()
-        {"attention": attention, "block": block, "dpt": dpt}[part](args, device, res)
+        parts = {"attention": attention, "block": block, "dpt": dpt, "gelu": gelu}
+        parts[part](args, device, res)
         res[f"{part}_s"] = time.perf_counter() - t
         if args.out:
             args.out.write_text(json.dumps(res, indent=1))
@@ -334,6 +367,12 @@ def summary(res: dict) -> None:
                 )
             elif isinstance(r, dict):
                 print(f"  {name:10s} unavailable: {r['unavailable']}")
+    for name, r in res.get("gelu", {}).items():
+        if isinstance(r, dict):
+            print(
+                f"gelu {name}: {r['ms']:.3f} ms, err vs exact {r['err_vs_exact_gelu']:.1e}, "
+                f"vs tanh {r['err_vs_tanh_gelu']:.1e}"
+            )
     for part in ("block", "dpt"):
         for shape, row in res.get(part, {}).items():
             if not isinstance(row, dict):

@@ -326,6 +326,7 @@ def worker_factory(args, **fast_options):
         from laser_plugin.models.vggt import make_model
     opts = {**json.loads(args.fast_options), **fast_options}
     opts.setdefault("attention", args.attention)
+    opts.setdefault("fused_gelu", args.fused_gelu)
     if args.compile_mode:
         opts.setdefault("compile_mode", args.compile_mode)
     cuda = args.device.startswith("cuda")
@@ -510,6 +511,12 @@ def main() -> None:
         help="attention kernel of the fast variants (auto: ours where it can run, else SDPA)",
     )
     ap.add_argument(
+        "--fused-gelu",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="fast variants: fc1 + GELU as one product with a GELU epilogue",
+    )
+    ap.add_argument(
         "--compile-mode",
         default=None,
         help="torch.compile mode of the fast path's blocks (e.g. max-autotune-no-cudagraphs)",
@@ -648,7 +655,7 @@ def main() -> None:
     t = time.perf_counter()
     fast = accelerate(
         model, dtype=model.dtype, compile=False, cuda_graph=False, cache_encoder=False,
-        compile_mode=args.compile_mode, attention="sdpa",
+        compile_mode=args.compile_mode, attention="sdpa", fused_gelu=False,
     )  # fmt: skip
     sync(device)
     res["cast_s"] = time.perf_counter() - t
@@ -719,8 +726,10 @@ def main() -> None:
         ladder_step("net_plus_graph_heads", graph_heads=True)
         if args.attention != "sdpa":
             ladder_step("net_plus_laser_attention", attention=args.attention)
+        if args.fused_gelu:
+            ladder_step("net_plus_fused_gelu", fused_gelu=True)
     else:
-        fast.enable(graph_heads=True, attention=args.attention)
+        fast.enable(graph_heads=True, attention=args.attention, fused_gelu=args.fused_gelu)
         warm()
     res["attention_kernel"] = fast.attention_kernel
 
@@ -877,6 +886,7 @@ def summary(res: dict) -> None:
         "net_plus_cuda_graph",
         "net_plus_graph_heads",
         "net_plus_laser_attention",
+        "net_plus_fused_gelu",
         "fast_network_only",
     ):
         r = res.get(key)

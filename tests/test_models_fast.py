@@ -102,3 +102,14 @@ def test_compiled_vggt_fast_path_equals_reference():
     a, b = ref(w.clone()), fast(w.clone())
     for key in ("depth", "conf", "cam_to_world", "intrinsics"):
         torch.testing.assert_close(getattr(b, key), getattr(a, key), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["pi3", "vggt"])
+def test_fused_gelu_fast_path_equals_reference(name):
+    """fc1 + GELU as one product with a GELU epilogue (exact GELU on the CPU): same function."""
+    ref, fast = _pair(name, dtype=torch.float32, fused_gelu=True)
+    assert all(blk.mlp.fused_gelu for blk in fast._blocks())
+    w = torch.rand(5, 3, 42, 70, generator=torch.Generator().manual_seed(6))
+    a, b = ref(w.clone()), fast(w.clone())
+    for key in ("depth", "conf", "cam_to_world", "intrinsics"):
+        torch.testing.assert_close(getattr(b, key), getattr(a, key), rtol=1e-4, atol=1e-5)

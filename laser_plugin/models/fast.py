@@ -61,6 +61,8 @@ class FastOptions:
     attention: str = "auto"
     """Attention kernel of the blocks: "auto" (our Triton kernel where it can run: CUDA, Hopper or
     newer, head dimension 64/128; SDPA elsewhere), "laser" (same, stated), or "sdpa"."""
+    fused_gelu: bool = False
+    """MLPs: fc1 and its GELU as one product with a GELU epilogue (no pass over the hidden layer)."""
     dpt_dtype: torch.dtype | None = None
     """VGGT depth-head dtype (None: the trunk dtype on CUDA, fp32 on the CPU)."""
     dpt_chunk: int | None = None
@@ -216,7 +218,8 @@ class _FastBase:
         self.attention_kernel = self._choose_attention()
 
     def _choose_attention(self) -> str:
-        """Set every block's attention kernel from ``options.attention``; returns the choice."""
+        """Set every block's attention kernel from ``options.attention`` (and its MLP's fused
+        GELU from ``options.fused_gelu``); returns the attention choice."""
         from laser_plugin.models.blocks.attention_kernel import available
 
         choice = self.options.attention
@@ -226,6 +229,7 @@ class _FastBase:
             choice = "laser" if available(self.device) else "sdpa"
         for blk in self._blocks():
             blk.attn.kernel = choice
+            blk.mlp.fused_gelu = self.options.fused_gelu
         return choice
 
     def _make_runner(self) -> Callable:
@@ -246,10 +250,16 @@ class _FastBase:
         cache_encoder: bool | None = None,
         graph_heads: bool | None = None,
         attention: str | None = None,
+        fused_gelu: bool | None = None,
     ) -> None:
         """Switch features on (or the cache off) after construction, e.g. to measure each step."""
-        if attention is not None and attention != self.options.attention:
-            self.options.attention = attention
+        changed = (attention is not None and attention != self.options.attention) or (
+            fused_gelu is not None and fused_gelu != self.options.fused_gelu
+        )
+        if changed:
+            self.options.attention = attention or self.options.attention
+            if fused_gelu is not None:
+                self.options.fused_gelu = fused_gelu
             self.attention_kernel = self._choose_attention()
             # Captured graphs hold the old kernel's launches; the compiled blocks recompile
             # by themselves (their guards read the attribute).
