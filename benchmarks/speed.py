@@ -513,7 +513,7 @@ def main() -> None:
     ap.add_argument(
         "--fused-gelu",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=True,
         help="fast variants: fc1 + GELU as one product with a GELU epilogue",
     )
     ap.add_argument(

@@ -61,8 +61,9 @@ class FastOptions:
     attention: str = "auto"
     """Attention kernel of the blocks: "auto" (our Triton kernel where it can run: CUDA, Hopper or
     newer, head dimension 64/128; SDPA elsewhere), "laser" (same, stated), or "sdpa"."""
-    fused_gelu: bool = False
-    """MLPs: fc1 and its GELU as one product with a GELU epilogue (no pass over the hidden layer)."""
+    fused_gelu: bool = True
+    """MLPs: fc1 and its GELU as one product with cuBLASLt's GELU epilogue (no pass over the 4x
+    hidden layer; H100: −4 ms per π³/VGGT window, errors against fp32 unchanged, run 8j)."""
     dpt_dtype: torch.dtype | None = None
     """VGGT depth-head dtype (None: the trunk dtype on CUDA, fp32 on the CPU)."""
     dpt_chunk: int | None = None
