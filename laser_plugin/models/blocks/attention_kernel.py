@@ -141,17 +141,28 @@ def _launch(
     return out.transpose(1, 2)
 
 
-@torch.library.custom_op("laser_plugin::attention", mutates_args=())
-def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """softmax(q kᵀ / √D) v for (B, H, N, D) tensors; the result is a (B, H, N, D) view of
-    (B, N, H, D) storage. Runs our kernel where :func:`supports` says so, SDPA otherwise."""
+def _attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     if supports(q, k, v):
         return _launch(q, k, v)
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     return out.transpose(1, 2).contiguous().transpose(1, 2)
 
 
-@attention.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    b, h, n, d = q.shape
-    return q.new_empty(b, n, h, d).transpose(1, 2)
+if hasattr(torch.library, "custom_op"):  # torch >= 2.4
+
+    @torch.library.custom_op("laser_plugin::attention", mutates_args=())
+    def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """softmax(q kᵀ / √D) v for (B, H, N, D) tensors; the result is a (B, H, N, D) view of
+        (B, N, H, D) storage. Our kernel where :func:`supports` says so, SDPA otherwise."""
+        return _attention(q, k, v)
+
+    @attention.register_fake
+    def _(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        b, h, n, d = q.shape
+        return q.new_empty(b, n, h, d).transpose(1, 2)
+
+else:  # pragma: no cover - older torch: no custom ops, so no kernel inside compiled code
+    triton = None
+
+    def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return _attention(q, k, v)

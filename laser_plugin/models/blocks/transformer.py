@@ -40,7 +40,7 @@ class Mlp(nn.Module):
         layer. Its GELU may be the tanh form; the difference (< 5e-4) is below bf16 rounding."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fused_gelu and self.fc1.bias is not None:
+        if self.fused_gelu and self.fc1.bias is not None and hasattr(torch, "_addmm_activation"):
             w = self.fc1.weight
             h = torch._addmm_activation(
                 self.fc1.bias, x.reshape(-1, w.shape[1]), w.t(), use_gelu=True
