@@ -10,8 +10,11 @@ weights under bf16 autocast, eager):
   the tokens computed for them in the previous window (both encoders see one frame at a time, so
   this is exact up to the batch size the matrix products run at);
 - rotary tables are computed once per input size and passed as tensors (no host-device syncs);
-- optional regional ``torch.compile`` (one compiled transformer block reused by every block) and
-  one CUDA graph for the whole alternating-attention trunk and decoders.
+- optional regional ``torch.compile`` (one compiled transformer block reused by every block; VGGT's
+  depth head compiled too, channels-last) and one CUDA graph for the whole alternating-attention
+  trunk and decoders;
+- on Hopper GPUs, our attention kernel (:mod:`laser_plugin.models.blocks.attention_kernel`) in
+  place of SDPA, and every MLP's first product with cuBLASLt's GELU epilogue.
 
 Every fast path is checked against fp32 on the same weights and inputs by ``benchmarks/speed.py``
 (‖a−b‖/‖b‖ of depth and poses); the tiny-size CPU tests check the cache and the restructuring.
@@ -216,9 +219,9 @@ class _FastBase:
         self.std = torch.tensor([0.229, 0.224, 0.225], device=self.device).view(1, 3, 1, 1)
         self._hw: tuple[int, int] = (0, 0)
         self.trunk_runner: Callable = self._make_runner()
-        self.attention_kernel = self._choose_attention()
+        self.attention_kernel = self._configure_blocks()
 
-    def _choose_attention(self) -> str:
+    def _configure_blocks(self) -> str:
         """Set every block's attention kernel from ``options.attention`` (and its MLP's fused
         GELU from ``options.fused_gelu``); returns the attention choice."""
         from laser_plugin.models.blocks.attention_kernel import available
@@ -261,7 +264,7 @@ class _FastBase:
             self.options.attention = attention or self.options.attention
             if fused_gelu is not None:
                 self.options.fused_gelu = fused_gelu
-            self.attention_kernel = self._choose_attention()
+            self.attention_kernel = self._configure_blocks()
             # Captured graphs hold the old kernel's launches; the compiled blocks recompile
             # by themselves (their guards read the attribute).
             self.trunk_runner = self._make_runner()
@@ -454,8 +457,8 @@ class FastVGGT(_FastBase):
 
     def _compile(self) -> None:
         super()._compile()
-        # The DPT head is half of VGGT's non-attention time when eager (H100: 26 ms of a window
-        # in 4-frame chunks): Inductor fuses its ReLUs, residual adds, position embeddings and
+        # The eager DPT head is about a sixth of a VGGT window (H100: 26 ms of ~155 ms in 4-frame
+        # chunks): Inductor fuses its ReLUs, residual adds, position embeddings and
         # bilinear resizes around the convolutions, and channels-last weights keep cuDNN's
         # tensor-core convolutions free of layout transposes (benchmarks/kernels.py, run 8).
         head = self.net.depth_head.to(memory_format=torch.channels_last)
