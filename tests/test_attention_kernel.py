@@ -97,3 +97,23 @@ def test_kernel_in_the_triton_interpreter():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("ok ") == 3, proc.stdout
+
+
+def test_a_failing_kernel_falls_back_to_sdpa_once_with_a_warning(monkeypatch):
+    """If our kernel cannot run on some GPU/Triton combination, the stream goes on with SDPA."""
+    calls = []
+
+    def broken(q, k, v):
+        calls.append(1)
+        raise RuntimeError("PassManager::run failed\nmore detail")
+
+    monkeypatch.setattr(ak, "supports", lambda q, k, v: True)
+    monkeypatch.setattr(ak, "_launch", broken)
+    monkeypatch.setattr(ak, "disabled", None)
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 70, 16, generator=g) for _ in range(3))
+    with pytest.warns(RuntimeWarning, match="PassManager::run failed"):
+        out = ak.attention(q, k, v)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
+    ak.attention(q, k, v)  # no second try, no second warning
+    assert calls == [1] and ak.disabled.startswith("RuntimeError")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import torch
 from torch import Tensor
@@ -141,9 +142,22 @@ def _launch(
     return out.transpose(1, 2)
 
 
+disabled: str | None = None
+"""Why the kernel was switched off in this process (it failed once), or None."""
+
+
 def _attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    if supports(q, k, v):
-        return _launch(q, k, v)
+    global disabled
+    if disabled is None and supports(q, k, v):
+        try:
+            return _launch(q, k, v)
+        except Exception as exc:  # e.g. a Triton build that cannot compile it for this GPU
+            disabled = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            warnings.warn(
+                f"laser attention kernel failed ({disabled}); using PyTorch's attention",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     return out.transpose(1, 2).contiguous().transpose(1, 2)
 
