@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from speed import rel  # benchmarks/ is on the path when this script runs
 
 from laser_plugin.models.blocks import attention_kernel as ak
 
@@ -62,78 +63,11 @@ def _exp2_f16x2(x):
 
 
 @triton.jit
-def _attn_fwd(
-    Q, K, V, Out,
-    qk_scale,
-    stride_qb, stride_qh, stride_qn,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
-    stride_ob, stride_oh, stride_on,
-    H, N, n_full,
-    D: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    HALF_EXP: tl.constexpr,
-):  # fmt: skip
-    """One program: BLOCK_M query rows of one (batch, head); streams all keys (online softmax).
-    Tensors are (B, H, N, D) with unit stride along D; ``n_full``: the keys in whole blocks."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
-    q_ptr = Q + b * stride_qb + h * stride_qh
-    k_ptr = K + b * stride_kb + h * stride_kh
-    v_ptr = V + b * stride_vb + h * stride_vh
-    q = tl.load(q_ptr + offs_m[:, None] * stride_qn + offs_d[None, :], mask=offs_m[:, None] < N)
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, D], tl.float32)
-    # Full key blocks: no masks in the loop.
-    for start in range(0, n_full, BLOCK_N):
-        cols = start + offs_n
-        k = tl.load(k_ptr + cols[None, :] * stride_kn + offs_d[:, None])  # (D, BLOCK_N)
-        s = tl.dot(q, k)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # scores to log2 units and the running max subtracted in one multiply-add per score
-        shifted = s * qk_scale - (m_new * qk_scale)[:, None]
-        if HALF_EXP:
-            p = _exp2_f16x2(shifted)
-        else:
-            p = tl.math.exp2(shifted)
-        alpha = tl.math.exp2((m_i - m_new) * qk_scale)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_ptr + cols[:, None] * stride_vn + offs_d[None, :])  # (BLOCK_N, D)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-        m_i = m_new
-    # The ragged last block, masked.
-    if n_full < N:
-        cols = n_full + offs_n
-        valid = cols < N
-        k = tl.load(k_ptr + cols[None, :] * stride_kn + offs_d[:, None], mask=valid[None, :])
-        s = tl.where(valid[None, :], tl.dot(q, k), float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s * qk_scale - (m_new * qk_scale)[:, None])
-        alpha = tl.math.exp2((m_i - m_new) * qk_scale)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_ptr + cols[:, None] * stride_vn + offs_d[None, :], mask=valid[:, None])
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-    out = acc / l_i[:, None]
-    o_ptr = Out + b * stride_ob + h * stride_oh
-    tl.store(
-        o_ptr + offs_m[:, None] * stride_on + offs_d[None, :],
-        out.to(Out.dtype.element_ty),
-        mask=offs_m[:, None] < N,
-    )
-
-
-@triton.jit
 def _softmax_step(s, m_i, l_i, acc, v, qk_scale, HALF_EXP: tl.constexpr):
     """Fold one block of raw scores s (BLOCK_M, BLOCK_N) and its values v into the running
     max m_i, row sums l_i and output acc (online softmax)."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
+    # scores to log2 units and the running max subtracted in one multiply-add per score
     shifted = s * qk_scale - (m_new * qk_scale)[:, None]
     if HALF_EXP:
         p = _exp2_f16x2(shifted)
@@ -146,7 +80,7 @@ def _softmax_step(s, m_i, l_i, acc, v, qk_scale, HALF_EXP: tl.constexpr):
 
 
 @triton.jit
-def _attn_fwd_pipelined(
+def _attn_fwd(
     Q, K, V, Out,
     qk_scale,
     stride_qb, stride_qh, stride_qn,
@@ -158,9 +92,12 @@ def _attn_fwd_pipelined(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HALF_EXP: tl.constexpr,
+    PIPE: tl.constexpr,
 ):  # fmt: skip
-    """As :func:`_attn_fwd`, with the next key block's scores issued before this block's
-    softmax, so that the tensor cores can work while the exponentials run (needs N >= BLOCK_N)."""
+    """One program: BLOCK_M query rows of one (batch, head); streams all keys (online softmax).
+    Tensors are (B, H, N, D) with unit stride along D; ``n_full``: the keys in whole blocks.
+    ``PIPE``: the next key block's scores are issued before this block's softmax, so that the
+    tensor cores could work while the exponentials run (needs N >= BLOCK_N)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -175,17 +112,26 @@ def _attn_fwd_pipelined(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    s = tl.dot(q, tl.load(k_ptr + offs_n[None, :] * stride_kn + offs_d[:, None]))
-    for start in range(BLOCK_N, n_full, BLOCK_N):
-        cols = start + offs_n
-        s_next = tl.dot(q, tl.load(k_ptr + cols[None, :] * stride_kn + offs_d[:, None]))
-        prev = start - BLOCK_N + offs_n
+    # Full key blocks: no masks in the loop. K tiles load as (D, BLOCK_N), V tiles (BLOCK_N, D).
+    if PIPE:
+        s = tl.dot(q, tl.load(k_ptr + offs_n[None, :] * stride_kn + offs_d[:, None]))
+        for start in range(BLOCK_N, n_full, BLOCK_N):
+            cols = start + offs_n
+            s_next = tl.dot(q, tl.load(k_ptr + cols[None, :] * stride_kn + offs_d[:, None]))
+            prev = start - BLOCK_N + offs_n
+            v = tl.load(v_ptr + prev[:, None] * stride_vn + offs_d[None, :])
+            m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, v, qk_scale, HALF_EXP)
+            s = s_next
+        prev = n_full - BLOCK_N + offs_n
         v = tl.load(v_ptr + prev[:, None] * stride_vn + offs_d[None, :])
         m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, v, qk_scale, HALF_EXP)
-        s = s_next
-    prev = n_full - BLOCK_N + offs_n
-    v = tl.load(v_ptr + prev[:, None] * stride_vn + offs_d[None, :])
-    m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, v, qk_scale, HALF_EXP)
+    else:
+        for start in range(0, n_full, BLOCK_N):
+            cols = start + offs_n
+            s = tl.dot(q, tl.load(k_ptr + cols[None, :] * stride_kn + offs_d[:, None]))
+            v = tl.load(v_ptr + cols[:, None] * stride_vn + offs_d[None, :])
+            m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, v, qk_scale, HALF_EXP)
+    # The ragged last block, masked.
     if n_full < N:
         cols = n_full + offs_n
         valid = cols < N
@@ -211,8 +157,7 @@ def attention(
     grid = (triton.cdiv(n, block_m), b * h)
     if pipe and n < block_n:
         raise ValueError("the pipelined kernel needs at least one whole key block")
-    kernel = _attn_fwd_pipelined if pipe else _attn_fwd
-    kernel[grid](
+    _attn_fwd[grid](
         q, k, v, out,
         LOG2E / math.sqrt(d),
         q.stride(0), q.stride(1), q.stride(2),
@@ -220,14 +165,10 @@ def attention(
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         h, n, (n // block_n) * block_n,
-        D=d, BLOCK_M=block_m, BLOCK_N=block_n, HALF_EXP=half_exp,
+        D=d, BLOCK_M=block_m, BLOCK_N=block_n, HALF_EXP=half_exp, PIPE=pipe,
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out
-
-
-def rel(a, b) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 def main() -> None:

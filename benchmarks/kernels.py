@@ -34,16 +34,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from speed import rel  # benchmarks/ is on the path when this script runs
 
 from laser_plugin.models.blocks import Block, DPTHead
 from laser_plugin.models.blocks.transformer import Rope2D, grid_positions
 from laser_plugin.models.fast import no_tf32
-
-
-def rel(a: Tensor, b: Tensor) -> float:
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 def bench(fn: Callable[[int], object], device: torch.device, iters: int, warmup: int = 3) -> float:

@@ -58,6 +58,17 @@ def supports(q: Tensor, k: Tensor, v: Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
+    def _softmax_step(s, m_i, l_i, acc, v, qk_scale):
+        """Fold one key block's raw scores s (BLOCK_M, BLOCK_N) and values v (BLOCK_N, D) into
+        the running row maximum m_i, row sums l_i and output acc (online softmax)."""
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # scores to base-2 units minus the running maximum: one multiply-add per score
+        p = tl.math.exp2(s * qk_scale - (m_new * qk_scale)[:, None])
+        alpha = tl.math.exp2((m_i - m_new) * qk_scale)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        return m_new, l_i, tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+
+    @triton.jit
     def _attn_fwd(
         q_desc, k_desc, v_desc, o_desc,
         qk_scale,
@@ -83,24 +94,13 @@ if triton is not None:
         for start in range(0, n_full, BLOCK_N):
             k = k_desc.load([b, start, h, 0]).reshape(BLOCK_N, D)
             v = v_desc.load([b, start, h, 0]).reshape(BLOCK_N, D)
-            s = tl.dot(q, k.T)
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            # scores to base-2 units minus the running maximum: one multiply-add per score
-            p = tl.math.exp2(s * qk_scale - (m_new * qk_scale)[:, None])
-            alpha = tl.math.exp2((m_i - m_new) * qk_scale)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-            m_i = m_new
+            m_i, l_i, acc = _softmax_step(tl.dot(q, k.T), m_i, l_i, acc, v, qk_scale)
         if n_full < N:
             cols = n_full + tl.arange(0, BLOCK_N)
             k = k_desc.load([b, n_full, h, 0]).reshape(BLOCK_N, D)
             v = v_desc.load([b, n_full, h, 0]).reshape(BLOCK_N, D)
             s = tl.where((cols < N)[None, :], tl.dot(q, k.T), float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.math.exp2(s * qk_scale - (m_new * qk_scale)[:, None])
-            alpha = tl.math.exp2((m_i - m_new) * qk_scale)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+            m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, v, qk_scale)
         out = (acc / l_i[:, None]).to(o_desc.dtype)
         o_desc.store([b, row0, h, 0], out.reshape(1, BLOCK_M, 1, D))
 
