@@ -38,7 +38,7 @@ from speed import rel  # benchmarks/ is on the path when this script runs
 
 from laser_plugin.models.blocks import Block, DPTHead
 from laser_plugin.models.blocks.transformer import Rope2D, grid_positions
-from laser_plugin.models.fast import no_tf32
+from laser_plugin.models.fast import compile_blocks, no_tf32
 
 
 def bench(fn: Callable[[int], object], device: torch.device, iters: int, warmup: int = 3) -> float:
@@ -188,10 +188,6 @@ def _block_inputs(args, device, b, n, dim, heads):
 
 
 def block(args, device, res: dict) -> None:
-    import torch._dynamo
-
-    torch._dynamo.config.automatic_dynamic_shapes = False
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     dim, heads = (1024, 16) if not args.tiny else (64, 4)
     per_frame = (21 * 37 + 5) if not args.tiny else (4 * 9 + 5)
     frames = 20 if not args.tiny else 3
@@ -219,12 +215,11 @@ def block(args, device, res: dict) -> None:
         for mode in modes:
             blk = copy.deepcopy(ref_block).to(torch.bfloat16)
             blk.mlp.fused_gelu = mode == "compile_fused_gelu"
-            if mode in ("compile", "compile_fused_gelu"):
-                fn = torch.compile(blk)
-            elif mode == "max-autotune":
-                fn = torch.compile(blk, mode="max-autotune-no-cudagraphs")
-            else:
-                fn = blk
+            if mode != "eager":  # compiled as the fast path compiles its blocks
+                compile_blocks(
+                    [blk], "max-autotune-no-cudagraphs" if mode == "max-autotune" else None
+                )
+            fn = blk
             t = time.perf_counter()
             with torch.inference_mode():
                 fn(xl[0], tl)
