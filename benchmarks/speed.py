@@ -383,10 +383,8 @@ def process_variants(
     from laser_plugin.worker import WorkerPool
     from laser_plugin.worker_runner import ProcessReconstructor
 
-    variants = [(f"process_{t}", t, {}, None) for t in args.process_transfers]
-    if "local" in args.process_transfers:  # the in-process network confined to some SMs
-        variants += [(f"process_local_sms{n}", "local", {}, n) for n in args.network_sms]
-    for k, (name, transfer, opts, sms) in enumerate(variants):
+    variants = [(f"process_{t}", t, {}) for t in args.process_transfers]
+    for k, (name, transfer, opts) in enumerate(variants):
         # "local": the worker is a thread of this process (WorkerPool(in_process_first=True)),
         # so alignment and network share one CUDA context on their own streams.
         local = transfer == "local"
@@ -395,7 +393,6 @@ def process_variants(
             [args.device],
             transfer="auto" if local else transfer,
             in_process_first=local,
-            network_sms=sms,
         )
         t = time.perf_counter()
         try:
@@ -433,7 +430,7 @@ def process_variants(
             step(f"{name}_network_only",
                  lambda pool=pool, transfer=transfer: {**process_network_only(pool, canvas, args, size), "transfer": transfer})  # fmt: skip
             step(name, lambda name=name: run_e2e(cfg_dev, f"worker process, {name}"))
-            if name == "process_local" and args.finalise_variants:
+            if local and args.finalise_variants:
                 # The same warm runner with the finalise's copies as they were before run 9 (one
                 # synchronous .cpu() per array into pageable memory), then page-locked again.
                 from laser_plugin.host_copy import HostCopier
@@ -505,13 +502,6 @@ def main() -> None:
         "the worker as a thread of this process)",
     )
     ap.add_argument("--no-process-cpu-align", action="store_true")
-    ap.add_argument(
-        "--network-sms",
-        type=int,
-        nargs="*",
-        default=[],
-        help="more process_local variants with the network confined to N SMs (one per N)",
-    )
     ap.add_argument(
         "--finalise-variants",
         action="store_true",

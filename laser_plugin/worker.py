@@ -37,7 +37,6 @@ import queue
 import threading
 import time
 import traceback
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -158,11 +157,9 @@ def _serve(
     outbox,
     transfer: str,
     pin: bool,
-    network_sms: int | None = None,
 ) -> None:
     """Build the model, then serve requests until told to stop (a worker process's main loop, or
-    the in-process worker's thread with ``transfer="local"``; ``network_sms``: see
-    :class:`WorkerPool`)."""
+    the in-process worker's thread with ``transfer="local"``)."""
     dev = torch.device(device)
     try:
         if dev.type == "cuda":
@@ -181,19 +178,6 @@ def _serve(
     own_stream = (
         torch.cuda.Stream(device=dev) if transfer == "local" and dev.type == "cuda" else None
     )
-    partition = None
-    if own_stream is not None and network_sms:
-        from laser_plugin.sm_partition import PartitionedStream
-
-        try:
-            partition = PartitionedStream(dev, network_sms)
-            own_stream = partition.stream
-        except Exception as exc:  # an old driver or torch build: run on all SMs, and say so
-            warnings.warn(
-                f"could not confine the network to {network_sms} SMs ({exc}); using all",
-                RuntimeWarning,
-                stacklevel=1,
-            )
     try:
         while True:
             msg = inbox.get()
@@ -221,8 +205,6 @@ def _serve(
                     outbox.put(("input_size", rank, wid, tuple(int(v) for v in size)))
                 elif kind == "stats":  # GPU memory and token-cache counters (then reset the peak)
                     info: dict[str, Any] = {"device": device}
-                    if partition is not None:
-                        info["network_sms"] = partition.num_sms
                     cache = getattr(model, "cache", None)
                     if cache is not None:
                         info["cache_hits"], info["cache_misses"] = cache.hits, cache.misses
@@ -414,9 +396,6 @@ class WorkerPool:
     worker process, on its own CUDA stream. The caller's alignment then shares that GPU inside
     one CUDA context (kernels interleave) rather than time-slicing with a worker's context, and
     its predictions need no IPC. Its ``stats`` are this process's (alignment included).
-    ``network_sms``: with ``in_process_first`` on a GPU, confine that worker's network to this
-    many SMs (:mod:`laser_plugin.sm_partition`), so that the alignment's kernels always find
-    free SMs instead of waiting for the network's thread blocks; None: all SMs.
     """
 
     def __init__(
@@ -429,7 +408,6 @@ class WorkerPool:
         threads: int | None = None,
         start_timeout: float = 900.0,
         in_process_first: bool = False,
-        network_sms: int | None = None,
     ) -> None:
         devices = [str(d) for d in devices]
         if not devices:
@@ -443,7 +421,6 @@ class WorkerPool:
         self.threads = threads
         self.start_timeout = start_timeout
         self.in_process_first = in_process_first
-        self.network_sms = network_sms
         self._procs: list = []  # worker processes (and the in-process worker's thread)
         self._local_store: dict[int, Any] = {}
         self._inboxes: list = []
@@ -491,7 +468,6 @@ class WorkerPool:
                         _LocalOutbox(self._outbox, self._local_store),
                         "local",
                         self.pin,
-                        self.network_sms,
                     ),
                     name="laser-worker-0-in-process",
                     daemon=True,
