@@ -430,15 +430,6 @@ def process_variants(
             step(f"{name}_network_only",
                  lambda pool=pool, transfer=transfer: {**process_network_only(pool, canvas, args, size), "transfer": transfer})  # fmt: skip
             step(name, lambda name=name: run_e2e(cfg_dev, f"worker process, {name}"))
-            if local and args.finalise_variants:
-                # The same warm runner with the finalise's copies as they were before run 9 (one
-                # synchronous .cpu() per array into pageable memory), then page-locked again.
-                from laser_plugin.host_copy import HostCopier
-
-                for suffix, pinned in (("pageable", False), ("pinned_again", True)):
-                    rec._to_host = HostCopier(pinned=pinned)
-                    step(f"{name}_{suffix}",
-                         lambda s=suffix, n=name: run_e2e(cfg_dev, f"worker process, {n}, {s}"))  # fmt: skip
             if k == 0 and not args.no_process_cpu_align:
                 step(
                     "process_align_cpu",
@@ -502,11 +493,6 @@ def main() -> None:
         "the worker as a thread of this process)",
     )
     ap.add_argument("--no-process-cpu-align", action="store_true")
-    ap.add_argument(
-        "--finalise-variants",
-        action="store_true",
-        help="process_local again with pageable finalise copies, then page-locked again",
-    )
     ap.add_argument(
         "--prepare",
         default="processes",
@@ -754,12 +740,13 @@ def main() -> None:
         if args.emulated_exp2:
             ladder_step("net_plus_emulated_exp2", emulated_exp2=args.emulated_exp2)
     else:
-        fast.enable(graph_heads=True, attention=args.attention, fused_gelu=args.fused_gelu)
-        if args.emulated_exp2:  # the network with and without, side by side
-            ladder_step("net_without_emulated_exp2")
-            ladder_step("net_plus_emulated_exp2", emulated_exp2=args.emulated_exp2)
-        else:
-            warm()
+        fast.enable(
+            graph_heads=True,
+            attention=args.attention,
+            fused_gelu=args.fused_gelu,
+            emulated_exp2=args.emulated_exp2,
+        )
+        warm()
     res["attention_kernel"] = fast.attention_kernel
 
     def fast_net():
@@ -916,7 +903,6 @@ def summary(res: dict) -> None:
         "net_plus_graph_heads",
         "net_plus_laser_attention",
         "net_plus_fused_gelu",
-        "net_without_emulated_exp2",
         "net_plus_emulated_exp2",
         "fast_network_only",
     ):

@@ -32,7 +32,6 @@ from laser_plugin.geometry.sim3 import (
     register_overlap,
     weighted_procrustes,
 )
-from laser_plugin.host_copy import HostCopier
 from laser_plugin.prepare import PreparedWindow, prepare_window
 from laser_plugin.sources import SourceFrame, open_source
 from laser_plugin.types import (
@@ -95,7 +94,6 @@ class StreamingReconstructor:
         self.num_frames = 0
         self.num_windows = 0
         self.warnings: list[str] = []
-        self._to_host = HostCopier()
 
     # -- public ------------------------------------------------------------------------------
     def run(
@@ -453,19 +451,17 @@ class StreamingReconstructor:
         )
         self._held = []
         built = []
-        # One device->host copy per output array for the whole window and one wait for all of
-        # them (page-locked staging on a GPU: laser_plugin.host_copy); on the CPU, views.
-        h_depth, h_conf, h_poses, h_intr, h_labels, h_scales, h_num = self._to_host(
-            [
-                depth[first:].float(),
-                conf_n[first:].float(),
-                poses[first:].double(),
-                intr[first:].double(),
-                None if labels_full is None else labels_full[first:].to(torch.int16),
-                None if node_scale is None else node_scale[first:].float(),
-                None if layers is None else layers.num_layers[first:],
-            ]
+        # One device->host copy per output array for the whole window (on a GPU, per-frame
+        # copies cost a synchronisation each); on the CPU these are views, no copies.
+        h_depth = depth[first:].float().cpu().numpy()
+        h_conf = conf_n[first:].float().cpu().numpy()
+        h_poses = poses[first:].double().cpu().numpy()
+        h_intr = intr[first:].double().cpu().numpy()
+        h_labels = (
+            None if labels_full is None else labels_full[first:].to(torch.int16).cpu().numpy()
         )
+        h_scales = None if node_scale is None else node_scale[first:].float().cpu().numpy()
+        h_num = None if layers is None else layers.num_layers[first:].tolist()
         for j in range(len(window.items)):
             it = window.items[j]
             if j >= first or later:
