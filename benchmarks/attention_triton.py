@@ -16,8 +16,7 @@ plus the exponentials' time, one after the other. These variants test ways aroun
 
 Results (H100, runs 8e-8g): "tma" 1.07x cuDNN on the global shape and 1.18x on the frame shape;
 half-precision exponentials and the pipelined loop were slower (conversions; Triton waits for the
-products before the softmax either way). Run 9 adds "tma" with 1 or 2 of every 4 exponentials
-computed by a polynomial on the FMA units (``attention_kernel._exp2``).
+products before the softmax either way).
 """
 
 from __future__ import annotations
@@ -182,18 +181,14 @@ def main() -> None:
     dev = torch.device("cuda")
     res: dict = {"card": torch.cuda.get_device_name(dev), "rows": []}
     shapes = {"global": (1, 16, 15640, 64), "frame": (20, 16, 782, 64)}
-    # (kernel, block_m, block_n, warps, stages, flag): flag is half_exp for "ptr" and "pipe", the
-    # emulated exponentials (of 4) for "tma". Run 8e/8f swept the pointer kernels (half_exp, pipe: no gain).
+    # (kernel, block_m, block_n, warps, stages, flag): flag is half_exp for "ptr" and "pipe",
+    # unused for "tma". Run 8e/8f swept the pointer kernels (half_exp, pipe: no gain).
     configs = [("ptr", 128, 64, 8, 3, False), ("ptr", 64, 64, 4, 3, False)]
     # "tma": the package's kernel (laser_plugin.models.blocks.attention_kernel). Run 8g also
     # tried Triton's automatic warp specialisation of its key loop: no change on Hopper.
-    configs += [("tma", *c, 0) for c in itertools.product((64, 128), (64, 128), (4, 8), (2, 3))]
-    # "tma" with 1 or 2 of every 4 exponentials by the FMA-unit polynomial (run 9).
-    configs += [("tma", 128, 64, 8, 3, e) for e in (1, 2)]
-    configs += [("tma", 64, 64, 4, 3, e) for e in (1, 2)]
+    configs += [("tma", *c, False) for c in itertools.product((64, 128), (64, 128), (4, 8), (2, 3))]
     if args.quick:
-        configs = [*configs[:2]] + [("tma", 128, 64, 8, 3, e) for e in (0, 1, 2)]
-        configs += [("tma", 64, 64, 4, 3, e) for e in (0, 1, 2)]
+        configs = [*configs[:2], ("tma", 128, 64, 8, 3, False), ("tma", 64, 64, 4, 3, False)]
     triton.set_allocator(
         lambda size, alignment, stream: torch.empty(size, device="cuda", dtype=torch.int8)
     )
@@ -217,8 +212,7 @@ def main() -> None:
             kw = dict(block_m=bm, block_n=bn, num_warps=w, num_stages=st)
             if kernel == "tma":
                 cfg = (bm, bn, w, st)
-                fn = lambda q, k, v, cfg=cfg, e=flag: ak._launch(q, k, v, cfg, e)  # noqa: E731
-                kw = dict(kw, emulated_exp2=flag)
+                fn, kw = (lambda q, k, v, cfg=cfg: ak._launch(q, k, v, cfg)), dict(kw)
             else:
                 fn, kw["half_exp"], kw["pipe"] = attention, flag, kernel == "pipe"
             try:
@@ -241,7 +235,7 @@ def main() -> None:
             key=lambda r: r["ms"],
         )[:8]
         for r in best:
-            flags = {k: r[k] for k in ("half_exp", "pipe", "emulated_exp2") if k in r}
+            flags = {k: r[k] for k in ("half_exp", "pipe", "warp_specialize") if k in r}
             print(
                 f"{name} triton {r['kernel']} bm{r['block_m']} bn{r['block_n']} w{r['num_warps']} "
                 f"s{r['num_stages']} {flags}: {r['ms']:.3f} ms "

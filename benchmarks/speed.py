@@ -327,7 +327,6 @@ def worker_factory(args, **fast_options):
     opts = {**json.loads(args.fast_options), **fast_options}
     opts.setdefault("attention", args.attention)
     opts.setdefault("fused_gelu", args.fused_gelu)
-    opts.setdefault("emulated_exp2", args.emulated_exp2)
     if args.compile_mode:
         opts.setdefault("compile_mode", args.compile_mode)
     cuda = args.device.startswith("cuda")
@@ -516,14 +515,6 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="fast variants: fc1 + GELU as one product with a GELU epilogue",
-    )
-    ap.add_argument(
-        "--emulated-exp2",
-        type=int,
-        default=0,
-        choices=[0, 1, 2],
-        help="our attention kernel: of every 4 softmax exponentials, how many by a polynomial "
-        "on the FMA units (ladder step net_plus_emulated_exp2 when > 0)",
     )
     ap.add_argument(
         "--compile-mode",
@@ -737,15 +728,8 @@ def main() -> None:
             ladder_step("net_plus_laser_attention", attention=args.attention)
         if args.fused_gelu:
             ladder_step("net_plus_fused_gelu", fused_gelu=True)
-        if args.emulated_exp2:
-            ladder_step("net_plus_emulated_exp2", emulated_exp2=args.emulated_exp2)
     else:
-        fast.enable(
-            graph_heads=True,
-            attention=args.attention,
-            fused_gelu=args.fused_gelu,
-            emulated_exp2=args.emulated_exp2,
-        )
+        fast.enable(graph_heads=True, attention=args.attention, fused_gelu=args.fused_gelu)
         warm()
     res["attention_kernel"] = fast.attention_kernel
 
@@ -903,7 +887,6 @@ def summary(res: dict) -> None:
         "net_plus_graph_heads",
         "net_plus_laser_attention",
         "net_plus_fused_gelu",
-        "net_plus_emulated_exp2",
         "fast_network_only",
     ):
         r = res.get(key)

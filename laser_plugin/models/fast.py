@@ -64,10 +64,6 @@ class FastOptions:
     attention: str = "auto"
     """Attention kernel of the blocks: "auto" (our Triton kernel where it can run: CUDA, Hopper or
     newer, head dimension 64/128; SDPA elsewhere), "laser" (same, stated), or "sdpa"."""
-    emulated_exp2: int = 0
-    """Our attention kernel: of every 4 softmax exponentials, how many a polynomial on the FMA
-    units computes instead of the special-function units (0, 1 or 2; see
-    :mod:`laser_plugin.models.blocks.attention_kernel`)."""
     fused_gelu: bool = True
     """MLPs: fc1 and its GELU as one product with cuBLASLt's GELU epilogue (no pass over the 4x
     hidden layer; H100: −4 ms per π³/VGGT window, errors against fp32 unchanged, run 8j)."""
@@ -235,11 +231,8 @@ class _FastBase:
             raise ValueError(f"unknown attention kernel {choice!r} (auto, laser or sdpa)")
         if choice == "auto":
             choice = "laser" if available(self.device) else "sdpa"
-        if self.options.emulated_exp2 not in (0, 1, 2):
-            raise ValueError(f"emulated_exp2 must be 0, 1 or 2, not {self.options.emulated_exp2}")
         for blk in self._blocks():
             blk.attn.kernel = choice
-            blk.attn.emulated_exp2 = self.options.emulated_exp2
             blk.mlp.fused_gelu = self.options.fused_gelu
         return choice
 
@@ -262,20 +255,15 @@ class _FastBase:
         graph_heads: bool | None = None,
         attention: str | None = None,
         fused_gelu: bool | None = None,
-        emulated_exp2: int | None = None,
     ) -> None:
         """Switch features on (or the cache off) after construction, e.g. to measure each step."""
-        changed = (
-            (attention is not None and attention != self.options.attention)
-            or (fused_gelu is not None and fused_gelu != self.options.fused_gelu)
-            or (emulated_exp2 is not None and emulated_exp2 != self.options.emulated_exp2)
+        changed = (attention is not None and attention != self.options.attention) or (
+            fused_gelu is not None and fused_gelu != self.options.fused_gelu
         )
         if changed:
             self.options.attention = attention or self.options.attention
             if fused_gelu is not None:
                 self.options.fused_gelu = fused_gelu
-            if emulated_exp2 is not None:
-                self.options.emulated_exp2 = emulated_exp2
             self.attention_kernel = self._configure_blocks()
             # Captured graphs hold the old kernel's launches; the compiled blocks recompile
             # by themselves (their guards read the attribute).

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import warnings
 
 import torch
@@ -56,68 +55,15 @@ def supports(q: Tensor, k: Tensor, v: Tensor) -> bool:
     return q.shape[-1] in (64, 128) and q.shape[2] >= 64 and available(q.device)
 
 
-# 2**x for x <= 0, four values at a time: some by the special-function units (ex2.approx),
-# the others by a polynomial on the FMA units. At head dimension 64 the exponentials, not the
-# products, are the tensor cores' slowest partner (SPEED_NOTES run 8): the special-function
-# units do 16 per clock per SM, the FMA units 128 plain operations, so moving a quarter of the
-# exponentials to ~9 FMA-unit operations each balances the two. The polynomial: x clamped at
-# -126; n = round(x) by the 1.5 * 2**23 trick (n ends up in the low mantissa bits); 2**(x - n)
-# on [-0.5, 0.5] by a degree-3 fit (relative error 2.2e-4, under bf16's 3.9e-3, which the
-# probabilities are rounded to); n added to the exponent field as an integer.
-_POLY_EXP2 = """
-    max.ftz.f32 t, {x}, 0fC2FC0000;
-    add.rn.ftz.f32 j, t, 0f4B400000;
-    sub.rn.ftz.f32 r, j, 0f4B400000;
-    sub.rn.ftz.f32 r, t, r;
-    fma.rn.ftz.f32 p, r, 0f3D588B76, 0f3E77F6B3;
-    fma.rn.ftz.f32 p, p, r, 0f3F318EE7;
-    fma.rn.ftz.f32 p, p, r, 0f3F7FFD8F;
-    mov.b32 e, j;
-    shl.b32 e, e, 23;
-    mov.b32 b, p;
-    add.s32 b, b, e;
-    mov.b32 {y}, b;
-"""
-
-
-def _mixed_exp2_asm(emulated: int) -> str:
-    """PTX for 4 values: the last ``emulated`` by the polynomial, the rest by ex2.approx."""
-    lines = ["{", ".reg .f32 t, j, r, p;", ".reg .b32 e, b;"]
-    for i in range(4):
-        x, y = f"${i + 4}", f"${i}"
-        if i < 4 - emulated:
-            lines.append(f"ex2.approx.ftz.f32 {y}, {x};")
-        else:
-            lines.append(_POLY_EXP2.format(x=x, y=y))
-    return "\n".join([*lines, "}"])
-
-
 if triton is not None:
-    _EXP2_MIX1 = tl.constexpr(_mixed_exp2_asm(1))
-    _EXP2_MIX2 = tl.constexpr(_mixed_exp2_asm(2))
 
     @triton.jit
-    def _exp2(x, EMU: tl.constexpr):
-        """2**x (x <= 0, fp32); ``EMU`` of every 4 values by the FMA-unit polynomial."""
-        if EMU == 1:
-            y = tl.inline_asm_elementwise(
-                _EXP2_MIX1, "=f,=f,=f,=f,f,f,f,f", [x], dtype=tl.float32, is_pure=True, pack=4
-            )
-        elif EMU == 2:
-            y = tl.inline_asm_elementwise(
-                _EXP2_MIX2, "=f,=f,=f,=f,f,f,f,f", [x], dtype=tl.float32, is_pure=True, pack=4
-            )
-        else:
-            y = tl.math.exp2(x)
-        return y
-
-    @triton.jit
-    def _softmax_step(s, m_i, l_i, acc, v, qk_scale, EMU: tl.constexpr):
+    def _softmax_step(s, m_i, l_i, acc, v, qk_scale):
         """Fold one key block's raw scores s (BLOCK_M, BLOCK_N) and values v (BLOCK_N, D) into
         the running row maximum m_i, row sums l_i and output acc (online softmax)."""
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # scores to base-2 units minus the running maximum: one multiply-add per score
-        p = _exp2(s * qk_scale - (m_new * qk_scale)[:, None], EMU)
+        p = tl.math.exp2(s * qk_scale - (m_new * qk_scale)[:, None])
         alpha = tl.math.exp2((m_i - m_new) * qk_scale)
         l_i = l_i * alpha + tl.sum(p, 1)
         return m_new, l_i, tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
@@ -130,13 +76,12 @@ if triton is not None:
         D: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
-        EMU: tl.constexpr,
     ):  # fmt: skip
         """One program: BLOCK_M query rows of one (batch, head), all keys streamed.
 
         Descriptors are 4-D over (B, N, H, D): loads past N fill zeros and stores past N are
         clipped, so only the ragged last key block needs a mask (its scores set to -inf).
-        ``n_full``: the keys in whole blocks; ``EMU``: see :func:`_exp2` (the whole blocks only)."""
+        ``n_full``: the keys in whole blocks."""
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
@@ -149,13 +94,13 @@ if triton is not None:
         for start in range(0, n_full, BLOCK_N):
             k = k_desc.load([b, start, h, 0]).reshape(BLOCK_N, D)
             v = v_desc.load([b, start, h, 0]).reshape(BLOCK_N, D)
-            m_i, l_i, acc = _softmax_step(tl.dot(q, k.T), m_i, l_i, acc, v, qk_scale, EMU)
+            m_i, l_i, acc = _softmax_step(tl.dot(q, k.T), m_i, l_i, acc, v, qk_scale)
         if n_full < N:
             cols = n_full + tl.arange(0, BLOCK_N)
             k = k_desc.load([b, n_full, h, 0]).reshape(BLOCK_N, D)
             v = v_desc.load([b, n_full, h, 0]).reshape(BLOCK_N, D)
             s = tl.where((cols < N)[None, :], tl.dot(q, k.T), float("-inf"))
-            m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, v, qk_scale, 0)
+            m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, v, qk_scale)
         out = (acc / l_i[:, None]).to(o_desc.dtype)
         o_desc.store([b, row0, h, 0], out.reshape(1, BLOCK_M, 1, D))
 
@@ -175,22 +120,13 @@ def _bnhd(t: Tensor) -> Tensor:
 
 
 def _launch(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    config: tuple[int, int, int, int] | None = None,
-    emulated: int = 0,
+    q: Tensor, k: Tensor, v: Tensor, config: tuple[int, int, int, int] | None = None
 ) -> Tensor:
-    """Run the kernel; ``config`` overrides :func:`tile_config` (the benchmark sweeps it);
-    ``emulated``: of every 4 exponentials, how many by the FMA-unit polynomial (0, 1, 2; see
-    ``_exp2``). Triton's CPU interpreter runs no inline PTX: there it is always 0."""
+    """Run the kernel; ``config`` overrides :func:`tile_config` (the benchmark sweeps it)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     b, h, n, d = q.shape
     block_m, block_n, warps, stages = config or tile_config(n)
-    if emulated not in (0, 1, 2):
-        raise ValueError(f"emulated exponentials per 4: 0, 1 or 2, not {emulated}")
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     out = torch.empty(b, n, h, d, device=q.device, dtype=q.dtype)
 
     def desc(x: Tensor, rows: int) -> TensorDescriptor:
@@ -201,8 +137,7 @@ def _launch(
         desc(_bnhd(q), block_m), desc(_bnhd(k), block_n), desc(_bnhd(v), block_n),
         desc(out, block_m),
         LOG2E / math.sqrt(d), h, n, (n // block_n) * block_n,
-        D=d, BLOCK_M=block_m, BLOCK_N=block_n, EMU=0 if interpreted else emulated,
-        num_warps=warps, num_stages=stages,
+        D=d, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out.transpose(1, 2)
 
@@ -211,11 +146,11 @@ disabled: str | None = None
 """Why the kernel was switched off in this process (it failed once), or None."""
 
 
-def _attention(q: Tensor, k: Tensor, v: Tensor, emulated_exp2: int = 0) -> Tensor:
+def _attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     global disabled
     if disabled is None and supports(q, k, v):
         try:
-            return _launch(q, k, v, emulated=emulated_exp2)
+            return _launch(q, k, v)
         except Exception as exc:  # e.g. a Triton build that cannot compile it for this GPU
             disabled = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             warnings.warn(
@@ -230,19 +165,18 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, emulated_exp2: int = 0) -> Tenso
 if hasattr(torch.library, "custom_op"):  # torch >= 2.4
 
     @torch.library.custom_op("laser_plugin::attention", mutates_args=())
-    def attention(q: Tensor, k: Tensor, v: Tensor, emulated_exp2: int = 0) -> Tensor:
+    def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """softmax(q kᵀ / √D) v for (B, H, N, D) tensors; the result is a (B, H, N, D) view of
-        (B, N, H, D) storage. Our kernel where :func:`supports` says so, SDPA otherwise.
-        ``emulated_exp2``: of every 4 exponentials, how many the FMA units compute (0-2)."""
-        return _attention(q, k, v, emulated_exp2)
+        (B, N, H, D) storage. Our kernel where :func:`supports` says so, SDPA otherwise."""
+        return _attention(q, k, v)
 
     @attention.register_fake
-    def _(q: Tensor, k: Tensor, v: Tensor, emulated_exp2: int = 0) -> Tensor:
+    def _(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         b, h, n, d = q.shape
         return q.new_empty(b, n, h, d).transpose(1, 2)
 
 else:  # pragma: no cover - older torch: no custom ops, so no kernel inside compiled code
     triton = None
 
-    def attention(q: Tensor, k: Tensor, v: Tensor, emulated_exp2: int = 0) -> Tensor:
-        return _attention(q, k, v, emulated_exp2)
+    def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return _attention(q, k, v)

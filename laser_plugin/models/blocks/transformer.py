@@ -148,8 +148,6 @@ class Attention(nn.Module):
         self.qk_to_v_dtype = qk_to_v_dtype
         self.kernel = "sdpa"
         """"sdpa" or "laser" (set by the fast paths; not part of the checkpoint)."""
-        self.emulated_exp2 = 0
-        """"laser" kernel only: of every 4 softmax exponentials, how many the FMA units compute."""
 
     def forward(self, x: Tensor, rope: RopeArg = None) -> Tensor:
         """x: (B, N, dim) -> (B, N, dim)."""
@@ -166,8 +164,7 @@ class Attention(nn.Module):
         if self.kernel == "laser":
             from laser_plugin.models.blocks.attention_kernel import attention
 
-            # (B, heads, N, head_dim) view of (B, N, heads, head_dim) storage
-            out = attention(q, k, v, self.emulated_exp2)
+            out = attention(q, k, v)  # (B, heads, N, head_dim) view of (B, N, heads, head_dim)
         else:
             out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
