@@ -429,15 +429,6 @@ def process_variants(
             step(f"{name}_network_only",
                  lambda pool=pool, transfer=transfer: {**process_network_only(pool, canvas, args, size), "transfer": transfer})  # fmt: skip
             step(name, lambda name=name: run_e2e(cfg_dev, f"worker process, {name}"))
-            if name == "process_local" and args.device_fit_too:
-                # The same warm runner with the scale fits on the device (as before run 9d),
-                # then on the host again.
-                from laser_plugin.geometry import robust
-
-                for suffix, on_host in (("device_fit", False), ("host_fit_again", True)):
-                    robust.FIT_ON_HOST = on_host
-                    step(f"{name}_{suffix}",
-                         lambda s=suffix, n=name: run_e2e(cfg_dev, f"worker process, {n}, {s}"))  # fmt: skip
             if k == 0 and not args.no_process_cpu_align:
                 step(
                     "process_align_cpu",
@@ -501,11 +492,6 @@ def main() -> None:
         "the worker as a thread of this process)",
     )
     ap.add_argument("--no-process-cpu-align", action="store_true")
-    ap.add_argument(
-        "--device-fit-too",
-        action="store_true",
-        help="process_local again with the robust scale fits on the device, then on the host",
-    )
     ap.add_argument(
         "--prepare",
         default="processes",

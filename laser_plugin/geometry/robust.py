@@ -17,10 +17,6 @@ class ScaleFit(NamedTuple):
     """(G,) number of samples per group."""
 
 
-FIT_ON_HOST = True
-"""Default of :func:`robust_scale`'s ``on_host`` (benchmarks switch it to compare)."""
-
-
 def group_counts(group: Tensor, num_groups: int) -> Tensor:
     """``bincount(group, minlength=num_groups)`` for ``group`` (N,) int64 in [0, num_groups).
 
@@ -77,7 +73,6 @@ def robust_scale(
     iterations: int = 10,
     max_samples: int = 65536,
     with_residual: bool = True,
-    on_host: bool | None = None,
 ) -> ScaleFit:
     """Fit ``num ≈ s_g * den`` per group by IRLS with a Huber loss on log-ratio residuals.
 
@@ -93,20 +88,7 @@ def robust_scale(
 
     num, den: (N,) positive values; group: (N,) int64 in [0, G); weight: (N,) prior weights.
     ``with_residual=False`` skips the residual's median (one sort) where nobody reads it (NaN).
-
-    ``on_host`` (default :data:`FIT_ON_HOST`): for CUDA inputs, copy the samples to the host once
-    and fit there, returning the fit on the inputs' device. The fit is ~200 tiny dependent
-    kernels (13 iterations of a dozen ops, three medians) on at most ``max_samples`` values: next
-    to a network that fills the GPU each kernel waits for an SM to free up, while the host does
-    the same arithmetic in a few milliseconds (as the layer graph's chain, SPEED_NOTES run 7i).
     """
-    device = num.device
-    if num.is_cuda and (FIT_ON_HOST if on_host is None else on_host):
-        host = [None if t is None else t.cpu() for t in (num, den, group, weight)]
-        fit = robust_scale(
-            *host[:3], num_groups, host[3], delta, iterations, max_samples, with_residual, False
-        )
-        return ScaleFit(*(t.to(device, non_blocking=True) for t in fit))
     if group is None:
         group = torch.zeros(num.shape[0], dtype=torch.long, device=num.device)
     ok = torch.isfinite(num) & torch.isfinite(den) & (num > 0) & (den > 0)
