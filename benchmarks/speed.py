@@ -429,6 +429,15 @@ def process_variants(
             step(f"{name}_network_only",
                  lambda pool=pool, transfer=transfer: {**process_network_only(pool, canvas, args, size), "transfer": transfer})  # fmt: skip
             step(name, lambda name=name: run_e2e(cfg_dev, f"worker process, {name}"))
+            if name == "process_local" and args.images_after_too:
+                # The same warm runner with the worker's image copy after the network (before
+                # run 9f), then before it again.
+                from laser_plugin import worker as worker_mod
+
+                for suffix, before in (("images_after", False), ("images_before_again", True)):
+                    worker_mod.IMAGES_BEFORE_NETWORK = before
+                    step(f"{name}_{suffix}",
+                         lambda s=suffix, n=name: run_e2e(cfg_dev, f"worker process, {n}, {s}"))  # fmt: skip
             if k == 0 and not args.no_process_cpu_align:
                 step(
                     "process_align_cpu",
@@ -492,6 +501,11 @@ def main() -> None:
         "the worker as a thread of this process)",
     )
     ap.add_argument("--no-process-cpu-align", action="store_true")
+    ap.add_argument(
+        "--images-after-too",
+        action="store_true",
+        help="process_local again with the worker's image copy after the network, then before",
+    )
     ap.add_argument(
         "--prepare",
         default="processes",

@@ -322,12 +322,24 @@ def _predict(
             x, images = preprocess_frames(frames, size)
     else:  # preprocessed float images (the pool used as a plain model)
         x, images, keys = msg[2].to(dev), None, None
+    host_images = None
+    if images is not None and IMAGES_BEFORE_NETWORK:
+        # Copied out before the network is queued: this (synchronous, pageable) copy then waits
+        # for the resize only. Queued after the network, it would keep this thread inside the
+        # driver's copy for the whole network, next to the aligning thread's own copies.
+        host_images = images.cpu()
     with torch.inference_mode():
         pred = model(x, frame_keys=keys) if keys_ok and keys else model(x)
     if not isinstance(pred, WindowPrediction):
         raise TypeError(f"model returned {type(pred).__name__}, expected WindowPrediction")
     pred.validate(x.shape[0])
-    return pred, None if images is None else images.cpu()
+    if images is not None and host_images is None:
+        host_images = images.cpu()
+    return pred, host_images
+
+
+IMAGES_BEFORE_NETWORK = True
+"""Where :func:`_predict` copies the model-size images to the host (benchmarks compare)."""
 
 
 def _prediction_tensors(pred: WindowPrediction) -> dict[str, torch.Tensor | None]:

@@ -21,11 +21,14 @@ def test_speed_script_smoke(tmp_path):
     args = [
         "--model", "pi3", "--device", "cpu", "--size", "tiny", "--frames", "24", "--height", "42",
         "--width", "56", "--src-height", "45", "--src-width", "60", "--window", "8",
-        "--overlap", "3", "--no-compile", "--no-ladder",
+        "--overlap", "3", "--no-compile", "--no-ladder", "--process-transfers", "local",
+        "--no-process-cpu-align", "--images-after-too",
     ]  # fmt: skip
     res, stdout = run_script("speed.py", args, tmp_path / "speed.json")
-    for key in ("baseline", "fast", "fast_network_only", "fast_e2e_sequential_align_gpu"):
+    for key in ("baseline", "fast", "fast_network_only", "fast_e2e_sequential_align_gpu",
+                "process_local", "process_local_images_after", "process_local_images_before_again"):  # fmt: skip
         assert "error" not in res[key], res[key]
+    assert res["process_local_images_after"]["frames"] == 24
     assert res["baseline"]["frames"] == 24 and res["fast"]["frames"] == 24
     assert res["fast"]["new_fps"] > 0 and res["baseline"]["network_only_new_fps"] > 0
     assert res["fast"]["latency_ms"]["max"] >= res["fast"]["latency_ms"]["p50"] > 0
