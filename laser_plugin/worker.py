@@ -217,6 +217,10 @@ def _serve(
                     start = time.perf_counter()
                     with torch.cuda.stream(own_stream):  # a no-op for None
                         pred, images = _predict(model, keys_ok, msg, slots, pinned, dev)
+                        if dev.type == "cuda":
+                            # Wait for the network here (a stream sync: unlike a blocking copy it
+                            # does not hold up other threads' copies), so ``seconds`` is its time.
+                            torch.cuda.current_stream(dev).synchronize()
                         seconds = time.perf_counter() - start
                         if post is not None and kind == "window":
                             # The next window's network starts now; this one is prepared
