@@ -287,20 +287,26 @@ def dpt(args, device, res: dict) -> None:
     with torch.inference_mode(), no_tf32():
         ref = run(head, layers, 4)
     low = {i: t.to(torch.bfloat16) for i, t in layers.items()}
+    # (name, frames per chunk, channels-last, compiled, compile mode)
     variants = [
-        ("bf16_chunk4", 4, False, False),
-        ("bf16_chunk4_channels_last", 4, True, False),
-        ("bf16_chunk4_compiled", 4, False, True),
-        ("bf16_chunk10_channels_last", 10, True, False),
-        ("bf16_chunk4_channels_last_compiled", 4, True, True),
-        ("bf16_chunk10_channels_last_compiled", 10, True, True),
+        ("bf16_chunk4", 4, False, False, None),
+        ("bf16_chunk4_channels_last", 4, True, False, None),
+        ("bf16_chunk4_compiled", 4, False, True, None),
+        ("bf16_chunk10_channels_last", 10, True, False, None),
+        ("bf16_chunk4_channels_last_compiled", 4, True, True, None),
+        ("bf16_chunk10_channels_last_compiled", 10, True, True, None),
+        # run 9h: the whole window at once, and Inductor's autotuned convolutions
+        ("bf16_chunk20_channels_last_compiled", 20, True, True, None),
+        ("bf16_chunk10_channels_last_autotune", 10, True, True, "max-autotune-no-cudagraphs"),
     ]
+    if args.tiny:
+        variants = [v for v in variants if v[4] is None]
     out = {"frames": frames, "hw": list(hw)}
-    for name, chunk, cl, comp in variants:
+    for name, chunk, cl, comp, mode in variants:
         h = copy.deepcopy(head).to(torch.bfloat16)
         if cl:
             h = h.to(memory_format=torch.channels_last)
-        fn = torch.compile(h) if comp else h
+        fn = torch.compile(h, mode=mode) if comp else h
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)

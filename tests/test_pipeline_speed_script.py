@@ -70,6 +70,6 @@ def test_kernels_script_smoke(tmp_path):
         assert "math" in timed  # the CPU always has the math backend
         assert all(0 < v["err_vs_fp32"] < 1e-2 for v in timed.values()), timed
     variants = {k: v for k, v in res["dpt"].items() if isinstance(v, dict)}
-    assert "bf16_chunk10_channels_last_compiled" in variants and len(variants) == 6
+    assert "bf16_chunk20_channels_last_compiled" in variants and len(variants) == 7
     assert all(0 < v["err_vs_fp32"] < 1e-2 and v["ms"] > 0 for v in variants.values()), variants
     assert "attention global" in stdout and "dpt bf16_chunk4:" in stdout
