@@ -34,6 +34,7 @@ from laser_plugin.geometry.sim3 import (
 )
 from laser_plugin.prepare import PreparedWindow, prepare_window
 from laser_plugin.sources import SourceFrame, open_source
+from laser_plugin.stream_threads import SinkCaller
 from laser_plugin.types import (
     ReconstructedFrame,
     ReconstructionModel,
@@ -115,7 +116,7 @@ class StreamingReconstructor:
         ``resume``: a state saved after some window of the same stream and settings
         (:mod:`laser_plugin.resume`); the windows it covers are skipped without a model call.
         """
-        live = list(sinks)
+        calls = SinkCaller(self, sinks)
         done = self.start_stream(resume)
         ok = False
         try:
@@ -126,14 +127,14 @@ class StreamingReconstructor:
                 if window.index < done:  # finalised before the interruption
                     continue
                 finals, stats = self.process_window(window)
-                yield from self._deliver(live, finals, stats)
-            yield from self._flush_held(live)
+                yield from calls.window(finals, stats)
+            yield from calls.held()
             ok = True
         except BaseException as exc:
-            self._emit(live, "on_interrupt", exc)
+            calls.interrupt(exc)
             raise
         finally:
-            self._end_stream(live, ok)
+            calls.close(ok)
 
     def _end_stream(self, live: list, ok: bool, failed: BaseException | None = None) -> None:
         """Close every sink; on a run that finished (``ok``), raise the first failure of an
@@ -531,24 +532,6 @@ class StreamingReconstructor:
             )
             stats.warnings.append(m)
             self._warn(m)
-
-    def _deliver(
-        self, live: list, finals: list[ReconstructedFrame], stats: WindowStats
-    ) -> Iterator[ReconstructedFrame]:
-        """Hand one aligned window to the sinks (``live`` is updated in place) and yield its frames."""
-        self.check_agreement(stats)
-        for frame in finals:
-            live[:] = self._emit(live, "on_frame", frame)
-            yield frame
-        live[:] = self._emit(live, "on_window", stats)
-
-    def _flush_held(self, live: list) -> Iterator[ReconstructedFrame]:
-        """At the end of a stream, emit the frames "later" mode held back for a next window."""
-        held, self._held = self._held, []
-        self.num_frames += len(held)
-        for frame in held:
-            live[:] = self._emit(live, "on_frame", frame)
-            yield frame
 
     def _emit(self, sinks: list, method: str, *args) -> list:
         """Call ``method`` on every sink; a sink that raises is warned about once and dropped."""

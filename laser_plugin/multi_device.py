@@ -30,6 +30,7 @@ from laser_plugin.config import LaserConfig
 from laser_plugin.engine import StreamingReconstructor
 from laser_plugin.errors import ConfigError
 from laser_plugin.sources import open_source
+from laser_plugin.stream_threads import SinkCaller
 from laser_plugin.types import ReconstructedFrame, ReconstructionModel, WindowPrediction
 from laser_plugin.windows import Window, schedule_windows
 
@@ -142,7 +143,7 @@ class MultiDeviceReconstructor(StreamingReconstructor):
         resume: EngineState | None = None,
     ) -> Iterator[ReconstructedFrame]:
         """As :meth:`StreamingReconstructor.run`, with the network calls spread over the replicas."""
-        live = list(sinks)
+        calls = SinkCaller(self, sinks)
         done = self.start_stream(resume)
         free: queue.SimpleQueue[int] = queue.SimpleQueue()  # replicas not busy
         for i in range(len(self.replicas)):
@@ -181,11 +182,11 @@ class MultiDeviceReconstructor(StreamingReconstructor):
                         finals, stats = self.align(window, pred, times)
                 else:
                     finals, stats = self.align(window, pred, times)
-                yield from self._deliver(live, finals, stats)
-            yield from self._flush_held(live)
+                yield from calls.window(finals, stats)
+            yield from calls.held()
             ok = True
         except BaseException as exc:
-            self._emit(live, "on_interrupt", exc)
+            calls.interrupt(exc)
             raise
         finally:
             # Windows not started are dropped; one already on a device finishes in the background.
@@ -193,7 +194,7 @@ class MultiDeviceReconstructor(StreamingReconstructor):
                 future.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
             # As the engine: every sink closes; an essential one failing fails a finished run.
-            self._end_stream(live, ok)
+            calls.close(ok)
 
     def _predict_on_free(
         self, window: Window, free: queue.SimpleQueue

@@ -97,8 +97,8 @@ class Feeder:
 
 
 class SinkCaller:
-    """Calls a runner's sinks in stream order: inline, or (``threaded``) from a thread of its own,
-    off the aligning thread's path. Threaded, the sinks see the engine state of a later window,
+    """Calls a runner's sinks in stream order: inline (the engine's own ``run``), or
+    (``threaded``) from a thread of its own, off the aligning thread's path. Threaded, the sinks see the engine state of a later window,
     and an essential sink's failure stops the stream at the next window.
 
     The frames pass through :meth:`window` and :meth:`held` (which yield them to the caller),
@@ -109,9 +109,9 @@ class SinkCaller:
         self,
         rec: StreamingReconstructor,
         sinks: Sequence,
-        threaded: bool,
-        timed: Callable[[float], None],
-        maxsize: int,
+        threaded: bool = False,
+        timed: Callable[[float], None] | None = None,
+        maxsize: int = 0,
     ) -> None:
         self.rec = rec
         self.live = list(sinks)
@@ -136,7 +136,7 @@ class SinkCaller:
                 self.live = self.rec._emit(self.live, *item)
             except BaseException as exc:  # an essential sink failed (e.g. the run writer)
                 self.errors.append(exc)
-            self.timed(time.perf_counter() - t)
+            self._timed(t)
 
     def _raise_failure(self) -> None:
         if self.errors:
@@ -148,7 +148,11 @@ class SinkCaller:
             return
         t = time.perf_counter()
         self.live = self.rec._emit(self.live, method, arg)  # an essential sink's failure raises
-        self.timed(time.perf_counter() - t)
+        self._timed(t)
+
+    def _timed(self, start: float) -> None:
+        if self.timed is not None:
+            self.timed(time.perf_counter() - start)
 
     def window(
         self, finals: list[ReconstructedFrame], stats: WindowStats

@@ -219,7 +219,8 @@ def _serve(
                         pred, images = _predict(model, keys_ok, msg, slots, pinned, dev)
                         if dev.type == "cuda":
                             # Wait for the network with a stream sync (no copy queued behind
-                            # it, see _predict), so ``seconds`` is the network's time.
+                            # it, see _predict): ``seconds`` is then the network's time, and an
+                            # in-process caller may read the tensors on another stream.
                             torch.cuda.current_stream(dev).synchronize()
                         seconds = time.perf_counter() - start
                         if post is not None and kind == "window":
@@ -227,8 +228,6 @@ def _serve(
                             # meanwhile.
                             post.submit(wid, pred, images, seconds)
                             continue
-                    if own_stream is not None:
-                        own_stream.synchronize()  # the caller reads the tensors on another stream
                     out = ship(_prediction_tensors(pred), transfer)
                     out.update(images=images, seconds=seconds)
                     outbox.put(("pred", rank, wid, out))
