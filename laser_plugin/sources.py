@@ -160,6 +160,13 @@ def _open(source, fps: float, stride: int) -> Iterator[SourceFrame]:
         path = Path(source).expanduser()
         if not path.exists():
             raise InputError(f"input not found: {path}")
+        if not path.is_dir() and not path.is_file():
+            # A pipe with no writer would block the open forever, and a run reads its input more
+            # than once (the up-front check, the run, a resume): a stream cannot be read twice.
+            raise InputError(
+                f"{path} is not a regular file or folder (a pipe, socket or device): "
+                "save the stream to a file first"
+            )
         if path.is_dir():
             yield from (f for f in iter_folder(path, fps) if f.index % stride == 0)
             return

@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from laser_plugin.errors import ConfigError, OutputError
+from laser_plugin.errors import ConfigError
 from laser_plugin.geometry.camera import rotmat_to_quat_xyzw
 from laser_plugin.integrations.nerfstudio.files import (
     ImageFormat,
@@ -33,6 +33,7 @@ from laser_plugin.integrations.nerfstudio.files import (
 )
 from laser_plugin.integrations.nerfstudio.schema import PinholeIntrinsics
 from laser_plugin.io.atomic import write_bytes_atomic
+from laser_plugin.io.ownership import ExportJournal
 from laser_plugin.mapping import VoxelMap
 from laser_plugin.types import ReconstructedFrame
 
@@ -91,19 +92,20 @@ class ColmapWriter:
             raise ConfigError("point_stride and max_points must be at least 1")
         self.root = Path(output_dir)
         self.sparse = self.root / "sparse" / "0"
-        if self.root.exists() and not self.root.is_dir():
-            raise OutputError(f"output path {self.root} exists and is not a directory")
-        if (
-            self.sparse / f"images.{self.config.model_format}"
-        ).exists() and not self.config.overwrite:
-            raise OutputError(
-                f"{self.sparse} already holds a COLMAP model; pass --overwrite to replace it"
-            )
+        # Only files this exporter journalled are ever replaced or removed; a non-empty folder
+        # that is not an export of ours is refused (laser_plugin.io.ownership).
+        self._journal = ExportJournal(
+            self.root,
+            overwrite=self.config.overwrite,
+            done=f"sparse/0/images.{self.config.model_format}",
+            what="COLMAP model",
+        )
         try:
-            (self.root / "images").mkdir(parents=True, exist_ok=True)
-            self.sparse.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create {self.root}: {exc.strerror}") from None
+            self._journal.mkdir("images")
+            self._journal.mkdir("sparse/0")
+        except BaseException:
+            self._journal.close()
+            raise
         self._cameras: dict[PinholeIntrinsics, int] = {}
         self._images: list[ColmapImage] = []
         self._cloud: VoxelMap | None = None
@@ -113,7 +115,9 @@ class ColmapWriter:
         cfg = self.config
         image, intr = frame_image(frame, cfg.image_resolution)
         name = f"frame_{frame.index:06d}.{cfg.image_format}"
-        write_bytes_atomic(self.root / "images" / name, encode_image(image, cfg.image_format))
+        write_bytes_atomic(
+            self._journal.record(f"images/{name}"), encode_image(image, cfg.image_format)
+        )
         # identical intrinsics share one COLMAP camera (rounded so float noise does not split them)
         key = PinholeIntrinsics(
             *(round(v, 6) for v in (intr.fl_x, intr.fl_y, intr.cx, intr.cy)), intr.w, intr.h
@@ -135,6 +139,12 @@ class ColmapWriter:
         if self._closed:
             return
         self._closed = True
+        try:
+            self._finish()
+        finally:
+            self._journal.close()  # also releases the directory lock
+
+    def _finish(self) -> None:
         if not self._images:
             return  # nothing to describe; callers check for frames themselves
         xyz, rgb = (
@@ -156,7 +166,7 @@ class ColmapWriter:
             }
         # images last: a reader that finds it finds the rest too
         for name in sorted(files, key=lambda n: n.startswith("images")):
-            write_bytes_atomic(self.sparse / name, files[name])
+            write_bytes_atomic(self._journal.record(f"sparse/0/{name}"), files[name])
 
 
 def _cameras_bin(cameras: dict[PinholeIntrinsics, int]) -> bytes:

@@ -13,6 +13,7 @@ from laser_plugin.errors import InputError
 from laser_plugin.integrations.nerfstudio.colmap import ColmapExportConfig, ColmapWriter
 from laser_plugin.integrations.nerfstudio.pipeline import ExportSummary
 from laser_plugin.integrations.nerfstudio.writer import NerfstudioExportConfig, NerfstudioWriter
+from laser_plugin.io.ownership import check_export_outside_run
 from laser_plugin.io.run_dir import load_run
 
 
@@ -30,6 +31,7 @@ def export_run_nerfstudio(
     run_dir: str | Path, output_dir: str | Path, config: NerfstudioExportConfig | None = None
 ) -> ExportSummary:
     """Write ``output_dir`` as a nerfstudio dataset from the run in ``run_dir``."""
+    check_export_outside_run(run_dir, output_dir)
     start = time.perf_counter()
     run = load_run(run_dir)
     writer = NerfstudioWriter(
@@ -49,6 +51,7 @@ def export_run_colmap(
     run_dir: str | Path, output_dir: str | Path, config: ColmapExportConfig | None = None
 ) -> ExportSummary:
     """Write ``output_dir/images`` and ``output_dir/sparse/0`` from the run in ``run_dir``."""
+    check_export_outside_run(run_dir, output_dir)
     start = time.perf_counter()
     load_run(run_dir)  # a clear error before anything is created
     writer = ColmapWriter(output_dir, config)

@@ -17,7 +17,6 @@ camera) and the scale are kept as they are.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from laser_plugin.integrations.nerfstudio.files import (
 )
 from laser_plugin.integrations.nerfstudio.schema import DepthFormat, FrameEntry, TransformsFile
 from laser_plugin.io.atomic import write_bytes_atomic
+from laser_plugin.io.ownership import ExportJournal
 from laser_plugin.io.ply import write_ply
 from laser_plugin.mapping import VoxelMap
 from laser_plugin.types import ReconstructedFrame
@@ -100,14 +100,6 @@ def held_out_indices(num_frames: int, every: int) -> list[int]:
     return picked or [num_frames // 2]
 
 
-def _owned_paths(root: Path) -> list[Path]:
-    """What a previous export of ours left in ``root`` (removed on overwrite)."""
-    out = [root / "transforms.json", root / PLY_NAME]
-    out += [p for p in root.glob("images*") if p.is_dir()]
-    out += [p for p in root.glob("depths*") if p.is_dir()]
-    return out
-
-
 class NerfstudioWriter:
     """Sink writing a nerfstudio dataset; call :meth:`close` to finish it (idempotent)."""
 
@@ -128,25 +120,21 @@ class NerfstudioWriter:
 
     # -- setup -----------------------------------------------------------------------------
     def _prepare_root(self) -> None:
-        root = self.root
-        if root.exists() and not root.is_dir():
-            raise OutputError(f"output path {root} exists and is not a directory")
-        if (root / "transforms.json").exists():
-            if not self.config.overwrite:
-                raise OutputError(
-                    f"{root} already holds a nerfstudio dataset (transforms.json); "
-                    "pass --overwrite to replace it or choose another directory"
-                )
-            for p in _owned_paths(root):
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
+        # Replacing an export removes only the files the journal shows this exporter wrote (a
+        # user's images_raw/ or a photo put into images/ stays), and a non-empty folder that is
+        # not an export of ours is refused (laser_plugin.io.ownership).
+        self._journal = ExportJournal(
+            self.root,
+            overwrite=self.config.overwrite,
+            done="transforms.json",
+            what="nerfstudio dataset",
+        )
         try:
             for name in self._image_dirs() + self._depth_dirs():
-                (root / name).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create {root}: {exc.strerror}") from None
+                self._journal.mkdir(name)
+        except BaseException:
+            self._journal.close()
+            raise
 
     def _factors(self) -> list[int]:
         return [2**i for i in range(self.config.num_downscales + 1)]
@@ -172,14 +160,14 @@ class NerfstudioWriter:
             w, h = max(1, intr.w // factor), max(1, intr.h // factor)
             img = image if factor == 1 else resize_image(image, w, h)
             write_bytes_atomic(
-                self.root / img_dir / img_name,
+                self._journal.record(f"{img_dir}/{img_name}"),
                 encode_image(img, cfg.image_format, cfg.jpeg_quality),
             )
             depth = frame.depth
             if depth.shape[1] > w:  # never store a depth map larger than its image
                 depth = resize_depth_nearest(depth, w, h)
             data, unit = encode_depth(depth, cfg.depth_format)
-            write_bytes_atomic(self.root / depth_dir / depth_name, data)
+            write_bytes_atomic(self._journal.record(f"{depth_dir}/{depth_name}"), data)
             self._depth_scale = unit
         self._entries.append(
             FrameEntry(
@@ -216,13 +204,19 @@ class NerfstudioWriter:
         if self._closed:
             return
         self._closed = True
+        try:
+            self._finish()
+        finally:
+            self._journal.close()  # also releases the directory lock
+
+    def _finish(self) -> None:
         if not self._entries:
             return
         ply_path = None
         if self._cloud is not None:
             xyz, rgb = self._cloud.points()
             if len(xyz):
-                write_ply(self.root / PLY_NAME, xyz, rgb)  # atomic
+                write_ply(self._journal.record(PLY_NAME), xyz, rgb)  # atomic
                 ply_path = PLY_NAME
         names = [e.file_path for e in self._entries]
         held = set(held_out_indices(len(names), self.config.val_every))
@@ -235,7 +229,7 @@ class NerfstudioWriter:
             laser=self._provenance(),
         )
         text = json.dumps(transforms.to_json(), indent=2)
-        write_bytes_atomic(self.root / "transforms.json", text.encode("utf-8"))
+        write_bytes_atomic(self._journal.record("transforms.json"), text.encode("utf-8"))
 
     def _provenance(self) -> dict[str, Any]:
         return {

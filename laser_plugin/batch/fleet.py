@@ -46,6 +46,8 @@ class FleetOptions:
     """Reconstruct every video again, even those whose run is complete."""
     log_to_driver: bool = False
     """Forward the workers' stdout/stderr to this console."""
+    connect_timeout: float = 30.0
+    """Seconds to wait for the Ray cluster at --address before giving up with one line."""
 
 
 @dataclass
@@ -70,23 +72,75 @@ def _import_ray():
     return ray
 
 
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of ``HOST:PORT`` or ``ray://HOST:PORT``; None for ``auto`` and the like."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _check_reachable(address: str, timeout: float) -> None:
+    """Fail in one line, within ``timeout``, when nothing listens at ``address``: Ray itself
+    retries an unreachable cluster for minutes, printing every retry."""
+    import socket
+
+    hp = _host_port(address)
+    if hp is None:
+        return
+    try:
+        socket.create_connection(hp, timeout=timeout).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ConnectionError(f"{reason} (is a Ray cluster running there?)") from None
+
+
+def _init_within(ray, timeout: float, **kwargs) -> None:
+    """``ray.init`` with a deadline: something that accepts connections but is not a Ray
+    cluster would otherwise keep it waiting. On timeout the attempt is left in a daemon thread
+    (ray.init cannot be cancelled) and the caller ends with one line."""
+    import threading
+
+    outcome: list[BaseException | None] = []
+
+    def target():
+        try:
+            ray.init(**kwargs)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, name="laser-ray-init", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        raise TimeoutError(f"no answer within {timeout:g} s")
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
 def connect(options: FleetOptions) -> bool:
     """Attach to or start Ray; return whether this call started it (and so should stop it)."""
     ray = _import_ray()
     if ray.is_initialized():
         return False
+    if not options.connect_timeout > 0:
+        raise ConfigError(f"--connect-timeout must be positive, got {options.connect_timeout}")
     address = options.address or os.environ.get("RAY_ADDRESS") or None
     common = {"log_to_driver": options.log_to_driver, "configure_logging": False}
+    where = f"Ray at {address}" if address and address != "local" else "a local Ray"
     try:
         if address and address != "local":
-            ray.init(address=address, **common)
+            _check_reachable(address, options.connect_timeout)
+            _init_within(ray, options.connect_timeout, address=address, **common)
         else:
             # address=None would still read RAY_ADDRESS; "local" always starts a fresh local Ray.
             ray.init(address="local", num_cpus=options.num_cpus, include_dashboard=False, **common)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"Ray at {address}" if address and address != "local" else "a local Ray"
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        lines = str(exc).strip().splitlines()
         raise ConfigError(
-            f"cannot start or attach to {where}: {str(exc).splitlines()[0]}"
+            f"cannot start or attach to {where}: {lines[0] if lines else type(exc).__name__}"
         ) from None
     return True
 

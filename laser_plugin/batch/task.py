@@ -127,8 +127,10 @@ def run_job(
     import torch
 
     from laser_plugin.engine import StreamingReconstructor
+    from laser_plugin.errors import OutputError
+    from laser_plugin.io import lock, ownership
     from laser_plugin.io.run_dir import RunWriter, prepare_output_dir
-    from laser_plugin.resume import StateSaver
+    from laser_plugin.resume import StateSaver, input_fingerprint
 
     start = time.perf_counter()
     record: dict[str, Any] = {
@@ -140,13 +142,15 @@ def run_job(
         "device": spec.device,
     }
     writer = None
+    run_dir = Path(output_root) / job.name
     try:
         torch.set_num_threads(max(1, spec.threads))
-        run_dir = Path(output_root) / job.name
+        ownership.check_input_outside_output(job.path, run_dir)
         model = build_model(spec)
         settings = {
             "command": "batch",
             "input": job.path,
+            "input_digest": input_fingerprint(job.path),  # a changed input is started again
             "name": job.name,
             "model": spec.model,
             "weights": spec.weights,
@@ -159,6 +163,17 @@ def run_job(
             "save_source_images": spec.save_source_images,
         }
         state = _resumable_state(run_dir, settings) if spec.resume_partial else None
+        # A batch has no --overwrite: it replaces only a run an earlier batch made (and of that,
+        # prepare_output_dir removes only the run's own files); anything else is left alone.
+        if (
+            state is None
+            and ownership.entries(run_dir)
+            and ownership.run_command(run_dir) != "batch"
+        ):
+            raise OutputError(
+                f"{run_dir} is not empty and holds no earlier batch run, so nothing in it is "
+                "replaced: move it away or choose another --output-root"
+            )
         out = prepare_output_dir(run_dir, overwrite=state is None, resume=state is not None)
         writer = RunWriter(
             out,
@@ -210,4 +225,6 @@ def run_job(
             frames=writer.num_frames if writer is not None else 0,
             seconds=round(time.perf_counter() - start, 3),
         )
+    finally:
+        lock.release(run_dir)  # Ray reuses this worker process for other tasks
     return record
