@@ -222,8 +222,79 @@ def fingerprint(settings: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def input_fingerprint(source: Any) -> dict[str, Any] | None:
+    """What identifies the input's content, cheaply, for ``settings["input_digest"]``.
+
+    An image folder: the image files' names, sizes and modification times (hashed, with their
+    count); a file: its size and modification time, and for a video its stream's codec, size,
+    frame count and rate. Reading every byte would cost as much as decoding; a changed folder or
+    re-encoded video changes these. None for in-memory sources (nothing to compare).
+    """
+    import hashlib
+    import os
+
+    from laser_plugin.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
+    if not isinstance(source, (str, Path)):
+        return None
+    path = Path(source).expanduser()
+    try:
+        if path.is_dir():
+            rows = []
+            for entry in sorted(os.scandir(path), key=lambda e: e.name):
+                if entry.name.startswith(".") or not entry.is_file():
+                    continue
+                if Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                st = entry.stat()
+                rows.append(f"{entry.name}\t{st.st_size}\t{st.st_mtime_ns}")
+            digest = hashlib.sha256("\n".join(rows).encode("utf-8", "surrogateescape"))
+            return {"kind": "folder", "files": len(rows), "sha256": digest.hexdigest()}
+        st = path.stat()
+    except OSError:
+        return None
+    out: dict[str, Any] = {"kind": "file", "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if path.suffix.lower() in VIDEO_SUFFIXES and path.is_file():
+        try:
+            import av
+
+            with av.open(str(path)) as container:
+                v = container.streams.video[0]
+                out["stream"] = {
+                    "codec": v.codec_context.name,
+                    "width": v.codec_context.width,
+                    "height": v.codec_context.height,
+                    "frames": int(v.frames or 0),
+                    "rate": str(v.average_rate),
+                }
+        except Exception:  # unreadable here: the run itself reports it in one line
+            pass
+    return out
+
+
+def _check_input(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to resume on an input that changed since the run started (frame N would no longer
+    be the frame the saved state continues from)."""
+    a, b = saved.get("input_digest"), current.get("input_digest")
+    if a is None or b is None or a == b:  # runs saved before input digests: nothing to compare
+        return
+    if a.get("kind") == "folder" and b.get("kind") == "folder" and a.get("files") != b.get("files"):
+        detail = f"{a.get('files')} images then, {b.get('files')} now"
+    elif a.get("kind") == "folder" and b.get("kind") == "folder":
+        detail = "image files were replaced or modified"
+    elif a.get("size") != b.get("size"):
+        detail = f"{a.get('size')} bytes then, {b.get('size')} now"
+    else:
+        detail = "the file was modified"
+    raise ConfigError(
+        f"cannot resume: the input {current.get('input') or ''} changed since the run started "
+        f"({detail}); resume with the same input, or --overwrite to start again"
+    )
+
+
 def check_settings(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Raise a one-line :class:`ConfigError` naming the first setting that differs."""
+    """Raise a one-line :class:`ConfigError` naming the first setting that differs (then a
+    changed input, see :func:`input_fingerprint`)."""
     a, b = fingerprint(saved), fingerprint(current)
     for key in _FINGERPRINT_KEYS:
         if a.get(key) == b.get(key):
@@ -239,6 +310,7 @@ def check_settings(saved: dict[str, Any], current: dict[str, Any]) -> None:
             f"cannot resume: {key} was {a.get(key)!r}, now {b.get(key)!r} "
             "(use the same settings, or --overwrite to start again)"
         )
+    _check_input(saved, current)
 
 
 class StateSaver:

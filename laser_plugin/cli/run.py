@@ -16,6 +16,7 @@ import tyro
 
 from laser_plugin.config import LaserConfig
 from laser_plugin.errors import ConfigError, InputError
+from laser_plugin.io.lock import release as release_output_dir
 from laser_plugin.io.run_dir import RunWriter, prepare_output_dir
 from laser_plugin.sources import open_source
 
@@ -312,6 +313,7 @@ class Run:
         import torch
 
         from laser_plugin.models import load_model
+        from laser_plugin.resume import input_fingerprint
 
         device = self.device
         if device == "auto":
@@ -330,6 +332,9 @@ class Run:
         source = Path(self.input).expanduser()
         if not source.exists():
             raise InputError(f"input not found: {source}")
+        from laser_plugin.io.ownership import check_input_outside_output
+
+        check_input_outside_output(source, self.output_dir)  # replacing would delete the input
         # Fail on unreadable input now, in one line, before anything is loaded or written (the
         # run itself reports skipped files).
         with warnings.catch_warnings():
@@ -398,6 +403,7 @@ class Run:
         settings = {
             "command": "run",
             "input": str(source.resolve()),
+            "input_digest": input_fingerprint(source),  # --resume refuses a changed input
             "model": self.model,
             "weights": self.weights,
             "device": device,
@@ -455,6 +461,7 @@ class Run:
         finally:
             if pool is not None:
                 pool.close()
+            release_output_dir(self.output_dir)  # held since prepare_output_dir (one writer)
         return 0
 
 
@@ -463,7 +470,8 @@ class Demo:
     """Run the whole pipeline on the built-in synthetic scene (no weights, no GPU) and score it."""
 
     output_dir: Path = Path("laser_demo_output")
-    """Where the run directory is written (replaced if it holds an earlier run)."""
+    """Where the run directory is written. An earlier demo run there is replaced (and said so);
+    anything else needs --overwrite, and files laser did not write are never removed."""
     scene: str = "demo"
     """Synthetic sequence: demo, lateral, forward, turn, pure_rotation, low_parallax, loop, figure8."""
     frames: int | None = None
@@ -474,10 +482,13 @@ class Demo:
     laser: FlatLaser = field(default_factory=LaserConfig)
     viewers: Annotated[Viewers, tyro.conf.OmitArgPrefixes] = field(default_factory=Viewers)
     quiet: bool = False
+    overwrite: bool = False
+    """Replace a run of any laser command in output_dir (only the run's own files)."""
 
     def main(self) -> int:
         import numpy as np
 
+        from laser_plugin.io import ownership
         from laser_plugin.models.synthetic import make_model, make_scene
         from laser_plugin.models.synthetic.evaluate import evaluate_depths_poses
 
@@ -505,13 +516,20 @@ class Demo:
             def close(self):
                 pass
 
+        # Re-running the demo replaces its own earlier output without a flag, but never silently.
+        overwrite = self.overwrite
+        if not overwrite and ownership.run_command(self.output_dir) == "demo":
+            overwrite = True
+            if not self.quiet:
+                print(f"laser: replacing the earlier demo run in {self.output_dir}", file=sys.stderr)
+
         def go():
             engine, writer = execute(
                 model,
                 scene.frames(),
                 self.laser,
                 self.output_dir,
-                overwrite=True,
+                overwrite=overwrite,
                 settings=settings,
                 viewers=self.viewers,
                 total=scene.num_frames,
@@ -530,5 +548,8 @@ class Demo:
             }
             print_summary(engine, writer, rows, quiet=self.quiet)
 
-        _guard(go)
+        try:
+            _guard(go)
+        finally:
+            release_output_dir(self.output_dir)  # after the scored summary is written
         return 0
