@@ -22,7 +22,7 @@ import dataclasses
 import io
 import json
 import os
-import shutil
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,7 @@ from laser_plugin.mapping import VoxelMap
 from laser_plugin.types import ReconstructedFrame, WindowStats
 
 FORMAT_VERSION = 1
+# Every top-level name a run writes (laser_plugin.io.ownership: --overwrite removes nothing else).
 _OWN_ENTRIES = {
     "summary.json",
     "frames.jsonl",
@@ -51,46 +52,82 @@ _OWN_ENTRIES = {
     "layers",
     "state",
 }
+# The names laser gives the files inside its folders: per-frame folders hold NNNNNN.EXT (the frame
+# index, never an input file name), state/ the resume state. A folder of _OWN_ENTRIES not listed
+# here is taken as a per-frame folder.
+_FRAME_FILE = re.compile(r"^\d{6,}\.[A-Za-z0-9]+$")
+_OWN_FILE_PATTERNS = {"state": re.compile(r"^[A-Za-z0-9_-]+\.(npz|npy|json)$")}
 
 
 def prepare_output_dir(path: Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Create ``path``; refuse a non-empty one unless ``overwrite`` and it holds a laser run.
+    """Create ``path`` and lock it for this process; refuse a non-empty one unless ``overwrite``
+    and it provably holds only a laser run (see :mod:`laser_plugin.io.ownership`).
 
-    ``resume``: keep an existing run as it is (the caller continues it).
+    ``resume``: keep an existing run as it is (the caller continues it). The lock
+    (:mod:`laser_plugin.io.lock`) lasts until :func:`laser_plugin.io.lock.release` or the end of
+    the process, so a second laser process writing the same directory stops with one line.
     """
+    from laser_plugin.io import lock, ownership
+
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise OutputError(f"output path {path} exists and is not a directory")
     if resume and not (path / "summary.json").is_file():
         raise OutputError(f"nothing to resume: {path} holds no laser run (no summary.json)")
-    if path.exists() and any(path.iterdir()) and not resume:
+
+    def plan():
+        if resume or not ownership.entries(path):
+            return None
+        ours = ownership.is_claimed(path) or (path / "summary.json").is_file()
         if not overwrite:
+            if not ours:
+                raise OutputError(
+                    f"output directory {path} is not empty and holds no laser run: "
+                    "choose a new or empty directory"
+                )
             raise OutputError(
                 f"output directory {path} is not empty (--overwrite replaces it, --resume continues an interrupted run)"
             )
-        foreign = [
-            p.name
-            for p in path.iterdir()
-            if p.name not in _OWN_ENTRIES and not p.name.startswith(".")
-        ]
+        dirs = {
+            name: _OWN_FILE_PATTERNS.get(name, _FRAME_FILE)
+            for name in _OWN_ENTRIES
+            if (path / name).is_dir() and not (path / name).is_symlink()
+        }
+        files = _OWN_ENTRIES - set(dirs)
+        remove_files, remove_dirs, foreign = ownership.plan_run_removal(path, files, dirs)
         if foreign:
             raise OutputError(
-                f"refusing to overwrite {path}: it holds files that are not from a laser run ({', '.join(sorted(foreign)[:3])})"
+                f"refusing to overwrite {path}: it holds files that are not from a laser run "
+                f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); nothing was removed"
             )
-        for p in path.iterdir():
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
+        if not ownership.is_claimed(path):
+            raise OutputError(
+                f"refusing to overwrite {path}: it has no {ownership.RUN_MARKER} (made by an older "
+                "laser, or not by laser); delete it yourself or choose another directory"
+            )
+        return remove_files, remove_dirs
+
+    plan()  # refusals first, before anything (even the lock file) is written
+    held_before = lock.holds(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
+        lock.acquire(path)
+        todo = plan()  # again under the lock: another process may have written meanwhile
+        if todo is not None:
+            ownership.remove(*todo, where=path)
+        if not resume:
+            ownership.claim(path)  # new, empty or just cleared: ours from now on
         probe = path / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write to output directory {path}: {exc.strerror or exc}"
-        ) from None
+    except BaseException as exc:
+        if not held_before:
+            lock.release(path)
+        if isinstance(exc, OSError):
+            raise OutputError(
+                f"cannot write to output directory {path}: {exc.strerror or exc}"
+            ) from None
+        raise
     return path
 
 
@@ -447,21 +484,21 @@ class RunData:
 
         rec = self.frames[i]
         p = rec.paths
-        with Image.open(self.path / p["image"]) as im:
+        with Image.open(_inside(self.path, p["image"])) as im:
             image = np.asarray(im.convert("RGB"))
         source = None
         if p.get("source"):
-            with Image.open(self.path / p["source"]) as im:
+            with Image.open(_inside(self.path, p["source"])) as im:
                 source = np.asarray(im.convert("RGB"))
-        layers = np.load(self.path / p["layers"]) if p.get("layers") else None
+        layers = np.load(_inside(self.path, p["layers"])) if p.get("layers") else None
         return ReconstructedFrame(
             index=rec.index,
             timestamp=rec.timestamp,
             image=image,
             cam_to_world=rec.cam_to_world,
             intrinsics=rec.intrinsics,
-            depth=np.load(self.path / p["depth"]),
-            conf=np.load(self.path / p["conf"]).astype(np.float32),
+            depth=np.load(_inside(self.path, p["depth"])),
+            conf=np.load(_inside(self.path, p["conf"])).astype(np.float32),
             window=rec.window,
             layers=layers,
             layer_scales=None
@@ -469,6 +506,21 @@ class RunData:
             else np.asarray(rec.layer_scales, np.float32),
             source_image=source,
         )
+
+
+def _inside(run_dir: Path, rel: Any) -> Path:
+    """``run_dir / rel`` for a path read from frames.jsonl, refused (one line) unless it stays
+    inside the run directory: no absolute path, no ``..``, no symbolic link leading out. A run
+    directory may come from anyone; reading it must not read other files."""
+    from laser_plugin.errors import InputError
+
+    root = Path(run_dir).resolve()
+    if isinstance(rel, str) and rel and not Path(rel).is_absolute() and ".." not in Path(rel).parts:
+        p = root / rel
+        resolved = p.resolve()
+        if root in resolved.parents:
+            return p
+    raise InputError(f"{run_dir} is not a valid run: frames.jsonl names {rel!r}, outside the run directory")
 
 
 def load_run(path: str | Path) -> RunData:
@@ -488,6 +540,9 @@ def load_run(path: str | Path) -> RunData:
             except json.JSONDecodeError:
                 continue  # a line torn by a hard kill
             paths = {k: r.get(k) for k in ("image", "depth", "conf", "layers", "source")}
+            for k, rel in paths.items():
+                if rel is not None or k in ("image", "depth", "conf"):
+                    _inside(path, rel)
             if not all((path / paths[k]).exists() for k in ("image", "depth", "conf")):
                 continue
             frames.append(
