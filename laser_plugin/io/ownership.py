@@ -86,15 +86,26 @@ def plan_run_removal(
     files: list[Path] = []
     dirs: list[Path] = []
     foreign: list[str] = []
+
+    def lmode(p: Path) -> int | None:
+        try:
+            return os.lstat(p).st_mode
+        except FileNotFoundError:  # renamed away meanwhile (a running writer's temporary file)
+            return None
+
     for name in entries(path):
         p = Path(path) / name
-        mode = os.lstat(p).st_mode
+        mode = lmode(p)
+        if mode is None:
+            continue
         if stat.S_ISREG(mode) and (name in own_files or TEMP_NAME.match(name)):
             files.append(p)
         elif stat.S_ISDIR(mode) and name in own_dirs:
             pattern = own_dirs[name]
             for child in sorted(os.listdir(p)):
-                cmode = os.lstat(p / child).st_mode
+                cmode = lmode(p / child)
+                if cmode is None:
+                    continue
                 if stat.S_ISREG(cmode) and (pattern.match(child) or TEMP_NAME.match(child)):
                     files.append(p / child)
                 else:
