@@ -541,6 +541,7 @@ class StreamingReconstructor:
             if fn is None:
                 alive.append(sink)
                 continue
+            t = time.perf_counter()
             try:
                 fn(*args)
                 alive.append(sink)
@@ -553,6 +554,10 @@ class StreamingReconstructor:
                 self._warn(f"sink {type(sink).__name__} failed in {method} and was detached: {exc}")
                 with contextlib.suppress(Exception):
                     sink.close()
+            finally:
+                # Per sink, so a slow one shows by name ("sink_RunWriter" in the summary).
+                key = f"sink_{type(sink).__name__}"
+                self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - t
         return alive
 
     def _warn(self, message: str) -> None:

@@ -40,6 +40,7 @@ _FINGERPRINT_KEYS = (
     "fps",
     "max_frames",
     "save_source_images",
+    "outputs",
 )
 
 
@@ -325,11 +326,21 @@ class StateSaver:
 
     essential = True
 
-    def __init__(self, engine, out_dir: Path, settings: dict[str, Any], interval_s: float = 0.0):
+    def __init__(
+        self,
+        engine,
+        out_dir: Path,
+        settings: dict[str, Any],
+        interval_s: float = 0.0,
+        before_save=None,
+    ):
         self.engine = engine
         self.out_dir = Path(out_dir)
         self.settings = settings
         self.interval_s = interval_s
+        # The run writer's wait_durable: it commits frames in its own thread, and a state must
+        # never count frames that frames.jsonl does not hold yet.
+        self.before_save = before_save
         self._last = time.monotonic()
 
     def on_frame(self, frame: ReconstructedFrame) -> None:
@@ -340,11 +351,15 @@ class StateSaver:
         if self.interval_s > 0 and time.monotonic() - self._last < self.interval_s:
             return
         self._last = time.monotonic()
+        if self.before_save is not None:
+            self.before_save()
         try:
             save_state(self.out_dir, capture(self.engine, self.settings))
         except OSError as exc:
             raise OutputError(
-                f"cannot write the resume state in {self.out_dir}: {exc.strerror or exc}"
+                f"cannot write the resume state in {self.out_dir}: {exc.strerror or exc} "
+                # The write is atomic: the previous state stays, and the run continues from it.
+                "(the frames saved so far are kept; the run can be resumed with --resume)"
             ) from None
 
     def close(self) -> None:

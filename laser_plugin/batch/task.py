@@ -190,10 +190,10 @@ def run_job(
             record["resumed_frames"] = state.num_frames
         notes = _BatchNotes(writer, None if report is None else (lambda n: report(job.name, n)))
         engine = StreamingReconstructor(
-            model, spec.laser, keep_source_images=spec.save_source_images
+            model, spec.laser, keep_source_images=writer.save_source_images
         )
         # The writer first (it fsyncs the window's frames), then the state that refers to them.
-        sinks = [writer, StateSaver(engine, out, settings), notes]
+        sinks = [writer, StateSaver(engine, out, settings, before_save=writer.wait_durable), notes]
         # Warnings are kept in engine.warnings (and the record), not printed by every worker.
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")

@@ -17,7 +17,7 @@ import tyro
 from laser_plugin.config import LaserConfig
 from laser_plugin.errors import ConfigError, InputError
 from laser_plugin.io.lock import release as release_output_dir
-from laser_plugin.io.run_dir import RunWriter, prepare_output_dir
+from laser_plugin.io.run_dir import RunWriter, format_outputs, parse_outputs, prepare_output_dir
 from laser_plugin.sources import open_source
 
 FlatLaser = Annotated[LaserConfig, tyro.conf.OmitArgPrefixes]
@@ -104,12 +104,13 @@ def execute(
     fps: float = 30.0,
     stride: int = 1,
     total: int | None = None,
-    save_source_images: bool = True,
+    save_source_images: bool | None = None,
     quiet: bool = False,
     extra_sinks: list | None = None,
     resume: bool = False,
     make_engine=None,
     checkpoint_interval: float = 0.0,
+    outputs: str | None = None,
 ):
     """Run the engine with a progress bar, writing ``output_dir``; return (engine, writer).
 
@@ -143,6 +144,7 @@ def execute(
         settings=settings,
         save_source_images=save_source_images,
         resume_frames=None if state is None else state.num_frames,
+        outputs=outputs,
     )
     if state is not None:
         writer.num_windows = state.num_windows
@@ -151,12 +153,14 @@ def execute(
         ]
     # make_engine: e.g. a MultiDeviceReconstructor over several replicas (laser run --devices).
     engine = (make_engine or StreamingReconstructor)(
-        model, config, keep_source_images=save_source_images
+        model, config, keep_source_images=writer.save_source_images
     )
+    writer.engine_timings = engine.timings  # stage timings into summary.json
     # The writer first (it fsyncs the window's frames), then the state that refers to them.
     sinks = [
         writer,
-        StateSaver(engine, out, settings, checkpoint_interval),
+        # The state refers to frames: it is saved only once the writer made them durable.
+        StateSaver(engine, out, settings, checkpoint_interval, before_save=writer.wait_durable),
         *(viewers.sinks() if viewers else []),
         *(extra_sinks or []),
     ]
@@ -301,8 +305,11 @@ class Run:
     """Keep every n-th frame of the input."""
     fps: float = 30.0
     """Frame rate for the timestamps of image folders."""
-    save_source_images: bool = True
-    """Also keep the original-resolution images (for nerfstudio exports)."""
+    outputs: str = "compact"
+    """What the run directory holds: compact (images, depth, conf, points: ~0.3-0.5 MB per frame
+    at 518x294), full (also layers and source), or a comma list of images, depth, conf, layers,
+    source, points and presets, e.g. compact,layers. Without source, the original frames are
+    read again from the input video or folder when a nerfstudio/COLMAP export needs them."""
     quiet: bool = False
     """No progress bar or summary."""
     loop_closure: bool = True
@@ -321,6 +328,7 @@ class Run:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError("--device cuda was asked for but no CUDA device is available")
         self.laser.validate()
+        outputs = parse_outputs(self.outputs)  # a bad --outputs in one line, before any work
         if self.resume and self.overwrite:
             raise ConfigError("--resume continues a run; --overwrite replaces it: give one")
         if self.stride < 1:
@@ -411,7 +419,7 @@ class Run:
             "stride": self.stride,
             "fps": self.fps,
             "max_frames": self.max_frames,
-            "save_source_images": self.save_source_images,
+            "outputs": format_outputs(outputs),
         }
         if self.fast:  # other numerics (bf16): a run is resumed only on the same path
             settings["fast"] = True
@@ -446,7 +454,7 @@ class Run:
                 max_frames=self.max_frames,
                 fps=self.fps,
                 stride=self.stride,
-                save_source_images=self.save_source_images,
+                outputs=format_outputs(outputs),
                 quiet=self.quiet,
                 resume=self.resume,
                 make_engine=make_engine,

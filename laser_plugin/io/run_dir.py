@@ -1,18 +1,26 @@
 """The run directory: what ``laser run`` writes, and the one reader every integration uses.
 
-Layout (each file written atomically; a frame's line in ``frames.jsonl`` is appended only after
-its files exist, so an interrupted run is a valid run holding the frames finalised so far)::
+Layout, format 2 (``FORMAT_VERSION``; format 1 is still read). A frame's line in ``frames.jsonl``
+is appended only after its files are written and fsynced, so an interrupted run is a valid run
+holding the frames finalised so far; ``--outputs`` chooses the optional parts::
 
     summary.json     settings, model, status (running|complete|interrupted|failed), counts, timings
     frames.jsonl     one JSON object per finalised frame
     trajectory.txt   TUM: timestamp tx ty tz qx qy qz qw (camera-to-world, OpenCV axes)
     intrinsics.txt   index fx fy cx cy width height
-    images/NNNNNN.png   model-resolution RGB
-    source/NNNNNN.jpg   original-resolution RGB (when the source provides it)
-    depth/NNNNNN.npy    float32 z-depth in scene units, 0 = invalid
-    conf/NNNNNN.npy     float16 confidence in [0, 1]
-    layers/NNNNNN.npy   int16 depth-layer labels, -1 = none (when layer alignment ran)
-    points.ply          coloured global point cloud, voxel-downsampled and bounded
+    images/NNNNNN.jpg   model-resolution RGB, JPEG quality 90
+    depth/NNNNNN.npz    key "depth": float16 z-depth in scene units, 0 = invalid (float32 for a
+                        frame whose depth exceeds float16's range)
+    conf/NNNNNN.npz     key "conf": uint8, confidence = value / 255 (conf is in [0, 1])
+    layers/NNNNNN.npz   key "layers": int16 depth-layer labels, -1 = none (outputs "layers")
+    source/NNNNNN.jpg   original-resolution RGB, JPEG quality 95 (outputs "source"); otherwise
+                        frames.jsonl names the frame in the input ("source_frame": decode index
+                        in the video, or "source_file": a file name in the input folder) and
+                        the reader decodes it from there
+    points.ply          coloured global point cloud, voxel-downsampled and bounded ("points")
+
+Format 1 wrote images/NNNNNN.png, float32 depth/NNNNNN.npy, float16 conf/NNNNNN.npy,
+layers/NNNNNN.npy and source JPEGs by default.
 """
 
 from __future__ import annotations
@@ -24,20 +32,24 @@ import json
 import os
 import re
 import time
+import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from laser_plugin.errors import OutputError
+from laser_plugin.errors import InputError, OutputError
 from laser_plugin.geometry.camera import rotmat_to_quat_xyzw
-from laser_plugin.io.atomic import write_bytes_atomic, write_json_atomic, write_npy_atomic
+from laser_plugin.io.atomic import write_bytes_atomic, write_json_atomic
 from laser_plugin.io.ply import write_ply
+from laser_plugin.io.write_pool import Committer, Future, Slots, default_threads, encoder_pool
 from laser_plugin.mapping import VoxelMap
 from laser_plugin.types import ReconstructedFrame, WindowStats
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""1: PNG images, float32 .npy depth, float16 .npy conf, source JPEGs by default. 2: see above."""
 # Every top-level name a run writes (laser_plugin.io.ownership: --overwrite removes nothing else).
 _OWN_ENTRIES = {
     "summary.json",
@@ -131,20 +143,207 @@ def prepare_output_dir(path: Path, overwrite: bool = False, resume: bool = False
     return path
 
 
-def _png_bytes(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
 def _jpg_bytes(image: np.ndarray, quality: int = 95) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+# -- format 2: what is written, and how ---------------------------------------------------------
+
+OUTPUTS = ("images", "depth", "conf", "layers", "source", "points")
+"""Everything a run can write (``--outputs``)."""
+REQUIRED_OUTPUTS = frozenset({"images", "depth", "conf"})
+"""What every reader (load_run, --resume, the exporters, eval) needs."""
+PRESETS = {
+    "compact": frozenset({"images", "depth", "conf", "points"}),
+    "full": frozenset(OUTPUTS),
+}
+DEFAULT_OUTPUTS = "compact"
+IMAGE_QUALITY = 90
+"""JPEG quality of the model-size images (26 kB at 518x294 against 250+ kB as PNG)."""
+SOURCE_QUALITY = 95
+"""JPEG quality of kept original-resolution images (the exporters' training images)."""
+DEFLATE_LEVEL = 1
+"""zlib level of the .npz maps: level 1 is within 3% of level 6's size at a third of its time."""
+CONF_LEVELS = 255
+"""Confidence is saved as uint8 ``round(conf * 255)`` and read back as ``q / 255``: conf is
+normalised to [0, 1] per window by rank, so 256 even steps lose at most 0.002 of it."""
+_F16_MAX = 65504.0
+
+
+def parse_outputs(spec: str | Iterable[str] | None) -> frozenset[str]:
+    """``"compact"``, ``"full"`` or a comma list of :data:`OUTPUTS` and presets, e.g.
+    ``"compact,layers"``; refused in one line unless it keeps :data:`REQUIRED_OUTPUTS`."""
+    from laser_plugin.errors import ConfigError
+
+    tokens = spec if spec is not None else DEFAULT_OUTPUTS
+    tokens = tokens.split(",") if isinstance(tokens, str) else list(tokens)
+    out: set[str] = set()
+    for tok in (t.strip().lower() for t in tokens):
+        if not tok:
+            continue
+        if tok in PRESETS:
+            out |= PRESETS[tok]
+        elif tok in OUTPUTS:
+            out.add(tok)
+        else:
+            raise ConfigError(
+                f"--outputs: unknown output {tok!r}; choose from {', '.join(OUTPUTS)} "
+                "or the presets compact, full (e.g. --outputs compact,layers)"
+            )
+    missing = REQUIRED_OUTPUTS - out
+    if missing:
+        raise ConfigError(
+            f"--outputs must keep images, depth and conf (every reader of a run needs them); "
+            f"missing {', '.join(sorted(missing))} (e.g. --outputs compact,layers)"
+        )
+    return frozenset(out)
+
+
+def format_outputs(outputs: Iterable[str]) -> str:
+    """The canonical comma list (in :data:`OUTPUTS` order), as settings record it."""
+    chosen = set(outputs)
+    return ",".join(o for o in OUTPUTS if o in chosen)
+
+
+def quantize_conf(conf: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(conf, 0.0, 1.0) * CONF_LEVELS).astype(np.uint8)
+
+
+def dequantize_conf(q: np.ndarray) -> np.ndarray:
+    return q.astype(np.float32) / np.float32(CONF_LEVELS)
+
+
+def depth_as_saved(depth: np.ndarray) -> np.ndarray:
+    """float16 (relative precision 5e-4, ample for a network's depth), or float32 for a frame
+    holding a depth beyond float16's range (it would become inf)."""
+    d = np.asarray(depth, dtype=np.float32)
+    if d.size and not float(np.max(d)) < _F16_MAX:
+        return d
+    return d.astype(np.float16)
+
+
+def _npz_bytes(key: str, array: np.ndarray) -> bytes:
+    """A one-array .npz (``np.load(path)[key]``), deflated at :data:`DEFLATE_LEVEL`."""
+    buf = io.BytesIO()
+    with (
+        zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=DEFLATE_LEVEL) as z,
+        z.open(f"{key}.npy", "w") as fh,
+    ):
+        np.lib.format.write_array(fh, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _load_array(path: Path, key: str) -> np.ndarray:
+    """An array saved by either format: ``.npy`` (format 1) or a one-array ``.npz`` (format 2)."""
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            return z[key]
+    return np.load(path, allow_pickle=False)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write and fsync (not atomically: a frame's files become part of the run only when its
+    frames.jsonl line is written, after this returned; an unlisted file may be torn)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the names of files created in ``path`` durable (POSIX leaves them to the directory)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; their entries are durable anyway
+    finally:
+        os.close(fd)
+
+
+def _map_points(
+    frame: ReconstructedFrame,
+    image: np.ndarray,
+    depth: np.ndarray,
+    conf: np.ndarray,
+    conf_min: float,
+    stride: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The frame's contribution to points.ply, from the values as saved (decoded JPEG colours,
+    float16 depth, quantised confidence), so a resumed run rebuilds exactly the same map."""
+    saved = dataclasses.replace(frame, image=image, depth=depth, conf=conf, source_image=None)
+    return saved.points_world(min_conf=conf_min, stride=stride)
+
+
+def _decode_jpg(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+class _SourceRefs:
+    """Where a frame's original image can be read again when it is not kept: the decode index in
+    the input video, or the file name in the input folder. Only for inputs given as a path (the
+    run's settings["input"]); names are single components of the folder the user named."""
+
+    def __init__(self, settings: dict) -> None:
+        self.kind: str | None = None
+        self.input_name = ""
+        self.names: list[str] = []
+        self.stride = max(int(settings.get("stride") or 1), 1)
+        self.fps = float(settings.get("fps") or 30.0)
+        src = settings.get("input")
+        if not isinstance(src, str) or not src:
+            return
+        from laser_plugin.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, list_images
+
+        path = Path(src)
+        self.input_name = path.name
+        try:
+            if path.is_dir():
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the run itself reports skipped files
+                    self.names = [p.name for p in list_images(path)]
+                self.kind = "folder"
+            elif path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+                self.kind = "video"
+            elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                self.kind = "image"
+        except (OSError, InputError):
+            self.kind = None
+
+    def fields(self, frame: ReconstructedFrame) -> dict[str, Any]:
+        if self.kind == "video":
+            # iter_video keeps decode indices 0, s, 2s, ... and numbers them 0, 1, 2, ...
+            return {"source_frame": frame.index * self.stride}
+        if self.kind == "folder":
+            # iter_folder stamps the file at sorted position i with i / fps (before the stride and
+            # any unreadable file thin the stream), so the timestamp names the file exactly.
+            pos = round(frame.timestamp * self.fps)
+            if 0 <= pos < len(self.names):
+                return {"source_file": self.names[pos]}
+        if self.kind == "image":
+            return {"source_file": self.input_name}
+        return {}
+
+
+@dataclass
+class _Pending:
+    """A frame taken in by :meth:`RunWriter.on_frame`, being encoded."""
+
+    frame: ReconstructedFrame
+    future: Future
+    result: dict | None = None
 
 
 class RunWriter:
@@ -154,6 +353,20 @@ class RunWriter:
     go on with nothing saved). ``resume_frames``: continue an interrupted run whose first
     ``resume_frames`` frames are kept (later lines of frames.jsonl, trajectory.txt and
     intrinsics.txt are dropped; the point map is rebuilt from the kept frames).
+
+    ``outputs``: what to write (:func:`parse_outputs`; default ``compact``);
+    ``save_source_images`` (older API): True adds ``source``, False removes it.
+
+    How it keeps up with the network: :meth:`on_frame` only hands the frame to ``threads``
+    encoder threads (JPEG and deflate run there, GIL released) and returns; at most
+    ``max_pending`` frames are in flight (the caller waits beyond that, so memory stays flat).
+    One committer thread makes them durable a window at a time, in stream order: each file is
+    fsynced by its encoder, then the folders once, then the window's lines are appended to
+    trajectory.txt, intrinsics.txt and frames.jsonl (a frame's three lines together, as before)
+    and the three files fsynced once. A frame is in the run once its frames.jsonl line is, so a
+    stop at any instant leaves a loadable run whose listed frames are complete. The resume
+    state refers to frames, so its saver calls :meth:`wait_durable` before saving. A failure in
+    either thread is raised by the next call (or :meth:`close`), once, as an OutputError.
     """
 
     essential = True
@@ -162,23 +375,34 @@ class RunWriter:
         self,
         out_dir: Path,
         settings: dict[str, Any] | None = None,
-        save_source_images: bool = True,
+        save_source_images: bool | None = None,
         map_max_points: int = 1_000_000,
         map_conf: float = 0.5,
         map_stride: int = 4,
         ply_every: int = 10,
         resume_frames: int | None = None,
+        outputs: str | Iterable[str] | None = None,
+        threads: int | None = None,
+        max_pending: int = 48,
     ):
         self.dir = Path(out_dir)
+        outs = set(parse_outputs(outputs))
+        if save_source_images is True:
+            outs.add("source")
+        elif save_source_images is False:
+            outs.discard("source")
+        self.outputs = frozenset(outs)
+        self.save_source_images = "source" in self.outputs
         try:
             for sub in ("images", "depth", "conf", "layers", "source"):
-                (self.dir / sub).mkdir(parents=True, exist_ok=True)
+                if sub in self.outputs:
+                    (self.dir / sub).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(
                 f"cannot write to output directory {self.dir}: {exc.strerror or exc}"
             ) from None
         self.settings = settings or {}
-        self.save_source_images = save_source_images
+        self._refs = _SourceRefs(self.settings) if "source" not in self.outputs else None
         self.map = VoxelMap(max_points=map_max_points)
         self.map_conf = map_conf
         self.map_stride = map_stride
@@ -188,9 +412,18 @@ class RunWriter:
         self.timings: dict[str, float] = {}
         self.window_stats: list[dict] = []
         self.extra: dict[str, Any] = {}
+        self.engine_timings: dict[str, float] | None = None
+        """The engine's stage timings (set by the CLI), copied into summary.json."""
+        self.writer_seconds = {"on_frame": 0.0, "encode": 0.0, "commit": 0.0, "map": 0.0}
+        """Where the writer's time goes: ``on_frame`` in the caller's thread (the only part on
+        the critical path), the rest in its own threads (encode summed over them)."""
+        self.bytes_written = 0
         self.started = time.time()
         self._closed = False
         self._status = "complete"
+        self._raised = False
+        self._batch: list[_Pending] = []
+        self._dirs_touched: set[str] = set()
         if resume_frames is not None:
             self._resume(resume_frames)
         else:
@@ -201,108 +434,224 @@ class RunWriter:
         self._traj = open(self.dir / "trajectory.txt", "a", encoding="utf-8")  # noqa: SIM115
         self._intr = open(self.dir / "intrinsics.txt", "a", encoding="utf-8")  # noqa: SIM115
         self._write_summary("running")
+        self.threads = threads or default_threads()
+        self._pool = encoder_pool(self.threads)
+        self._slots = Slots(max(1, max_pending))
+        self._committer = Committer(self._handle, self._drop, name="laser-commit")
 
-    # -- sink protocol ---------------------------------------------------------------------
+    # -- sink protocol (the caller's thread) -----------------------------------------------
     def on_frame(self, frame: ReconstructedFrame) -> None:
-        try:
-            self._write_frame(frame)
-        except OSError as exc:
-            raise OutputError(
-                f"cannot write frame {frame.index} to {self.dir}: {exc.strerror or exc} "
-                f"({self.num_frames} frames were saved; the run can be resumed with --resume)"
-            ) from None
+        t = time.perf_counter()
+        self._check()
+        if not self._slots.acquire():  # the committer failed while we waited
+            self._check()
+        self._committer.put(("frame", _Pending(frame, self._pool.submit(self._encode, frame))))
+        self.writer_seconds["on_frame"] += time.perf_counter() - t
 
-    def _write_frame(self, frame: ReconstructedFrame) -> None:
+    def on_window(self, stats: WindowStats) -> None:
+        self._check()
+        info = {
+            "window": stats.window,
+            "frames": [stats.frame_indices[0], stats.frame_indices[-1]],
+            "new_frames": len(stats.new_frame_indices),
+            "scale": stats.scale,
+            "depth_residual": stats.depth_residual,
+            "pose_residual": stats.pose_residual,
+            "overlap_pixels": stats.overlap_pixels,
+            "num_layers": stats.num_layers,
+            "layer_scale_spread": stats.layer_scale_spread,
+            "warnings": stats.warnings,
+        }
+        self._committer.put(("window", info, dict(stats.timings)))
+
+    def wait_durable(self) -> None:
+        """Return once every frame taken in so far is durable and listed in frames.jsonl (the
+        resume state saved next refers to them); raise the writer's failure if it had one."""
+        self._committer.put(("flush",))
+        self._committer.wait()
+        self._check()
+
+    def _check(self) -> None:
+        err = self._committer.error
+        if err is not None and not self._raised:
+            self._raised = True
+            self._slots.break_()
+            raise err
+
+    # -- the encoder threads ---------------------------------------------------------------
+    def _encode(self, frame: ReconstructedFrame) -> dict:
+        """Encode and write one frame's files (fsynced); return what its record and the map need."""
+        t = time.perf_counter()
         # File names come from the frame index only, never from input file names, so nothing is
         # ever written outside the run directory.
         name = f"{frame.index:06d}"
-        write_bytes_atomic(self.dir / "images" / f"{name}.png", _png_bytes(frame.image))
-        record: dict[str, Any] = {
-            "index": frame.index,
-            "timestamp": frame.timestamp,
-            "window": frame.window,
-            "width": frame.width,
-            "height": frame.height,
-            "intrinsics": frame.intrinsics.tolist(),
-            "cam_to_world": frame.cam_to_world.tolist(),
-            "image": f"images/{name}.png",
-            "depth": f"depth/{name}.npy",
-            "conf": f"conf/{name}.npy",
-            "layers": None,
-            "layer_scales": None,
-            "source": None,
-        }
-        write_npy_atomic(self.dir / record["depth"], frame.depth.astype(np.float32))
-        write_npy_atomic(self.dir / record["conf"], frame.conf.astype(np.float16))
-        if frame.layers is not None:
-            record["layers"] = f"layers/{name}.npy"
-            write_npy_atomic(self.dir / record["layers"], frame.layers.astype(np.int16))
+        out: dict[str, Any] = {"paths": {}, "fields": {}, "bytes": 0}
+
+        def put(kind: str, rel: str, data: bytes) -> None:
+            _write_file(self.dir / rel, data)
+            out["paths"][kind] = rel
+            out["bytes"] += len(data)
+
+        image_jpg = _jpg_bytes(frame.image, IMAGE_QUALITY)
+        put("image", f"images/{name}.jpg", image_jpg)
+        depth = depth_as_saved(frame.depth)
+        put("depth", f"depth/{name}.npz", _npz_bytes("depth", depth))
+        conf = quantize_conf(frame.conf)
+        put("conf", f"conf/{name}.npz", _npz_bytes("conf", conf))
+        if "layers" in self.outputs and frame.layers is not None:
+            put("layers", f"layers/{name}.npz", _npz_bytes("layers", frame.layers.astype(np.int16)))
             if frame.layer_scales is not None:
-                record["layer_scales"] = [round(float(s), 6) for s in frame.layer_scales]
-        if self.save_source_images and frame.source_image is not None:
-            record["source"] = f"source/{name}.jpg"
-            record["source_width"] = int(frame.source_image.shape[1])
-            record["source_height"] = int(frame.source_image.shape[0])
-            write_bytes_atomic(self.dir / record["source"], _jpg_bytes(frame.source_image))
-        c2w = frame.cam_to_world
-        q = rotmat_to_quat_xyzw(c2w[:3, :3])
-        t = c2w[:3, 3]
-        self._traj.write(
-            f"{frame.timestamp:.6f} {t[0]:.9g} {t[1]:.9g} {t[2]:.9g} {q[0]:.9g} {q[1]:.9g} {q[2]:.9g} {q[3]:.9g}\n"
-        )
-        self._traj.flush()
-        k = frame.intrinsics
-        self._intr.write(
-            f"{frame.index} {k[0, 0]:.9g} {k[1, 1]:.9g} {k[0, 2]:.9g} {k[1, 2]:.9g} {frame.width} {frame.height}\n"
-        )
-        self._intr.flush()
-        # Only now, with every file of the frame in place, does the frame become part of the run
-        # (a hard kill may leave one trajectory/intrinsics line more; frames.jsonl is the record).
-        self._frames.write(json.dumps(record) + "\n")
-        self._frames.flush()
-        self.num_frames += 1
-        self._add_to_map(frame)
+                out["fields"]["layer_scales"] = [round(float(s), 6) for s in frame.layer_scales]
+        if "source" in self.outputs and frame.source_image is not None:
+            put("source", f"source/{name}.jpg", _jpg_bytes(frame.source_image, SOURCE_QUALITY))
+            out["fields"]["source_width"] = int(frame.source_image.shape[1])
+            out["fields"]["source_height"] = int(frame.source_image.shape[0])
+        elif self._refs is not None:
+            out["fields"].update(self._refs.fields(frame))
+        if "points" in self.outputs:
+            out["points"] = _map_points(
+                frame,
+                _decode_jpg(image_jpg),
+                depth.astype(np.float32),
+                dequantize_conf(conf),
+                self.map_conf,
+                self.map_stride,
+            )
+        out["seconds"] = time.perf_counter() - t
+        return out
 
-    def _add_to_map(self, frame: ReconstructedFrame) -> None:
-        # Confidence as saved (float16), so a resumed run rebuilds exactly the same map.
-        conf = frame.conf.astype(np.float16).astype(np.float32)
-        saved = dataclasses.replace(frame, conf=conf)
-        pts, cols = saved.points_world(min_conf=self.map_conf, stride=self.map_stride)
-        self.map.add(pts, cols)
+    # -- the committer thread --------------------------------------------------------------
+    def _handle(self, item: tuple) -> None:
+        kind = item[0]
+        if kind == "frame":
+            self._batch.append(item[1])
+        elif kind == "flush":
+            self._commit()
+        elif kind == "window":
+            self._commit()
+            _, info, timings = item
+            self.num_windows += 1
+            for k, v in timings.items():
+                self.timings[k] = self.timings.get(k, 0.0) + v
+            self.window_stats.append(info)
+            t = time.perf_counter()
+            try:
+                if "points" in self.outputs and self.num_windows % self.ply_every == 0:
+                    self.write_points()
+                self._write_summary("running")
+            except OSError as exc:
+                raise self._dir_error(exc) from None
+            self.writer_seconds["commit"] += time.perf_counter() - t
 
-    def on_window(self, stats: WindowStats) -> None:
-        self.num_windows += 1
-        for k, v in stats.timings.items():
-            self.timings[k] = self.timings.get(k, 0.0) + v
-        self.window_stats.append(
-            {
-                "window": stats.window,
-                "frames": [stats.frame_indices[0], stats.frame_indices[-1]],
-                "new_frames": len(stats.new_frame_indices),
-                "scale": stats.scale,
-                "depth_residual": stats.depth_residual,
-                "pose_residual": stats.pose_residual,
-                "overlap_pixels": stats.overlap_pixels,
-                "num_layers": stats.num_layers,
-                "layer_scale_spread": stats.layer_scale_spread,
-                "warnings": stats.warnings,
+    def _drop(self, item: tuple) -> None:
+        if item[0] == "frame":
+            self._slots.release()
+        elif item[0] in ("flush", "window"):
+            n, self._batch = len(self._batch), []
+            self._slots.release(n)
+
+    def _commit(self) -> None:
+        """Make the frames taken in since the last commit part of the run (in order; a frame
+        whose files failed ends the commit before it, and the failure is raised)."""
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        t = time.perf_counter()
+        ready: list[_Pending] = []
+        failure: tuple[_Pending, BaseException] | None = None
+        for p in batch:
+            try:
+                p.result = p.future.result()
+            except BaseException as exc:
+                failure = (p, exc)
+                break
+            ready.append(p)
+        try:
+            if ready:
+                self._append(ready)
+        except OSError as exc:
+            self._slots.release(len(batch))
+            raise self._dir_error(exc) from None
+        self._slots.release(len(batch))
+        self.writer_seconds["commit"] += time.perf_counter() - t
+        if failure is not None:
+            p, exc = failure
+            if isinstance(exc, OSError):
+                raise OutputError(
+                    f"cannot write frame {p.frame.index} to {self.dir}: {exc.strerror or exc} "
+                    f"({self.num_frames} frames were saved; the run can be resumed with --resume)"
+                ) from None
+            raise exc
+
+    def _append(self, ready: list[_Pending]) -> None:
+        for sub in {rel.split("/")[0] for p in ready for rel in p.result["paths"].values()}:
+            _fsync_dir(self.dir / sub)
+        for p in ready:
+            f, res = p.frame, p.result
+            record: dict[str, Any] = {
+                "index": f.index,
+                "timestamp": f.timestamp,
+                "window": f.window,
+                "width": f.width,
+                "height": f.height,
+                "intrinsics": f.intrinsics.tolist(),
+                "cam_to_world": f.cam_to_world.tolist(),
+                "image": res["paths"]["image"],
+                "depth": res["paths"]["depth"],
+                "conf": res["paths"]["conf"],
+                "layers": res["paths"].get("layers"),
+                "layer_scales": None,
+                "source": res["paths"].get("source"),
+                **res["fields"],
             }
-        )
+            c2w = f.cam_to_world
+            q = rotmat_to_quat_xyzw(c2w[:3, :3])
+            tr = c2w[:3, 3]
+            k = f.intrinsics
+            # A frame's three lines together, flushed at once: a hard kill leaves at most one
+            # trajectory/intrinsics line more than frames.jsonl (frames.jsonl is the record).
+            self._traj.write(
+                f"{f.timestamp:.6f} {tr[0]:.9g} {tr[1]:.9g} {tr[2]:.9g} {q[0]:.9g} {q[1]:.9g} {q[2]:.9g} {q[3]:.9g}\n"
+            )
+            self._traj.flush()
+            self._intr.write(
+                f"{f.index} {k[0, 0]:.9g} {k[1, 1]:.9g} {k[0, 2]:.9g} {k[1, 2]:.9g} {f.width} {f.height}\n"
+            )
+            self._intr.flush()
+            self._frames.write(json.dumps(record) + "\n")
+            self._frames.flush()
+            self.num_frames += 1
+            self.bytes_written += res["bytes"]
+            self.writer_seconds["encode"] += res["seconds"]
         for fh in (self._frames, self._traj, self._intr):
             os.fsync(fh.fileno())
-        if self.num_windows % self.ply_every == 0:
-            self.write_points()
-        self._write_summary("running")
+        if "points" in self.outputs:
+            t = time.perf_counter()
+            for p in ready:
+                self.map.add(*p.result["points"])
+            self.writer_seconds["map"] += time.perf_counter() - t
+        for p in ready:  # the frame's arrays can go now
+            p.frame = None  # type: ignore[assignment]
+            p.result = None
 
+    def _dir_error(self, exc: OSError) -> OutputError:
+        return OutputError(
+            f"cannot write to {self.dir}: {exc.strerror or exc} "
+            f"({self.num_frames} frames were saved; the run can be resumed with --resume)"
+        )
+
+    # -- corrections, interruption, close (the caller's thread) -----------------------------
     def on_correction(self, frames: list[ReconstructedFrame]) -> None:
         """Loop closure moved frames already written: rewrite their depth maps, then frames.jsonl
         and trajectory.txt atomically (each replaced as a whole, so a reader sees the old or the
         new version). The point map is rebuilt from the saved frames at close."""
+        self.wait_durable()  # the committer is idle from here until the next on_frame
         fixed = {f.index: f for f in frames}
         try:
             for f in frames:
-                write_npy_atomic(
-                    self.dir / "depth" / f"{f.index:06d}.npy", f.depth.astype(np.float32)
+                write_bytes_atomic(
+                    self.dir / "depth" / f"{f.index:06d}.npz",
+                    _npz_bytes("depth", depth_as_saved(f.depth)),
                 )
             self._frames.close()
             self._traj.close()
@@ -315,6 +664,7 @@ class RunWriter:
             for rec in records:
                 if rec["index"] in fixed:
                     rec["cam_to_world"] = fixed[rec["index"]].cam_to_world.tolist()
+                    rec["depth"] = f"depth/{rec['index']:06d}.npz"
                 c2w = np.asarray(rec["cam_to_world"])
                 q, t = rotmat_to_quat_xyzw(c2w[:3, :3]), c2w[:3, 3]
                 traj.append(
@@ -344,7 +694,15 @@ class RunWriter:
         if self._closed:
             return
         self._closed = True
+        # Every frame taken in is committed first (those already encoded are kept, also after
+        # Ctrl-C: stopping the threads half-way would only lose finished work).
+        self._committer.put(("flush",))
+        self._committer.stop()
+        self._pool.shutdown(wait=True)
+        failure = self._committer.error if not self._raised else None
         status = status or self._status
+        if failure is not None:
+            status = "failed"
         for fh in (self._frames, self._traj, self._intr):
             try:
                 fh.flush()
@@ -357,10 +715,9 @@ class RunWriter:
             self._reconcile(self._count_frames())
             if getattr(self, "_map_stale", False):  # loop corrections moved saved frames
                 self.map = VoxelMap(max_points=self.map.max_points)
-                run = load_run(self.dir)
-                for i in range(len(run.frames)):
-                    self._add_to_map(run.load_frame(i))
-            self.write_points()
+                self._rebuild_map()
+            if "points" in self.outputs:
+                self.write_points()
         except OSError as exc:
             status = "failed"
             raise OutputError(
@@ -370,6 +727,9 @@ class RunWriter:
         finally:
             with contextlib.suppress(OSError):  # else the last window's summary stays
                 self._write_summary(status)
+        if failure is not None:
+            self._raised = True
+            raise failure
 
     # -- resume ----------------------------------------------------------------------------
     def _count_frames(self) -> int:
@@ -392,24 +752,37 @@ class RunWriter:
                 keep = b"".join(line + b"\n" for line in lines[:n])
                 write_bytes_atomic(path, keep)
 
+    def _rebuild_map(self) -> int:
+        """Add every saved frame to the map (as saved); return their number."""
+        run = load_run(self.dir)
+        if "points" in self.outputs:
+            for i in range(len(run.frames)):
+                f = run.load_frame(i, source=False)
+                self.map.add(*f.points_world(min_conf=self.map_conf, stride=self.map_stride))
+        return len(run.frames)
+
     def _resume(self, n: int) -> None:
+        try:
+            old = json.loads((self.dir / "summary.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        version = old.get("format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise OutputError(
+                f"cannot resume {self.dir}: it was written in run-directory format {version} by "
+                f"another version of laser (this one writes {FORMAT_VERSION}); --overwrite starts again"
+            )
         have = self._count_frames()
         if have < n:
             raise OutputError(
                 f"cannot resume {self.dir}: frames.jsonl holds {have} frames, the saved state {n}"
             )
         self._reconcile(n)
-        try:
-            old = json.loads((self.dir / "summary.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            old = {}
         self.window_stats = list(old.get("window_stats", []))
         self.timings = dict(old.get("timings_s", {}))
         self.extra["resumed"] = int(old.get("resumed", 0)) + 1
+        self.num_frames = self._rebuild_map()
         run = load_run(self.dir)
-        for i in range(len(run.frames)):
-            self._add_to_map(run.load_frame(i))
-        self.num_frames = len(run.frames)
         self.num_windows = len({f.window for f in run.frames})
 
     # -- helpers ---------------------------------------------------------------------------
@@ -419,12 +792,17 @@ class RunWriter:
 
     def _write_summary(self, status: str) -> None:
         elapsed = time.time() - self.started
+        engine_timings = {}
+        if self.engine_timings is not None:
+            with contextlib.suppress(RuntimeError):  # a key added meanwhile: next time
+                engine_timings = {k: round(v, 4) for k, v in list(self.engine_timings.items())}
         write_json_atomic(
             self.dir / "summary.json",
             {
                 "format_version": FORMAT_VERSION,
                 "status": status,
                 "settings": self.settings,
+                "outputs": format_outputs(getattr(self, "outputs", PRESETS["full"])),
                 "frames": self.num_frames,
                 "windows": self.num_windows,
                 "elapsed_s": round(elapsed, 3),
@@ -432,6 +810,12 @@ class RunWriter:
                 "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
                 "timings_ms_per_frame": {
                     k: round(1000 * v / max(self.num_frames, 1), 3) for k, v in self.timings.items()
+                },
+                "engine_timings_s": engine_timings,
+                "writer": {
+                    "threads": getattr(self, "threads", None),
+                    "seconds": {k: round(v, 4) for k, v in self.writer_seconds.items()},
+                    "bytes_per_frame": round(self.bytes_written / max(self.num_frames, 1)),
                 },
                 "map_points": len(self.map),
                 "map_voxel_size": self.map.voxel_size,
@@ -454,6 +838,9 @@ class FrameRecord:
     layer_scales: list[float] | None = None
     source_size: tuple[int, int] | None = None
     """(width, height) of the original image, when saved."""
+    source_ref: dict[str, Any] | None = None
+    """Format 2, original image not kept: {"source_frame": decode index in the input video} or
+    {"source_file": file name in the input folder}."""
 
 
 @dataclass
@@ -463,6 +850,8 @@ class RunData:
     path: Path
     summary: dict
     frames: list[FrameRecord] = field(default_factory=list)
+    _video: _VideoFrames | None = field(default=None, repr=False)
+    _source_warned: bool = field(default=False, repr=False)
 
     @property
     def points_ply(self) -> Path:
@@ -478,34 +867,155 @@ class RunData:
             np.stack([f.cam_to_world for f in self.frames]) if self.frames else np.zeros((0, 4, 4))
         )
 
-    def load_frame(self, i: int) -> ReconstructedFrame:
-        """The i-th frame of the run (position in ``frames``) as a :class:`ReconstructedFrame`."""
+    @property
+    def format_version(self) -> int:
+        return int(self.summary.get("format_version", 1))
+
+    @property
+    def input_path(self) -> Path | None:
+        """The input the run was made from (a video, an image folder or an image), if a path."""
+        src = self.summary.get("settings", {}).get("input")
+        return Path(src) if isinstance(src, str) and src else None
+
+    def sources_outside(self) -> bool:
+        """True when some frame's original image is not in the run but read from its input."""
+        return any(f.source_ref for f in self.frames)
+
+    def check_sources(self) -> None:
+        """Raise InputError (one line) unless every frame's original image can be read: the
+        exporters call this before writing anything."""
+        if not self.sources_outside():
+            return
+        src = self.input_path
+        if src is None or not src.exists():
+            raise InputError(
+                f"run {self.path} does not keep its original frames (run with --outputs "
+                f"compact,source to keep them) and reads them from its input {src}, which is "
+                "missing: put it back, or export at the model's resolution "
+                "(--export.image-resolution model)"
+            )
+
+    def source_image(self, i: int, required: bool = False) -> np.ndarray | None:
+        """The i-th frame's original-resolution image: kept in the run (source/), or decoded
+        again from the run's input (format 2, not kept); None where neither is possible
+        (``required``: raise InputError instead; otherwise one warning per run)."""
+        from PIL import Image
+
+        rec = self.frames[i]
+        if rec.paths.get("source"):
+            with Image.open(_inside(self.path, rec.paths["source"])) as im:
+                return np.asarray(im.convert("RGB"))
+        if not rec.source_ref:
+            return None
+        try:
+            return self._read_input(rec)
+        except InputError as exc:
+            if required:
+                raise
+            if not self._source_warned:
+                import warnings
+
+                warnings.warn(f"original frames unavailable: {exc}", RuntimeWarning, stacklevel=2)
+                self._source_warned = True
+            return None
+
+    def _read_input(self, rec: FrameRecord) -> np.ndarray:
+        from laser_plugin.sources import read_image
+
+        src = self.input_path
+        ref = rec.source_ref or {}
+        if src is None or not src.exists():
+            raise InputError(f"the run's input {src} is missing")
+        if "source_frame" in ref:
+            if self._video is None or self._video.path != src:
+                self._video = _VideoFrames(src)
+            return self._video.get(int(ref["source_frame"]), rec.timestamp)
+        name = ref.get("source_file")
+        # Only a file the user named, or one directly inside the folder they named: a name from
+        # frames.jsonl is a single path component, never a path of its own.
+        if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name:
+            raise InputError(f"{self.path} is not a valid run: frames.jsonl names {name!r}")
+        path = src / name if src.is_dir() else src
+        if path.name != name or not path.is_file():
+            raise InputError(f"{path} (frame {rec.index} of the run) is missing")
+        return read_image(path)
+
+    def load_frame(self, i: int, source: bool | str = "auto") -> ReconstructedFrame:
+        """The i-th frame of the run (position in ``frames``) as a :class:`ReconstructedFrame`.
+
+        ``source``: the original-resolution image too: "auto" where it can be read (see
+        :meth:`source_image`), True (required: InputError otherwise) or False (not read)."""
         from PIL import Image
 
         rec = self.frames[i]
         p = rec.paths
         with Image.open(_inside(self.path, p["image"])) as im:
             image = np.asarray(im.convert("RGB"))
-        source = None
-        if p.get("source"):
-            with Image.open(_inside(self.path, p["source"])) as im:
-                source = np.asarray(im.convert("RGB"))
-        layers = np.load(_inside(self.path, p["layers"])) if p.get("layers") else None
+        src_image = self.source_image(i, required=source is True) if source else None
+        layers = _load_array(_inside(self.path, p["layers"]), "layers") if p.get("layers") else None
+        conf = _load_array(_inside(self.path, p["conf"]), "conf")
         return ReconstructedFrame(
             index=rec.index,
             timestamp=rec.timestamp,
             image=image,
             cam_to_world=rec.cam_to_world,
             intrinsics=rec.intrinsics,
-            depth=np.load(_inside(self.path, p["depth"])),
-            conf=np.load(_inside(self.path, p["conf"])).astype(np.float32),
+            depth=_load_array(_inside(self.path, p["depth"]), "depth").astype(np.float32),
+            conf=dequantize_conf(conf) if conf.dtype == np.uint8 else conf.astype(np.float32),
             window=rec.window,
             layers=layers,
             layer_scales=None
             if rec.layer_scales is None
             else np.asarray(rec.layer_scales, np.float32),
-            source_image=source,
+            source_image=src_image,
         )
+
+
+class _VideoFrames:
+    """Frames of a video by decode index, read forwards (the exporters go in order; going back
+    reopens the file). Each frame's time is checked against the run's timestamp, so a video
+    changed since the run is refused rather than silently mismatched."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._frames = None
+        self._next = 0
+        self._container = None
+
+    def _open(self) -> None:
+        import av
+
+        if self._container is not None:
+            self._container.close()
+        try:
+            self._container = av.open(str(self.path))
+            stream = self._container.streams.video[0]
+            stream.thread_type = "AUTO"
+        except (av.error.FFmpegError, OSError, ValueError, IndexError) as exc:
+            raise InputError(f"cannot open the run's input video {self.path}: {exc}") from None
+        self._frames = self._container.decode(stream)
+        self._next = 0
+
+    def get(self, index: int, timestamp: float) -> np.ndarray:
+        import av
+
+        if self._frames is None or index < self._next:
+            self._open()
+        try:
+            for frame in self._frames:
+                j = self._next
+                self._next += 1
+                if j < index:
+                    continue
+                if frame.time is not None and abs(float(frame.time) - timestamp) > 1e-3:
+                    raise InputError(
+                        f"the video {self.path} no longer matches the run: its frame {index} is "
+                        f"at {float(frame.time):.3f} s, the run's at {timestamp:.3f} s"
+                    )
+                return frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as exc:
+            raise InputError(f"cannot decode the run's input video {self.path}: {exc}") from None
+        raise InputError(f"the video {self.path} has no frame {index} (changed since the run?)")
 
 
 def _inside(run_dir: Path, rel: Any) -> Path:
@@ -559,6 +1069,7 @@ def load_run(path: str | Path) -> RunData:
                     source_size=(r["source_width"], r["source_height"])
                     if r.get("source")
                     else None,
+                    source_ref={k: r[k] for k in ("source_frame", "source_file") if k in r} or None,
                 )
             )
     return RunData(path, summary, frames)
