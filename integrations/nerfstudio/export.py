@@ -17,12 +17,15 @@ from laser_plugin.io.ownership import check_export_outside_run
 from laser_plugin.io.run_dir import load_run
 
 
-def _feed(run_dir: str | Path, writer) -> int:
+def _feed(run_dir: str | Path, writer, resolution: str = "source") -> int:
     run = load_run(run_dir)
     if not run.frames:
         raise InputError(f"run {run.path} holds no finished frames (status: {run.status})")
+    # Original frames not kept in the run (format 2 default) are decoded again from its input,
+    # in order (one pass over a video); the model-resolution export never reads them.
+    source = resolution == "source"
     for i in range(len(run.frames)):
-        writer.on_frame(run.load_frame(i))
+        writer.on_frame(run.load_frame(i, source=source))
     writer.close()
     return len(run.frames)
 
@@ -34,6 +37,9 @@ def export_run_nerfstudio(
     check_export_outside_run(run_dir, output_dir)
     start = time.perf_counter()
     run = load_run(run_dir)
+    config = config or NerfstudioExportConfig()
+    if config.image_resolution == "source":
+        run.check_sources()  # a missing input video/folder in one line, before anything is written
     writer = NerfstudioWriter(
         output_dir,
         config,
@@ -43,7 +49,7 @@ def export_run_nerfstudio(
             "run_settings": run.summary.get("settings", {}),
         },
     )
-    n = _feed(run_dir, writer)
+    n = _feed(run_dir, writer, config.image_resolution)
     return ExportSummary(Path(output_dir), n, writer.num_points, time.perf_counter() - start)
 
 
@@ -53,8 +59,11 @@ def export_run_colmap(
     """Write ``output_dir/images`` and ``output_dir/sparse/0`` from the run in ``run_dir``."""
     check_export_outside_run(run_dir, output_dir)
     start = time.perf_counter()
-    load_run(run_dir)  # a clear error before anything is created
+    run = load_run(run_dir)  # a clear error before anything is created
+    config = config or ColmapExportConfig()
+    if config.image_resolution == "source":
+        run.check_sources()
     writer = ColmapWriter(output_dir, config)
-    n = _feed(run_dir, writer)
+    n = _feed(run_dir, writer, config.image_resolution)
     points = 0 if writer._cloud is None else len(writer._cloud)
     return ExportSummary(Path(output_dir), n, points, time.perf_counter() - start)
