@@ -461,6 +461,9 @@ class RunWriter:
             "num_layers": stats.num_layers,
             "layer_scale_spread": stats.layer_scale_spread,
             "warnings": stats.warnings,
+            # When the engine finalised the window (seconds since the writer started): the
+            # warm-up and the steady rate of a run read from these (benchmarks/cli_speed.py).
+            "t_s": round(time.time() - self.started, 3),
         }
         self._committer.put(("window", info, dict(stats.timings)))
 
@@ -805,6 +808,7 @@ class RunWriter:
                 "outputs": format_outputs(getattr(self, "outputs", PRESETS["full"])),
                 "frames": self.num_frames,
                 "windows": self.num_windows,
+                "started_unix": round(self.started, 3),
                 "elapsed_s": round(elapsed, 3),
                 "frames_per_s": round(self.num_frames / elapsed, 3) if elapsed > 0 else None,
                 "timings_s": {k: round(v, 4) for k, v in self.timings.items()},

@@ -1,0 +1,380 @@
+"""Speed of the real command: ``laser run VIDEO`` as a subprocess, run directory included.
+
+``benchmarks/speed.py`` times the engine on frames it already holds and writes nothing; a user
+runs ``laser run`` on a video and gets a run directory. This benchmark generates H.264 videos
+(720p and 1080p by default; a textured canvas panning 2 px per frame with a bright square moving
+across it), saves a π³ with random weights as a safetensors file (speed does not depend on the
+weights), then runs ``laser run VIDEO --model pi3 --weights W`` with the default outputs, once per
+video. Reported per run:
+
+- frames/s from the first finalised window to the last one (steady), the warm-up (writer start
+  to the first finalised window: the compile and graph capture on a GPU), the start-up before it
+  (imports, weights) and the whole wall time;
+- ms/frame per stage (the engine's timings, one entry per sink, e.g. ``sink_RunWriter``, and the
+  run writer's own threads);
+- bytes written per frame (the run directory, by top-level entry);
+- peak host RSS of the ``laser`` process and its peak GPU memory (allocated and reserved).
+
+On CUDA it then runs ``speed.py`` (the in-process worker variant ``process_local``, with the same
+source resolution and frame count) and prints ``laser run``'s steady frames/s as a fraction of
+speed.py's end-to-end figure (the SPEED_NOTES convention: same card, same call).
+
+The ``laser`` process is started through a small driver (:data:`DRIVER`) that calls the CLI's own
+``main`` and, at exit, writes the process's peak memory; ``--size tiny`` also makes ``pi3`` build
+its tiny configuration (a CPU smoke test: ``tests/test_cli_speed_smoke.py``).
+
+    python benchmarks/cli_speed.py                                  # on a GPU: 720p and 1080p
+    python benchmarks/cli_speed.py --out benchmarks/results/cli_speed_h200.json
+    python benchmarks/cli_speed.py --device cpu --size tiny --frames 8 --no-speed   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESOLUTIONS = {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920)}
+
+DRIVER = r"""
+import atexit, json, os, resource, sys
+size = os.environ.get("LASER_BENCH_PI3_SIZE", "large")
+if size != "large":
+    import functools
+    import laser_plugin.models.pi3 as pi3
+    pi3.make_model = functools.partial(pi3.make_model, size=size)
+
+def report():
+    out = {"ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        n = torch.cuda.device_count()
+        out["gpu_max_allocated_mb"] = max(torch.cuda.max_memory_allocated(d) for d in range(n)) / 2**20
+        out["gpu_max_reserved_mb"] = max(torch.cuda.max_memory_reserved(d) for d in range(n)) / 2**20
+    with open(os.environ["LASER_BENCH_STATS"], "w") as fh:
+        json.dump(out, fh)
+
+atexit.register(report)
+from laser_plugin.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[cli_speed {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- inputs ------------------------------------------------------------------------------------
+def make_video(path: Path, height: int, width: int, frames: int, fps: int = 30) -> Path:
+    """H.264 (libx264, yuv420p) of a textured canvas panning right, 2 px per frame, with a
+    bright square crossing it: texture everywhere (JPEG and deflate see realistic detail) and
+    motion the encoder cannot predict away entirely."""
+    import av
+
+    rng = np.random.default_rng(0)
+    w = width + 2 * frames + 8
+    coarse = rng.random((height // 16 + 2, w // 16 + 2, 3)).astype(np.float32)
+    up = np.repeat(np.repeat(coarse, 16, 0), 16, 1)[:height, :w]
+    fine = rng.random((height, w, 3)).astype(np.float32)
+    canvas = ((0.75 * up + 0.25 * fine) * 255).astype(np.uint8)
+    side = height // 6
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(
+            "libx264", rate=fps, options={"preset": "veryfast", "crf": "20"}
+        )
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            img = np.ascontiguousarray(canvas[:, 2 * i : 2 * i + width])
+            x = (7 * i) % max(1, width - side)
+            y = (height - side) // 2 + int(0.3 * height * np.sin(i / 15))
+            img[y : y + side, x : x + side] = (250, 240, 60)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def save_random_weights(path: Path, size: str, device: str) -> Path:
+    """A π³ with random weights, built on ``device``, saved where ``--weights`` reads it."""
+    import torch
+
+    from laser_plugin.models import pi3
+    from laser_plugin.models.weights import save_weights
+
+    model = pi3.make_model(size=size, random_init=True, device=device)
+    save_weights(model.net, path)
+    del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return path
+
+
+# -- one run -----------------------------------------------------------------------------------
+def _gpu_sampler(pid: int, stop: threading.Event, out: dict) -> None:
+    """Peak memory nvidia-smi reports for the process (context and allocator cache included)."""
+    peak = 0
+    while not stop.wait(0.25):
+        try:
+            r = subprocess.run(
+                ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                capture_output=True, text=True, timeout=5,
+            )  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return
+        for line in r.stdout.splitlines():
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) == 2 and parts[0] == str(pid) and parts[1].isdigit():
+                peak = max(peak, int(parts[1]))
+        out["nvidia_smi_peak_mb"] = peak
+
+
+def dir_bytes(path: Path) -> dict[str, int]:
+    """Bytes under each top-level entry of a run directory (files only)."""
+    out: dict[str, int] = {}
+    for entry in path.iterdir():
+        files = [entry] if entry.is_file() else [p for p in entry.rglob("*") if p.is_file()]
+        out[entry.name] = sum(p.stat().st_size for p in files)
+    return out
+
+
+def run_cli(video: Path, out_dir: Path, args, weights: Path, workdir: Path) -> dict:
+    import dataclasses
+
+    from laser_plugin.cli.run import Run
+
+    fields = {f.name for f in dataclasses.fields(Run)}
+    cmd = [
+        sys.executable, "-c", DRIVER, "run", str(video),
+        "--output-dir", str(out_dir), "--model", "pi3", "--weights", str(weights),
+        "--device", args.device, "--quiet",
+    ]  # fmt: skip
+    if args.device.startswith("cuda") and "fast" in fields and not args.no_fast:
+        cmd.append("--fast")  # where the fast path is not the default yet
+    if args.outputs is not None:
+        cmd += ["--outputs", args.outputs]
+    cmd += args.cli_args
+    stats_path = workdir / f"stats_{out_dir.name}.json"
+    env = dict(os.environ, LASER_BENCH_STATS=str(stats_path), LASER_BENCH_PI3_SIZE=args.size)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    log("running: laser " + " ".join(cmd[3:]))
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    gpu: dict = {}
+    stop = threading.Event()
+    sampler = None
+    if args.device.startswith("cuda"):
+        sampler = threading.Thread(target=_gpu_sampler, args=(proc.pid, stop, gpu), daemon=True)
+        sampler.start()
+    _, stderr = proc.communicate()
+    wall = time.time() - t0
+    stop.set()
+    if sampler is not None:
+        sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"laser run failed ({proc.returncode}): {stderr[-2000:]}")
+    summary = json.loads((out_dir / "summary.json").read_text())
+    mem = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    frames = int(summary["frames"])
+    started = float(summary.get("started_unix", t0))
+    windows = [w for w in summary.get("window_stats", []) if "t_s" in w]
+    res: dict = {
+        "frames": frames,
+        "status": summary["status"],
+        "outputs": summary.get("outputs"),
+        "wall_s": wall,
+        "startup_s": started - t0,  # interpreter, imports, weights, first decode
+        "frames_per_s_whole_run": frames / wall,
+    }
+    if windows:
+        first, last = windows[0], windows[-1]
+        res["warmup_s"] = first["t_s"]  # writer start -> first window finalised
+        steady_frames = sum(w["new_frames"] for w in windows[1:])
+        span = last["t_s"] - first["t_s"]
+        res["frames_per_s"] = steady_frames / span if span > 0 else None
+        res["tail_s"] = summary["elapsed_s"] - last["t_s"]  # last window -> run directory closed
+    engine = summary.get("engine_timings_s", {})
+    res["ms_per_frame"] = {
+        k: round(1000 * v / max(frames, 1), 3) for k, v in sorted(engine.items())
+    }
+    writer = summary.get("writer", {})
+    res["writer_threads"] = writer.get("threads")
+    res["writer_ms_per_frame"] = {
+        k: round(1000 * v / max(frames, 1), 3) for k, v in writer.get("seconds", {}).items()
+    }
+    sizes = dir_bytes(out_dir)
+    res["bytes_per_frame"] = round(sum(sizes.values()) / max(frames, 1))
+    res["bytes_per_frame_by_entry"] = {
+        k: round(v / max(frames, 1)) for k, v in sorted(sizes.items())
+    }
+    res["peak_rss_mb"] = mem.get("ru_maxrss_mb")
+    for k in ("gpu_max_allocated_mb", "gpu_max_reserved_mb"):
+        if k in mem:
+            res[k] = mem[k]
+    res.update(gpu)
+    return res
+
+
+def run_speed_py(height: int, width: int, args, workdir: Path) -> dict:
+    """speed.py's end-to-end figure for the same source size and frame count (process_local:
+    the network in a thread of the process, as ``laser run --fast`` runs it on one GPU)."""
+    out = workdir / f"speed_{height}p.json"
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--model", "pi3",
+        "--size", args.size, "--device", args.device, "--frames", str(args.frames),
+        "--src-height", str(height), "--src-width", str(width),
+        *args.speed_args.split(), "--out", str(out),
+    ]  # fmt: skip
+    log("running: " + " ".join(cmd[1:]))
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if not out.exists():
+        return {"error": f"speed.py failed ({r.returncode}): {r.stderr[-2000:]}"}
+    data = json.loads(out.read_text())
+    local = data.get("process_local", {})
+    return {
+        "new_fps": local.get("new_fps"),
+        "new_fps_steady": local.get("new_fps_steady"),
+        "error": local.get("error"),
+        "command": " ".join(cmd[1:]),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--size", default="large", choices=["large", "tiny"])
+    ap.add_argument("--frames", type=int, default=600)
+    ap.add_argument("--resolutions", default="720p,1080p", help=f"from {', '.join(RESOLUTIONS)}")
+    ap.add_argument("--outputs", default=None, help="laser run --outputs (default: the CLI's)")
+    ap.add_argument("--no-fast", action="store_true", help="do not pass --fast on CUDA")
+    ap.add_argument("--cli-args", nargs=argparse.REMAINDER, default=[],
+                    help="further laser run arguments (last on the line)")  # fmt: skip
+    ap.add_argument("--no-speed", action="store_true", help="leave out speed.py's figure")
+    ap.add_argument(
+        "--speed-args",
+        default="--no-ladder --process-transfers local --no-process-cpu-align --skip "
+        "baseline baseline_accuracy fast fast_e2e_sequential_align_gpu "
+        "fast_e2e_pipelined_align_cpu align_profile",
+        help="speed.py arguments beyond model/size/device/frames/source size",
+    )
+    ap.add_argument("--workdir", default=None, help="keep videos, weights and runs here")
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    args = ap.parse_args(argv)
+    for r in args.resolutions.split(","):
+        if r not in RESOLUTIONS:
+            ap.error(f"unknown resolution {r!r}; choose from {', '.join(RESOLUTIONS)}")
+
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(
+            "--device cuda but no CUDA device: use --device cpu --size tiny for the smoke test"
+        )
+    res: dict = {
+        "args": vars(args),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "card": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
+        "runs": {},
+    }
+    tmp = None
+    if args.workdir:
+        workdir = Path(args.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="laser_cli_speed_")
+        workdir = Path(tmp.name)
+    try:
+        t = time.perf_counter()
+        weights = save_random_weights(
+            workdir / f"pi3_{args.size}_random.safetensors", args.size, args.device
+        )
+        res["weights_s"] = time.perf_counter() - t
+        for name in args.resolutions.split(","):
+            h, w = RESOLUTIONS[name]
+            video = workdir / f"{name}_{args.frames}.mp4"
+            if not video.exists():
+                t = time.perf_counter()
+                make_video(video, h, w, args.frames)
+                log(f"made {video.name} in {time.perf_counter() - t:.1f} s")
+            out_dir = workdir / f"run_{name}"
+            if out_dir.exists():
+                import shutil
+
+                shutil.rmtree(out_dir)
+            run = run_cli(video, out_dir, args, weights, workdir)
+            run["video_mb"] = video.stat().st_size / 2**20
+            if args.device.startswith("cuda") and not args.no_speed:
+                run["speed_py"] = run_speed_py(h, w, args, workdir)
+                ref = run["speed_py"].get("new_fps")
+                if ref and run.get("frames_per_s"):
+                    run["ratio_to_speed_py"] = run["frames_per_s"] / ref
+            res["runs"][name] = run
+            log(f"{name}: {json.dumps(run)}")
+            if args.out:
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.out).write_text(json.dumps(res, indent=2))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    print(report(res))
+    return res
+
+
+def report(res: dict) -> str:
+    lines = []
+    for name, r in res["runs"].items():
+        fps = r.get("frames_per_s")
+        lines.append(
+            f"{name}: {r['frames']} frames, steady {fps:.2f} frames/s"
+            if fps
+            else f"{name}: {r['frames']} frames"
+        )
+        lines.append(
+            f"  warm-up {r.get('warmup_s', float('nan')):.1f} s, start-up {r['startup_s']:.1f} s, "
+            f"whole run {r['wall_s']:.1f} s ({r['frames_per_s_whole_run']:.2f} frames/s)"
+        )
+        lines.append(
+            "  ms/frame: " + ", ".join(f"{k} {v:.1f}" for k, v in r["ms_per_frame"].items())
+        )
+        lines.append(
+            f"  writer threads ({r['writer_threads']}), ms/frame: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in r["writer_ms_per_frame"].items())
+        )
+        lines.append(
+            f"  {r['bytes_per_frame'] / 1e6:.3f} MB/frame ("
+            + ", ".join(f"{k} {v / 1e3:.0f} kB" for k, v in r["bytes_per_frame_by_entry"].items())
+            + ")"
+        )
+        mem = f"  peak RSS {r['peak_rss_mb']:.0f} MB" if r.get("peak_rss_mb") else "  peak RSS ?"
+        if "gpu_max_reserved_mb" in r:
+            mem += f", GPU {r['gpu_max_allocated_mb']:.0f} MB allocated / {r['gpu_max_reserved_mb']:.0f} MB reserved"
+        if "nvidia_smi_peak_mb" in r:
+            mem += f" (nvidia-smi {r['nvidia_smi_peak_mb']} MB)"
+        lines.append(mem)
+        if "speed_py" in r:
+            s = r["speed_py"]
+            if s.get("new_fps"):
+                lines.append(
+                    f"  speed.py process_local {s['new_fps']:.2f} new frames/s; laser run / speed.py = "
+                    f"{r.get('ratio_to_speed_py', float('nan')):.3f}"
+                )
+            else:
+                lines.append(f"  speed.py: {s.get('error')}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
