@@ -204,6 +204,30 @@ def test_overwrite_of_a_run_of_ours_removes_exactly_its_files(tmp_path):
     assert sorted(os.listdir(out)) == sorted([ownership.RUN_MARKER, lock.LOCK_NAME])
 
 
+def test_a_run_that_finished_no_frame_does_not_block_the_next(tmp_path):
+    out = _claimed_run(tmp_path / "run")  # e.g. refused input: failed before its first frame
+    prepare_output_dir(out)  # a plain re-run replaces it, no --overwrite needed
+    lock.release(out)
+    (out / "notes.txt").write_text("mine")  # but never with something of the user's in it
+    with pytest.raises(OutputError, match=r"notes\.txt"):
+        prepare_output_dir(out)
+    (out / "notes.txt").unlink()
+    RunWriter(out).close("complete")
+    (out / "frames.jsonl").write_text('{"index": 0}\n')  # one finished frame: worth keeping
+    with pytest.raises(OutputError, match="not empty"):
+        prepare_output_dir(out)
+    lock.release(out)
+
+
+def test_batch_reserves_the_name_of_its_records(tmp_path):
+    from laser_plugin.batch import Job, TaskSpec, run_batch
+    from laser_plugin.errors import ConfigError
+
+    jobs = [Job("batch_summary.json", str(tmp_path / "clip"))]
+    with pytest.raises(ConfigError, match=r"cannot be named batch_summary\.json"):
+        run_batch(jobs, tmp_path / "root", TaskSpec(model="synthetic"))
+
+
 def test_batch_never_deletes_a_folder_it_did_not_write(tmp_path):
     from batch_helpers import CONFIG, SCENE, write_clip
 

@@ -223,6 +223,14 @@ def run_batch(
     options = options or FleetOptions()
     if options.retries < 0:
         raise ConfigError(f"retries must be >= 0, got {options.retries}")
+    for job in jobs:
+        # The batch's own file lives beside the run directories: a video of that name would
+        # collide with it (a folder where the records go, or records over a run).
+        if job.name.lower() == SUMMARY_NAME.lower():
+            raise ConfigError(
+                f"a video cannot be named {SUMMARY_NAME} ({job.path}): the batch keeps its "
+                "records under that name; give it another name in the manifest"
+            )
     root = Path(output_root).expanduser().resolve()
     try:
         root.mkdir(parents=True, exist_ok=True)

@@ -71,6 +71,15 @@ _FRAME_FILE = re.compile(r"^\d{6,}\.[A-Za-z0-9]+$")
 _OWN_FILE_PATTERNS = {"state": re.compile(r"^[A-Za-z0-9_-]+\.(npz|npy|json)$")}
 
 
+def _no_finished_frame(path: Path) -> bool:
+    try:
+        return b"\n" not in (path / "frames.jsonl").read_bytes()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
 def prepare_output_dir(path: Path, overwrite: bool = False, resume: bool = False) -> Path:
     """Create ``path`` and lock it for this process; refuse a non-empty one unless ``overwrite``
     and it provably holds only a laser run (see :mod:`laser_plugin.io.ownership`).
@@ -91,7 +100,9 @@ def prepare_output_dir(path: Path, overwrite: bool = False, resume: bool = False
         if resume or not ownership.entries(path):
             return None
         ours = ownership.is_claimed(path) or (path / "summary.json").is_file()
-        if not overwrite:
+        # A run of ours that finished no frame (refused or failed at once) holds nothing worth
+        # keeping: a plain re-run replaces it instead of asking for --overwrite.
+        if not overwrite and not (ownership.is_claimed(path) and _no_finished_frame(path)):
             if not ours:
                 raise OutputError(
                     f"output directory {path} is not empty and holds no laser run: "
