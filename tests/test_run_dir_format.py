@@ -280,16 +280,19 @@ def test_writer_round_trip_and_size(tmp_path):
 # -- the writer's threads -----------------------------------------------------------------------
 
 
-def test_frames_jsonl_keeps_stream_order_whatever_the_threads_finish(tmp_path, monkeypatch):
+@pytest.mark.parametrize("sync", ["fs", "file"])
+def test_frames_jsonl_keeps_stream_order_whatever_the_threads_finish(tmp_path, monkeypatch, sync):
+    if sync == "fs" and not run_dir.have_syncfs():
+        pytest.skip("syncfs is Linux-only")
     real = run_dir._write_file
     rng = random.Random(0)
 
-    def jittered(path, data):
+    def jittered(path, data, **kw):
         time.sleep(rng.random() * 0.01)  # encoders finish out of order
-        real(path, data)
+        real(path, data, **kw)
 
     monkeypatch.setattr(run_dir, "_write_file", jittered)
-    w = RunWriter(tmp_path / "r", threads=4, max_pending=6)
+    w = RunWriter(tmp_path / "r", threads=4, max_pending=6, sync=sync)
     for i in range(30):
         w.on_frame(frame(i))
         if i % 4 == 3:
@@ -320,10 +323,10 @@ def _stats(i):
 def test_a_write_failure_is_raised_once_and_the_frames_before_it_stay(tmp_path, monkeypatch):
     real = run_dir._write_file
 
-    def full_disk(path, data):
+    def full_disk(path, data, **kw):
         if path.name.startswith("000013"):
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, data)
+        real(path, data, **kw)
 
     monkeypatch.setattr(run_dir, "_write_file", full_disk)
     w = RunWriter(tmp_path / "r", threads=2, max_pending=4)
@@ -342,10 +345,10 @@ def test_a_write_failure_is_raised_once_and_the_frames_before_it_stay(tmp_path, 
 def test_a_failure_in_the_last_window_fails_close(tmp_path, monkeypatch):
     real = run_dir._write_file
 
-    def full_disk(path, data):
+    def full_disk(path, data, **kw):
         if path.name.startswith("000004"):
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, data)
+        real(path, data, **kw)
 
     monkeypatch.setattr(run_dir, "_write_file", full_disk)
     w = RunWriter(tmp_path / "r")

@@ -42,7 +42,12 @@ import numpy as np
 
 from laser_plugin.errors import InputError, OutputError
 from laser_plugin.geometry.camera import rotmat_to_quat_xyzw
-from laser_plugin.io.atomic import write_bytes_atomic, write_json_atomic
+from laser_plugin.io.atomic import (
+    have_syncfs,
+    sync_filesystem,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from laser_plugin.io.ply import write_ply
 from laser_plugin.io.write_pool import Committer, Future, Slots, default_threads, encoder_pool
 from laser_plugin.mapping import VoxelMap
@@ -256,13 +261,14 @@ def _load_array(path: Path, key: str) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    """Write and fsync (not atomically: a frame's files become part of the run only when its
-    frames.jsonl line is written, after this returned; an unlisted file may be torn)."""
+def _write_file(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write (not atomically: a frame's files become part of the run only when its frames.jsonl
+    line is written, after they are durable; an unlisted file may be torn)."""
     with open(path, "wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def _fsync_dir(path: Path) -> None:
@@ -395,8 +401,16 @@ class RunWriter:
         outputs: str | Iterable[str] | None = None,
         threads: int | None = None,
         max_pending: int = 48,
+        sync: str | None = None,
+        ply_interval_s: float = 30.0,
     ):
         self.dir = Path(out_dir)
+        # "fs": one syncfs of the run's filesystem per window makes its files durable (Linux);
+        # "file": each file is fsynced by its encoder (elsewhere, or LASER_WRITER_SYNC=file).
+        self.sync = sync or os.environ.get("LASER_WRITER_SYNC") or ("fs" if have_syncfs() else "file")
+        if self.sync not in ("fs", "file") or (self.sync == "fs" and not have_syncfs()):
+            raise ValueError(f"RunWriter sync must be 'file' or 'fs' (Linux), got {self.sync!r}")
+        self.ply_interval_s = ply_interval_s
         outs = set(parse_outputs(outputs))
         if save_source_images is True:
             outs.add("source")
@@ -434,7 +448,12 @@ class RunWriter:
         self._status = "complete"
         self._raised = False
         self._batch: list[_Pending] = []
-        self._dirs_touched: set[str] = set()
+        # Points are added to the map a window at a time (one merge of the whole map per window
+        # instead of per frame), grouped by the frames' window field so that a resumed run,
+        # rebuilding from saved frames, makes the same groups and the same points.ply.
+        self._group: tuple[int | None, list, list] = (None, [], [])
+        self._last_summary = 0.0
+        self._last_ply = time.monotonic()
         if resume_frames is not None:
             self._resume(resume_frames)
         else:
@@ -449,6 +468,7 @@ class RunWriter:
         self._pool = encoder_pool(self.threads)
         self._slots = Slots(max(1, max_pending))
         self._committer = Committer(self._handle, self._drop, name="laser-commit")
+        self._mapper = Committer(self._map_handle, lambda item: None, "laser-map", maxsize=64)
 
     # -- sink protocol (the caller's thread) -----------------------------------------------
     def on_frame(self, frame: ReconstructedFrame) -> None:
@@ -486,7 +506,7 @@ class RunWriter:
         self._check()
 
     def _check(self) -> None:
-        err = self._committer.error
+        err = self._committer.error or self._mapper.error
         if err is not None and not self._raised:
             self._raised = True
             self._slots.break_()
@@ -502,7 +522,7 @@ class RunWriter:
         out: dict[str, Any] = {"paths": {}, "fields": {}, "bytes": 0}
 
         def put(kind: str, rel: str, data: bytes) -> None:
-            _write_file(self.dir / rel, data)
+            _write_file(self.dir / rel, data, fsync=self.sync == "file")
             out["paths"][kind] = rel
             out["bytes"] += len(data)
 
@@ -549,12 +569,22 @@ class RunWriter:
                 self.timings[k] = self.timings.get(k, 0.0) + v
             self.window_stats.append(info)
             t = time.perf_counter()
-            try:
-                if "points" in self.outputs and self.num_windows % self.ply_every == 0:
-                    self.write_points()
-                self._write_summary("running")
-            except OSError as exc:
-                raise self._dir_error(exc) from None
+            now = time.monotonic()
+            if (
+                "points" in self.outputs
+                and self.num_windows % self.ply_every == 0
+                and now - self._last_ply >= self.ply_interval_s
+            ):
+                # A snapshot of the cloud for viewers of a running run; the final one is
+                # written at close (a 1M-point cloud is 15 MB: not after every window).
+                self._last_ply = now
+                self._mapper.put(("ply",))
+            if now - self._last_summary >= 2.0:  # progress for readers; the final one at close
+                self._last_summary = now
+                try:
+                    self._write_summary("running")
+                except OSError as exc:
+                    raise self._dir_error(exc) from None
             self.writer_seconds["commit"] += time.perf_counter() - t
 
     def _drop(self, item: tuple) -> None:
@@ -570,7 +600,6 @@ class RunWriter:
         batch, self._batch = self._batch, []
         if not batch:
             return
-        t = time.perf_counter()
         ready: list[_Pending] = []
         failure: tuple[_Pending, BaseException] | None = None
         for p in batch:
@@ -580,6 +609,7 @@ class RunWriter:
                 failure = (p, exc)
                 break
             ready.append(p)
+        t = time.perf_counter()  # the commit itself, not the wait for the encoders
         try:
             if ready:
                 self._append(ready)
@@ -598,8 +628,11 @@ class RunWriter:
             raise exc
 
     def _append(self, ready: list[_Pending]) -> None:
-        for sub in {rel.split("/")[0] for p in ready for rel in p.result["paths"].values()}:
-            _fsync_dir(self.dir / sub)
+        if self.sync == "fs":
+            sync_filesystem(self.dir)  # the window's files and their names, in one call
+        else:
+            for sub in {rel.split("/")[0] for p in ready for rel in p.result["paths"].values()}:
+                _fsync_dir(self.dir / sub)
         for p in ready:
             f, res = p.frame, p.result
             record: dict[str, Any] = {
@@ -637,16 +670,44 @@ class RunWriter:
             self.num_frames += 1
             self.bytes_written += res["bytes"]
             self.writer_seconds["encode"] += res["seconds"]
-        for fh in (self._frames, self._traj, self._intr):
-            os.fsync(fh.fileno())
+        if self.sync == "fs":
+            sync_filesystem(self.dir)
+        else:
+            for fh in (self._frames, self._traj, self._intr):
+                os.fsync(fh.fileno())
         if "points" in self.outputs:
-            t = time.perf_counter()
             for p in ready:
-                self.map.add(*p.result["points"])
-            self.writer_seconds["map"] += time.perf_counter() - t
+                self._mapper.put(("points", p.frame.window, *p.result["points"]))
         for p in ready:  # the frame's arrays can go now
             p.frame = None  # type: ignore[assignment]
             p.result = None
+
+    # -- the map thread ----------------------------------------------------------------------
+    def _map_handle(self, item: tuple) -> None:
+        t = time.perf_counter()
+        if item[0] == "points":
+            self._group_add(*item[1:])
+        elif item[0] == "ply":
+            try:
+                self.write_points()
+            except OSError as exc:
+                raise self._dir_error(exc) from None
+        elif item[0] == "flush":
+            self._group_flush()
+        self.writer_seconds["map"] += time.perf_counter() - t
+
+    def _group_add(self, window: int, pts: np.ndarray, cols: np.ndarray) -> None:
+        if window != self._group[0]:
+            self._group_flush()
+            self._group = (window, [], [])
+        self._group[1].append(pts)
+        self._group[2].append(cols)
+
+    def _group_flush(self) -> None:
+        _, pts, cols = self._group
+        if pts:
+            self.map.add(np.concatenate(pts), np.concatenate(cols))
+        self._group = (None, [], [])
 
     def _dir_error(self, exc: OSError) -> OutputError:
         return OutputError(
@@ -713,7 +774,9 @@ class RunWriter:
         self._committer.put(("flush",))
         self._committer.stop()
         self._pool.shutdown(wait=True)
-        failure = self._committer.error if not self._raised else None
+        self._mapper.put(("flush",))  # the last window's points
+        self._mapper.stop()
+        failure = (self._committer.error or self._mapper.error) if not self._raised else None
         status = status or self._status
         if failure is not None:
             status = "failed"
@@ -729,7 +792,9 @@ class RunWriter:
             self._reconcile(self._count_frames())
             if getattr(self, "_map_stale", False):  # loop corrections moved saved frames
                 self.map = VoxelMap(max_points=self.map.max_points)
+                self._group = (None, [], [])
                 self._rebuild_map()
+                self._group_flush()
             if "points" in self.outputs:
                 self.write_points()
         except OSError as exc:
@@ -767,12 +832,13 @@ class RunWriter:
                 write_bytes_atomic(path, keep)
 
     def _rebuild_map(self) -> int:
-        """Add every saved frame to the map (as saved); return their number."""
+        """Add every saved frame to the map (as saved, grouped as the live run grouped them;
+        the last group stays open for the frames that follow); return their number."""
         run = load_run(self.dir)
         if "points" in self.outputs:
             for i in range(len(run.frames)):
                 f = run.load_frame(i, source=False)
-                self.map.add(*f.points_world(min_conf=self.map_conf, stride=self.map_stride))
+                self._group_add(f.window, *f.points_world(min_conf=self.map_conf, stride=self.map_stride))
         return len(run.frames)
 
     def _resume(self, n: int) -> None:

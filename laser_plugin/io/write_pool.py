@@ -65,11 +65,16 @@ class Committer:
     """
 
     def __init__(
-        self, handle: Callable[[Any], None], drop: Callable[[Any], None], name: str
+        self,
+        handle: Callable[[Any], None],
+        drop: Callable[[Any], None],
+        name: str,
+        maxsize: int = 0,
     ) -> None:
         self._handle = handle
         self._drop = drop
-        self._queue: queue.Queue = queue.Queue()
+        # Bounded (maxsize > 0): put() then waits, passing back-pressure to whoever feeds it.
+        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
