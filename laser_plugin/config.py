@@ -48,6 +48,10 @@ class LaserConfig:
     crease: float = 0.012
     """Relative second difference of inverse depth that cuts a layer at a surface crease
     (inverse depth is affine in pixels on a plane, so this is ~0 on planes)."""
+    segment_noise_k: float = 2.0
+    """Noise-aware segmentation: each frame's crease and step thresholds are at least this many
+    times its own depth noise, measured robustly on its confident pixels (issue 20; real depth is
+    not clean to 0.2%). 0 = the fixed one-pixel thresholds only (clean synthetic depth)."""
     segment_stride: int = 0
     """Segment at 1/stride resolution (labels are upsampled). 0 = auto: 1 below 200 pixels on the
     short side, else 2 (keeps 518x294 fast while small images keep their detail)."""
@@ -100,6 +104,10 @@ class LaserConfig:
         if self.scale_fill_radius < 0:
             raise ConfigError(
                 f"scale_fill_radius must be 0 (off) or positive, got {self.scale_fill_radius}"
+            )
+        if not self.segment_noise_k >= 0:
+            raise ConfigError(
+                f"segment_noise_k must be 0 (off) or positive, got {self.segment_noise_k}"
             )
         if self.segment_stride < 0:
             raise ConfigError(

@@ -52,6 +52,8 @@ class PreparedWindow:
     """(L, H, W) int16 labels upsampled to the model size."""
     conf_strided: Tensor | None = None
     """(L, h, w) float32 the model's own confidence on the layer grid (layer fusion only)."""
+    layer_noise: Tensor | None = None
+    """(L,) each frame's depth noise as the segmentation measured it (None: not measured)."""
     descriptors: Tensor | None = None
     """(L, D) global descriptors, passed through from the prediction."""
     stride: int = 1
@@ -95,7 +97,14 @@ def prepare_window(pred: WindowPrediction, config: LaserConfig) -> PreparedWindo
         h, w = depth.shape[-2:]
         stride = cfg.stride_for(h, w)
         layers = segment_depth_layers(
-            depth, stride, cfg.crease, cfg.depth_jump, cfg.max_layers, cfg.min_layer_fraction
+            depth,
+            stride,
+            cfg.crease,
+            cfg.depth_jump,
+            cfg.max_layers,
+            cfg.min_layer_fraction,
+            conf=conf_n,  # ranks: which pixels the noise is measured on
+            noise_k=cfg.segment_noise_k,
         )
         conf_strided = None
         if cfg.layer_fusion in ("confidence", "accumulated"):
@@ -107,6 +116,7 @@ def prepare_window(pred: WindowPrediction, config: LaserConfig) -> PreparedWindo
             depth_strided=layers.depth,
             labels_full=upsample_labels(layers.labels.to(torch.int16), stride, h, w),
             conf_strided=conf_strided,
+            layer_noise=layers.noise,
             stride=stride,
         )
 

@@ -180,6 +180,13 @@ class WindowStats:
     """Std of log layer scales applied in this window (0 when no layer alignment)."""
     num_inter_edges: int = 0
     num_intra_edges: int = 0
+    layer_coverage: float = 0.0
+    """Mean fraction of each frame's pixels that belong to a depth layer (0 when layer alignment
+    is off). Low coverage means layer alignment has little to work on (issue 20)."""
+    depth_noise: float = 0.0
+    """Median over the window's frames of the depth noise the segmentation measured (robust
+    level of the relative second difference of inverse depth; about 1.5x the per-pixel
+    relative noise). 0 when not measured."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per stage for this window."""
     warnings: list[str] = field(default_factory=list)
