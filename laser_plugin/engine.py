@@ -72,6 +72,18 @@ class _Final:
     conf_strided: Tensor | None = None  # (h, w) the model's own confidence (layer_fusion)
 
 
+def _layer_readout(num_layers: Tensor, prep: PreparedWindow) -> tuple[float, float, float]:
+    """(mean layers per frame, mean fraction of pixels in a layer, median measured depth noise)
+    of a window, read back to the host together (one sync on a GPU)."""
+    vals = [num_layers.float().mean()]
+    if prep.labels is not None:
+        vals.append((prep.labels >= 0).float().mean().to(vals[0].device))
+        if prep.layer_noise is not None:
+            vals.append(prep.layer_noise.float().median().to(vals[0].device))
+    out = [*torch.stack(vals).tolist(), 0.0, 0.0]
+    return out[0], out[1], out[2]
+
+
 class StreamingReconstructor:
     """Turns a frozen window model into a streaming reconstructor (LASER)."""
 
@@ -347,6 +359,8 @@ class StreamingReconstructor:
             )
             self._timed("finalise", t, times)
 
+        # Layers per frame, the labelled fraction and the measured noise: one read-back.
+        mean_layers, coverage, noise = _layer_readout(num_layers, prep)
         stats = WindowStats(
             window=window.index,
             frame_indices=[it.index for it in window.items],
@@ -355,10 +369,12 @@ class StreamingReconstructor:
             depth_residual=reg.depth_residual,
             pose_residual=reg.pose_residual,
             overlap_pixels=reg.num_pixels,
-            num_layers=float(num_layers.float().mean()),
+            num_layers=mean_layers,
             layer_scale_spread=spread,
             num_inter_edges=n_inter,
             num_intra_edges=n_intra,
+            layer_coverage=coverage,
+            depth_noise=noise,
             timings=times,
             warnings=warns,
         )
