@@ -114,6 +114,10 @@ def cut_mask(depth: Tensor, crease: float, max_step: float) -> tuple[Tensor, Ten
 #: tests/test_layers_robust.py and benchmarks/NOTES.md, "Segmentation under noise").
 CREASE_SCALES: tuple[tuple[int, int], ...] = ((0, 1), (4, 4))
 
+#: Highest noise level (robust level of the relative second difference, about 1.5x the relative
+#: per-pixel noise) the thresholds follow: beyond it, depth is treated as unsegmentable.
+MAX_NOISE = 0.05
+
 
 def _median3(x: Tensor, dim: int) -> Tensor:
     """Median of each element and its two neighbours along ``dim`` (the ends keep their value).
@@ -255,6 +259,7 @@ def robust_cut_mask(
     conf: Tensor | None = None,
     noise_k: float = 2.0,
     scales: tuple[tuple[int, int], ...] = CREASE_SCALES,
+    max_noise: float = MAX_NOISE,
 ) -> CutMask:
     """Noise-aware :func:`cut_mask` on (N, h, w) depth (0 = invalid); ``conf`` (N, h, w) >= 0
     optional: the model's confidence (any monotone scale), read on a sparse lattice only.
@@ -304,6 +309,10 @@ def robust_cut_mask(
         sigma = _robust_level(rel_lat, sample[lattice], step=1, border=0)
         if noise is None:
             noise = sigma
+        # Depth noisier than this is not segmentable (it would raise the thresholds until
+        # everything is one layer): the thresholds stop there and the frame goes mostly
+        # unlabelled, which the run reports (WindowStats.layer_coverage) instead of hiding.
+        sigma = sigma.clamp(max=max_noise)
         # A crease's answer is s times its change of slope: ``crease`` means the same at every
         # scale (at 45 degrees the averaging blurs it somewhat; the one-pixel scale sees those).
         thr = torch.clamp(noise_k * sigma, min=s * crease)[:, None, None]
@@ -326,7 +335,7 @@ def robust_cut_mask(
     # Neighbour steps: white noise of relative level e gives one-pixel second differences of
     # about 2.45 e (x 1.5 for the larger of two directions) and steps of about 1.4 e, so
     # 0.75 noise_k sigma is about twice noise_k step deviations.
-    step = 0.75 * noise_k * noise
+    step = 0.75 * noise_k * noise.clamp(max=max_noise)
     ld = torch.log(qf.clamp_min(1e-12))  # minus the log depth: steps are the same
     st = step.clamp_min(max_step)[:, None, None]
     conn_r = member[:, :, :-1] & member[:, :, 1:] & ((ld[:, :, 1:] - ld[:, :, :-1]).abs() < st)

@@ -414,3 +414,103 @@ def align_layers(
         )
         node_prior = node_prior.view(n, m).to(depth_new.dtype)
     return LayerAlignment(node_scale, reached, pixel_scale, num_inter, num_intra, node_prior)
+
+
+# -- Is layer alignment doing anything? ---------------------------------------------------------
+
+#: Below this mean fraction of pixels in a depth layer, a window's layer alignment has too little
+#: to work with (issue 20: on noisy depth it silently fell back to plain Sim(3) stitching).
+MIN_LAYER_COVERAGE = 0.3
+#: This many consecutive windows (that have an overlap) without one inter-window layer edge: no
+#: layer scale reaches the new frames, so the output is Sim(3) stitching.
+EDGELESS_WINDOWS = 3
+
+
+def _stat(stats, name: str, default: float = 0.0) -> float:
+    """A field of a :class:`~laser_plugin.types.WindowStats` or of its summary.json record."""
+    value = stats.get(name, default) if isinstance(stats, dict) else getattr(stats, name, default)
+    return default if value is None else float(value)
+
+
+class LayerAlignmentWatch:
+    """Watches the windows of a run and says, once, when layer alignment is effectively off.
+
+    Feed it each window's :class:`~laser_plugin.types.WindowStats` (or summary.json record) in
+    order; :meth:`update` returns a one-line warning the first time either holds, else None:
+
+    - fewer than ``min_coverage`` of a window's pixels are in a depth layer;
+    - ``edgeless_windows`` consecutive windows with an overlap formed no inter-window edge.
+
+    Pure: no printing, no engine state (the CLI prints what it returns). ``enabled=False`` (layer
+    alignment switched off on purpose) never warns.
+    """
+
+    def __init__(
+        self,
+        enabled: bool = True,
+        min_coverage: float = MIN_LAYER_COVERAGE,
+        edgeless_windows: int = EDGELESS_WINDOWS,
+    ):
+        self.enabled = enabled
+        self.min_coverage = min_coverage
+        self.edgeless_windows = edgeless_windows
+        self.edgeless = 0
+        self.message: str | None = None
+
+    @staticmethod
+    def _noise_note(stats) -> str:
+        noise = _stat(stats, "depth_noise")
+        # The measured level is about 1.5x the relative per-pixel noise (layers.robust_cut_mask).
+        return f"; depth noise about {100 * noise / 1.5:.1f}% per pixel" if noise > 0 else ""
+
+    def update(self, stats) -> str | None:
+        """The warning, the first time a window shows layer alignment is off; else None."""
+        if not self.enabled or self.message is not None:
+            return None
+        window = int(_stat(stats, "window"))
+        coverage = _stat(stats, "layer_coverage", 1.0)
+        tail = " - the output is plain Sim(3) stitching there (see WindowStats.layer_coverage)"
+        if coverage < self.min_coverage:
+            self.message = (
+                f"layer alignment is effectively off: window {window} has only "
+                f"{100 * coverage:.0f}% of its pixels in a depth layer{self._noise_note(stats)}"
+                + tail
+            )
+            return self.message
+        if window > 0:  # window 0 has no earlier window to link to
+            self.edgeless = self.edgeless + 1 if _stat(stats, "num_inter_edges") == 0 else 0
+            if self.edgeless >= self.edgeless_windows:
+                self.message = (
+                    f"layer alignment is effectively off: no depth layer linked across windows "
+                    f"in windows {window - self.edgeless + 1}-{window}"
+                    f"{self._noise_note(stats)}" + tail
+                )
+                return self.message
+        return None
+
+
+def layer_summary(records, enabled: bool = True) -> dict:
+    """What layer alignment did over a run, from its windows' stats or summary.json records.
+
+    Returns mean layers per frame, mean fraction of pixels in a layer, inter-window edges per
+    window (windows with an overlap), the number of those without any, the median measured depth
+    noise, and the watch's warning (None if layer alignment worked or was switched off)."""
+    records = list(records)
+    watch = LayerAlignmentWatch(enabled)
+    for r in records:
+        watch.update(r)
+    linked = [r for r in records if _stat(r, "window") > 0]
+    noise = sorted(_stat(r, "depth_noise") for r in records)
+
+    def mean(vals: list[float]) -> float | None:
+        return round(sum(vals) / len(vals), 4) if vals else None
+
+    return {
+        "enabled": enabled,
+        "layers_per_frame": mean([_stat(r, "num_layers") for r in records]),
+        "layer_coverage": mean([_stat(r, "layer_coverage") for r in records]),
+        "inter_edges_per_window": mean([_stat(r, "num_inter_edges") for r in linked]),
+        "windows_without_inter_edges": sum(_stat(r, "num_inter_edges") == 0 for r in linked),
+        "depth_noise": round(noise[len(noise) // 2], 5) if noise else None,
+        "warning": watch.message,
+    }

@@ -42,6 +42,7 @@ import numpy as np
 
 from laser_plugin.errors import InputError, OutputError
 from laser_plugin.geometry.camera import rotmat_to_quat_xyzw
+from laser_plugin.geometry.lsa import layer_summary
 from laser_plugin.io.atomic import (
     have_syncfs,
     sync_filesystem,
@@ -491,6 +492,10 @@ class RunWriter:
             "overlap_pixels": stats.overlap_pixels,
             "num_layers": stats.num_layers,
             "layer_scale_spread": stats.layer_scale_spread,
+            "num_inter_edges": stats.num_inter_edges,
+            "num_intra_edges": stats.num_intra_edges,
+            "layer_coverage": round(stats.layer_coverage, 4),
+            "depth_noise": round(stats.depth_noise, 5),
             "warnings": stats.warnings,
             # When the engine finalised the window (seconds since the writer started): the
             # warm-up and the steady rate of a run read from these (benchmarks/cli_speed.py).
@@ -901,6 +906,11 @@ class RunWriter:
                 "map_points": len(self.map),
                 "map_voxel_size": self.map.voxel_size,
                 "window_stats": self.window_stats[-1000:],
+                # Did layer alignment do anything (layers, coverage, inter-window edges)?
+                "layer_alignment": layer_summary(
+                    self.window_stats,
+                    enabled=bool((self.settings or {}).get("laser", {}).get("layer_alignment", 1)),
+                ),
                 **self.extra,
             },
         )
