@@ -171,6 +171,7 @@ def execute(
         TextColumn("[bold]reconstructing"),
         BarColumn(),
         MofNCompleteColumn(),
+        LayerWatchSink(config.layer_alignment),
         TextColumn("{task.fields[fps]:.1f} frames/s"),
         TimeElapsedColumn(),
         console=console,
@@ -206,6 +207,27 @@ def device_split(engine) -> str | None:
         return None
     if len(counts) < 2:
         return None
+class LayerWatchSink:
+    """Prints one ``warning:`` line the first time layer alignment is effectively off (the
+    decision is :class:`~laser_plugin.geometry.lsa.LayerAlignmentWatch`'s)."""
+
+    def __init__(self, enabled: bool):
+        from laser_plugin.geometry.lsa import LayerAlignmentWatch
+
+        self.watch = LayerAlignmentWatch(enabled)
+
+    def on_frame(self, frame) -> None:
+        pass
+
+    def on_window(self, stats) -> None:
+        message = self.watch.update(stats)
+        if message:
+            print(f"warning: {message}", file=sys.stderr)
+
+    def close(self) -> None:
+        pass
+
+
     return ", ".join(f"{d} {n}" for d, n in zip(names, counts, strict=True))
 
 
@@ -249,12 +271,33 @@ def resume_is_done(output_dir: Path, settings: dict) -> bool:
         return False
     check_settings(read_settings(out), settings)
     if read_settings(out, "status") != "complete":
+    layers = _layer_row(engine, writer)
+    if layers:
+        rows["depth layers"] = layers
         return False
     print(f"nothing to resume: the run in {out} is complete", file=sys.stderr)
     return True
 
 
 def _guard(fn):
+
+
+def _layer_row(engine, writer) -> str | None:
+    """The run summary's line on layer alignment: layers per frame, pixels in a layer,
+    inter-window edges per window, and whether it was effectively off."""
+    from laser_plugin.geometry.lsa import layer_summary
+
+    config = getattr(engine, "config", None)
+    if config is not None and not config.layer_alignment:
+        return "off (layer_alignment=False)"
+    s = layer_summary(writer.window_stats)
+    if s["layers_per_frame"] is None:
+        return None
+    coverage = 100 * (s["layer_coverage"] or 0)
+    row = f"{s['layers_per_frame']:.1f} per frame, {coverage:.0f}% of pixels"
+    if s["inter_edges_per_window"] is not None:
+        row += f", {s['inter_edges_per_window']:.0f} inter-window edges per window"
+    return row + (" - effectively OFF" if s["warning"] else "")
     """Run fn; on Ctrl-C/SIGTERM report what was kept, and exit 130."""
     try:
         return fn()
