@@ -111,12 +111,15 @@ def execute(
     make_engine=None,
     checkpoint_interval: float = 0.0,
     outputs: str | None = None,
+    loop_closure: bool = False,
 ):
     """Run the engine with a progress bar, writing ``output_dir``; return (engine, writer).
 
     The engine state is saved under ``output_dir/state`` between windows (at most every
     ``checkpoint_interval`` seconds), so an interrupted run can be continued with ``resume=True``
-    (same source and settings).
+    (same source and settings). ``loop_closure``: attach the loop-closure hook (whatever
+    ``make_engine`` builds); its records spill under ``output_dir/state/loop`` so a resumed run
+    continues the same pose graph, and are deleted when the run completes.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -152,8 +155,13 @@ def execute(
             w for w in writer.window_stats if w.get("window", 0) < state.num_windows
         ]
     # make_engine: e.g. a MultiDeviceReconstructor over several replicas (laser run --devices).
+    hooks = []
+    if loop_closure:
+        from laser_plugin.loop import LoopClosure, LoopConfig
+
+        hooks.append(LoopClosure(LoopConfig(spill_dir=str(out / "state" / "loop"))))
     engine = (make_engine or StreamingReconstructor)(
-        model, config, keep_source_images=writer.save_source_images
+        model, config, keep_source_images=writer.save_source_images, hooks=hooks
     )
     writer.engine_timings = engine.timings  # stage timings into summary.json
     # The writer first (it fsyncs the window's frames), then the state that refers to them.
@@ -163,6 +171,7 @@ def execute(
         StateSaver(engine, out, settings, checkpoint_interval, before_save=writer.wait_durable),
         *(viewers.sinks() if viewers else []),
         *(extra_sinks or []),
+        LayerWatchSink(config.layer_alignment),
     ]
     console = Console(stderr=True, quiet=quiet)
     start = time.perf_counter()
@@ -171,7 +180,6 @@ def execute(
         TextColumn("[bold]reconstructing"),
         BarColumn(),
         MofNCompleteColumn(),
-        LayerWatchSink(config.layer_alignment),
         TextColumn("{task.fields[fps]:.1f} frames/s"),
         TimeElapsedColumn(),
         console=console,
@@ -187,26 +195,18 @@ def execute(
                 count += 1
                 elapsed = time.perf_counter() - start
                 progress.update(task, completed=count, fps=count / max(elapsed, 1e-9))
+    for hook in hooks:  # a complete run is not resumed: its spilled records are not needed
+        hook.cleanup()
     return engine, writer
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings of a run as one ``warning: ...`` line each (no source location: users act on the text)."""
-    print(f"warning: {message}", file=sys.stderr)
+def _loop_settings() -> dict:
+    """Loop closure's settings (the defaults: ``laser run`` has no loop options)."""
+    from laser_plugin.loop import LoopClosure
+
+    return LoopClosure().settings()
 
 
-def device_split(engine) -> str | None:
-    """Windows each device predicted, e.g. "cuda:0 21, cuda:1 19" (None on one device)."""
-    pool = getattr(engine, "pool", None)
-    if pool is not None and hasattr(pool, "windows_per_worker"):
-        names, counts = pool.devices, pool.windows_per_worker
-    elif hasattr(engine, "windows_per_replica"):
-        names = [str(getattr(m, "device", f"replica {i}")) for i, m in enumerate(engine.replicas)]
-        counts = engine.windows_per_replica
-    else:
-        return None
-    if len(counts) < 2:
-        return None
 class LayerWatchSink:
     """Prints one ``warning:`` line the first time layer alignment is effectively off (the
     decision is :class:`~laser_plugin.geometry.lsa.LayerAlignmentWatch`'s)."""
@@ -228,6 +228,23 @@ class LayerWatchSink:
         pass
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings of a run as one ``warning: ...`` line each (no source location: users act on the text)."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def device_split(engine) -> str | None:
+    """Windows each device predicted, e.g. "cuda:0 21, cuda:1 19" (None on one device)."""
+    pool = getattr(engine, "pool", None)
+    if pool is not None and hasattr(pool, "windows_per_worker"):
+        names, counts = pool.devices, pool.windows_per_worker
+    elif hasattr(engine, "windows_per_replica"):
+        names = [str(getattr(m, "device", f"replica {i}")) for i, m in enumerate(engine.replicas)]
+        counts = engine.windows_per_replica
+    else:
+        return None
+    if len(counts) < 2:
+        return None
     return ", ".join(f"{d} {n}" for d, n in zip(names, counts, strict=True))
 
 
@@ -254,32 +271,15 @@ def print_summary(
     split = device_split(engine)
     if split:
         rows["windows per device"] = split
+    layers = _layer_row(engine, writer)
+    if layers:
+        rows["depth layers"] = layers
     if engine.warnings:
         rows["warnings"] = f"{len(engine.warnings)} (first: {engine.warnings[0]})"
     rows.update(extra_rows or {})
     for k, v in rows.items():
         table.add_row(k, v)
     console.print(table)
-
-
-def resume_is_done(output_dir: Path, settings: dict) -> bool:
-    """For --resume: True (and says so) when the run in output_dir already completed."""
-    from laser_plugin.resume import check_settings, read_settings
-
-    out = Path(output_dir).expanduser()
-    if not (out / "summary.json").is_file():
-        return False
-    check_settings(read_settings(out), settings)
-    if read_settings(out, "status") != "complete":
-    layers = _layer_row(engine, writer)
-    if layers:
-        rows["depth layers"] = layers
-        return False
-    print(f"nothing to resume: the run in {out} is complete", file=sys.stderr)
-    return True
-
-
-def _guard(fn):
 
 
 def _layer_row(engine, writer) -> str | None:
@@ -298,6 +298,23 @@ def _layer_row(engine, writer) -> str | None:
     if s["inter_edges_per_window"] is not None:
         row += f", {s['inter_edges_per_window']:.0f} inter-window edges per window"
     return row + (" - effectively OFF" if s["warning"] else "")
+
+
+def resume_is_done(output_dir: Path, settings: dict) -> bool:
+    """For --resume: True (and says so) when the run in output_dir already completed."""
+    from laser_plugin.resume import check_settings, read_settings
+
+    out = Path(output_dir).expanduser()
+    if not (out / "summary.json").is_file():
+        return False
+    check_settings(read_settings(out), settings)
+    if read_settings(out, "status") != "complete":
+        return False
+    print(f"nothing to resume: the run in {out} is complete", file=sys.stderr)
+    return True
+
+
+def _guard(fn):
     """Run fn; on Ctrl-C/SIGTERM report what was kept, and exit 130."""
     try:
         return fn()
@@ -332,7 +349,7 @@ class Run:
     and resized on the device. On a GPU the first device's network runs in a thread of this
     process beside the alignment (one CUDA context), every further device's in a worker process;
     on the CPU every device gets a worker process. Alignment stays here, in order. Works with
-    --devices and --resume; no loop closure."""
+    --devices, --resume and loop closure."""
     laser: FlatRunLaser = field(default_factory=RunLaserConfig)
     viewers: Annotated[Viewers, tyro.conf.OmitArgPrefixes] = field(default_factory=Viewers)
     overwrite: bool = False
@@ -357,7 +374,8 @@ class Run:
     """No progress bar or summary."""
     loop_closure: bool = True
     """Close loops (place recognition, verification, Sim(3) pose graph; corrected frames are
-    rewritten) when the backend gives descriptors (synthetic does). Not with --devices/--resume."""
+    rewritten) when the backend gives descriptors (synthetic does). Works with --fast, --devices
+    and --resume."""
 
     def main(self) -> int:
         import torch
@@ -444,12 +462,6 @@ class Run:
             model = replicas[0]
         else:
             model = load_model(self.model, weights=self.weights, device=device)
-            if self.loop_closure and not self.resume:  # laser_plugin.loop
-
-                def make_engine(model_, config, **kw):
-                    from laser_plugin.loop import LoopClosingReconstructor
-
-                    return LoopClosingReconstructor(model_, config, **kw)
 
         settings = {
             "command": "run",
@@ -463,6 +475,9 @@ class Run:
             "fps": self.fps,
             "max_frames": self.max_frames,
             "outputs": format_outputs(outputs),
+            # Loop closure changes the frames: part of what a resumed run must match.
+            "loop_closure": self.loop_closure,
+            "loop": _loop_settings() if self.loop_closure else None,
         }
         if self.fast:  # other numerics (bf16): a run is resumed only on the same path
             settings["fast"] = True
@@ -502,6 +517,7 @@ class Run:
                 resume=self.resume,
                 make_engine=make_engine,
                 checkpoint_interval=self.checkpoint_interval,
+                loop_closure=self.loop_closure,
             )
             print_summary(engine, writer, quiet=self.quiet)
 
@@ -530,6 +546,8 @@ class Demo:
     height: int = 128
     width: int = 224
     seed: int = 0
+    outputs: str = "compact"
+    """What the run directory holds (as `laser run --outputs`)."""
     laser: FlatLaser = field(default_factory=LaserConfig)
     viewers: Annotated[Viewers, tyro.conf.OmitArgPrefixes] = field(default_factory=Viewers)
     quiet: bool = False
@@ -587,6 +605,7 @@ class Demo:
                 fps=scene.fps,
                 quiet=self.quiet,
                 extra_sinks=[_Collect()],
+                outputs=format_outputs(parse_outputs(self.outputs)),
             )
             acc = evaluate_depths_poses(depths, np.stack(poses), scene, indices) if indices else {}
             writer.extra["accuracy"] = acc
