@@ -110,8 +110,8 @@ def test_run_overwrite_never_removes_a_users_project(tmp_path, capsys):
     code, err = laser(
         capsys, "run", str(frames), "--output-dir", str(proj), "--model", "synthetic", "--overwrite"
     )
-    assert_user_error(code, err, "refusing to overwrite")
     assert_intact(files)
+    assert_user_error(code, err, "refusing to overwrite")
 
 
 def test_demo_replaces_only_its_own_earlier_run_and_says_so(tmp_path):

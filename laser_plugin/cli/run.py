@@ -353,7 +353,8 @@ class Run:
     laser: FlatRunLaser = field(default_factory=RunLaserConfig)
     viewers: Annotated[Viewers, tyro.conf.OmitArgPrefixes] = field(default_factory=Viewers)
     overwrite: bool = False
-    """Replace an existing run in output_dir."""
+    """Replace an existing run in output_dir (only the run's own files are removed; anything
+    else there refuses the overwrite)."""
     resume: bool = False
     """Continue the interrupted run in output_dir from its last finished window (same input and
     settings); gives the same result as an uninterrupted run."""
