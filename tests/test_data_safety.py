@@ -325,6 +325,24 @@ def test_the_lock_is_released_when_its_holder_dies(tmp_path):
     lock.release(out)
 
 
+def test_bookkeeping_files_replaced_by_symlinks_are_not_followed(tmp_path, demo_run, capsys):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep")
+    out = _claimed_run(tmp_path / "run")
+    (out / lock.LOCK_NAME).unlink()
+    (out / lock.LOCK_NAME).symlink_to(precious)
+    with pytest.raises(OutputError, match="cannot write to output directory"):
+        prepare_output_dir(out, overwrite=True)
+    ns = tmp_path / "ns"
+    assert laser(capsys, "export", "nerfstudio", str(demo_run), str(ns))[0] == 0
+    (ns / ownership.EXPORT_JOURNAL).unlink()
+    (ns / ownership.EXPORT_JOURNAL).symlink_to(precious)
+    code, err = laser(capsys, "export", "nerfstudio", str(demo_run), str(ns), "--export.overwrite")
+    assert_user_error(code, err, "holds no laser export")
+    assert precious.read_text() == "keep"
+    assert (ns / "transforms.json").exists()
+
+
 # -- 3. a run directory cannot make laser read outside it --------------------------------------
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -36,8 +37,10 @@ def acquire(directory: Path, what: str = "directory") -> None:
     except ImportError:  # Windows: no flock; runs are not protected against each other there
         return
     lock_path = key / LOCK_NAME
+    # O_NOFOLLOW: a lock file replaced by a symbolic link must not make us truncate its target.
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = os.open(lock_path, flags, 0o644)
     except OSError as exc:
         raise OutputError(
             f"cannot write to output directory {directory}: {exc.strerror or exc}"
@@ -61,8 +64,10 @@ def acquire(directory: Path, what: str = "directory") -> None:
         return
     # The holder's pid, for the message another process prints (advisory text only).
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:  # never rewrite a file linked elsewhere
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
     except OSError:
         pass  # a full disk: the lock itself still holds
     _HELD[key] = fd

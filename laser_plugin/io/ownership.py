@@ -50,6 +50,8 @@ def entries(path: Path) -> list[str]:
         return sorted(n for n in os.listdir(path) if n not in _BOOKKEEPING)
     except FileNotFoundError:
         return []
+    except OSError as exc:  # e.g. no permission to list it: say so rather than guess
+        raise OutputError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 # -- run directories --------------------------------------------------------------------------
@@ -195,7 +197,13 @@ class ExportJournal:
             for d in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
                 if d.is_dir() and not d.is_symlink() and not any(d.iterdir()):
                     d.rmdir()  # a journalled folder still holding user files stays
-            self._fh = open(self.root / EXPORT_JOURNAL, "w", encoding="utf-8")  # noqa: SIM115
+            # O_NOFOLLOW: a journal replaced by a symbolic link must not truncate its target.
+            fd = os.open(
+                self.root / EXPORT_JOURNAL,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0),
+                0o644,
+            )
+            self._fh = os.fdopen(fd, "w", encoding="utf-8")
         except OSError as exc:
             lock.release(self.root)
             raise OutputError(f"cannot write to {self.root}: {exc.strerror or exc}") from None
@@ -211,7 +219,7 @@ class ExportJournal:
         if not entries(root):
             return []
         journal = root / EXPORT_JOURNAL
-        if not journal.is_file():
+        if journal.is_symlink() or not journal.is_file():
             raise OutputError(
                 f"{root} is not empty and holds no laser export, so nothing in it is replaced: "
                 "choose a new or empty directory"
