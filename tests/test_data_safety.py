@@ -303,6 +303,24 @@ def test_a_second_writer_on_a_run_directory_stops_with_one_line(tmp_path, scene_
     assert (out / "frames.jsonl").read_bytes().count(b"\n") == 40  # no duplicated frames
 
 
+def test_a_run_being_written_is_not_exported(run_copy, tmp_path, capsys):
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from laser_plugin.io import lock; lock.acquire(sys.argv[1]); "
+         "print('held', flush=True); time.sleep(60)", str(run_copy)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, err = laser(capsys, "export", "colmap", str(run_copy), str(tmp_path / "c"))
+        assert_user_error(code, err, "being written by another laser process")
+    finally:
+        holder.kill()
+        holder.wait()
+    code, err = laser(capsys, "export", "colmap", str(run_copy), str(tmp_path / "c2"))
+    assert code == 0, err
+
+
 def test_the_lock_is_released_when_its_holder_dies(tmp_path):
     out = _claimed_run(tmp_path / "run")
     holder = subprocess.Popen(

@@ -13,21 +13,25 @@ from laser_plugin.errors import InputError
 from laser_plugin.integrations.nerfstudio.colmap import ColmapExportConfig, ColmapWriter
 from laser_plugin.integrations.nerfstudio.pipeline import ExportSummary
 from laser_plugin.integrations.nerfstudio.writer import NerfstudioExportConfig, NerfstudioWriter
+from laser_plugin.io import lock
 from laser_plugin.io.ownership import check_export_outside_run
 from laser_plugin.io.run_dir import load_run
 
 
 def _feed(run_dir: str | Path, writer, resolution: str = "source") -> int:
-    run = load_run(run_dir)
-    if not run.frames:
-        raise InputError(f"run {run.path} holds no finished frames (status: {run.status})")
-    # Original frames not kept in the run (format 2 default) are decoded again from its input,
-    # in order (one pass over a video); the model-resolution export never reads them.
-    source = resolution == "source"
-    for i in range(len(run.frames)):
-        writer.on_frame(run.load_frame(i, source=source))
-    writer.close()
-    return len(run.frames)
+    # A shared lock: a laser process rewriting the run (--overwrite, --resume) cannot start
+    # while it is exported, nor the export while it runs (laser_plugin.io.lock).
+    with lock.reading(run_dir):
+        run = load_run(run_dir)
+        if not run.frames:
+            raise InputError(f"run {run.path} holds no finished frames (status: {run.status})")
+        # Original frames not kept in the run (format 2 default) are decoded again from its
+        # input, in order (one pass over a video); the model-resolution export never reads them.
+        source = resolution == "source"
+        for i in range(len(run.frames)):
+            writer.on_frame(run.load_frame(i, source=source))
+        writer.close()
+        return len(run.frames)
 
 
 def export_run_nerfstudio(

@@ -12,6 +12,7 @@ in-process many times. :func:`release` (or process exit) gives it back.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -90,3 +91,45 @@ def _holder(fd: int) -> str:
     except (OSError, UnicodeDecodeError):
         return ""
     return f" (pid {pid})" if pid.isdigit() else ""
+
+
+@contextlib.contextmanager
+def reading(directory: Path, what: str = "run directory"):
+    """Hold a shared lock on ``directory`` while reading it (an export): a laser process writing
+    it (run, resume, overwrite) holds the exclusive lock, so the two never overlap; readers do
+    not exclude each other. A directory where the lock file cannot be created (read-only media)
+    is read without one: nothing can write it there either."""
+    key = Path(directory).resolve()
+    if key in _HELD:  # this process writes it: reading its own output is fine
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    nofollow = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(key / LOCK_NAME, os.O_RDONLY | nofollow)
+    except FileNotFoundError:
+        try:
+            fd = os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT | nofollow, 0o644)
+        except OSError:
+            fd = None
+    except OSError:
+        fd = None
+    if fd is None:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise OutputError(
+                    f"{what} {directory} is being written by another laser process"
+                    f"{_holder(fd)}; wait for it to finish"
+                ) from None
+        yield
+    finally:
+        os.close(fd)
