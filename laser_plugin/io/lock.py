@@ -90,7 +90,17 @@ def _holder(fd: int) -> str:
         pid = os.pread(fd, 32, 0).decode().strip()
     except (OSError, UnicodeDecodeError):
         return ""
-    return f" (pid {pid})" if pid.isdigit() else ""
+    if not pid.isdigit():
+        return ""
+    # The file holds the last writer's pid; a reader (shared lock) writes none. So name the pid
+    # only while that process is alive.
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return ""
+    except OSError:
+        pass  # alive, but another user's
+    return f" (pid {pid})"
 
 
 @contextlib.contextmanager
