@@ -521,6 +521,32 @@ def test_a_fifo_input_is_refused_at_once(tmp_path, suffix):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_run_naming_a_fifo_as_its_input_does_not_hang_the_export(tmp_path):
+    from test_faults_common import make_video, textured_images
+
+    video = make_video(tmp_path / "in.mp4", textured_images(6, h=48, w=64))
+    out = tmp_path / "run"
+    r = subprocess.run(
+        cli_command("run", str(video), "--output-dir", str(out), "--model", "synthetic",
+                    "--quiet", *WINDOW),
+        env=cli_env("plane"), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    if not any(f.source_ref for f in load_run(out).frames):
+        pytest.skip("this run keeps its original frames: the input is never read back")
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    summary = json.loads((out / "summary.json").read_text())
+    summary["settings"]["input"] = str(fifo)  # a crafted (or moved) run
+    (out / "summary.json").write_text(json.dumps(summary))
+    r = subprocess.run(
+        [*LASER, "export", "colmap", str(out), str(tmp_path / "c")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert_user_error(r.returncode, r.stderr, "not a regular file")
+
+
 def test_batch_with_an_unreachable_address_ends_in_one_line(tmp_path):
     pytest.importorskip("ray")
     write_images(tmp_path / "clip", scene_images(2))

@@ -1017,6 +1017,8 @@ class RunData:
         ref = rec.source_ref or {}
         if src is None or not src.exists():
             raise InputError(f"the run's input {src} is missing")
+        if not (src.is_file() or src.is_dir()):  # a pipe named by summary.json would block
+            raise InputError(f"the run's input {src} is not a regular file or folder")
         if "source_frame" in ref:
             if self._video is None or self._video.path != src:
                 self._video = _VideoFrames(src)
