@@ -413,8 +413,8 @@ def test_export_overwrite_removes_only_the_exporters_files(demo_run, tmp_path, c
     dropped = out / "images" / "IMG_0001.jpg"
     dropped.write_bytes(b"another")
     code, err = laser(capsys, "export", "nerfstudio", str(demo_run), str(out))
-    assert_user_error(code, err, "already holds", "--export.overwrite")
-    code, err = laser(capsys, "export", "nerfstudio", str(demo_run), str(out), "--export.overwrite")
+    assert_user_error(code, err, "already holds", "--overwrite")
+    code, err = laser(capsys, "export", "nerfstudio", str(demo_run), str(out), "--overwrite")
     assert code == 0, err
     assert raw.read_bytes() == b"user photo" and dropped.read_bytes() == b"another"
     meta = json.loads((out / "transforms.json").read_text())

@@ -34,10 +34,14 @@ class ExportNerfstudio:
     """Dataset directory to create."""
     export: NerfstudioExportConfig = field(default_factory=NerfstudioExportConfig)
     """Dataset layout."""
+    overwrite: bool = False
+    """Replace an earlier laser export in output_dir (only the files it wrote are removed)."""
 
     def main(self) -> int:
         from laser_plugin.integrations.nerfstudio.export import export_run_nerfstudio
 
+        # --overwrite as in `laser run`; --export.overwrite (the config's own field) still works.
+        self.export.overwrite = self.export.overwrite or self.overwrite
         summary = export_run_nerfstudio(self.run_dir, self.output_dir, self.export)
         _report("nerfstudio dataset", summary)
         return 0
@@ -54,10 +58,13 @@ class ExportColmap:
     """Directory to create (images/ and sparse/0/)."""
     export: ColmapExportConfig = field(default_factory=ColmapExportConfig)
     """Model layout."""
+    overwrite: bool = False
+    """Replace an earlier laser export in output_dir (only the files it wrote are removed)."""
 
     def main(self) -> int:
         from laser_plugin.integrations.nerfstudio.export import export_run_colmap
 
+        self.export.overwrite = self.export.overwrite or self.overwrite
         summary = export_run_colmap(self.run_dir, self.output_dir, self.export)
         _report("COLMAP model", summary)
         return 0

@@ -230,8 +230,8 @@ class ExportJournal:
             # nerfstudio one in the same folder (or the other way round).
             kind = what if found == done else "laser export"
             raise OutputError(
-                f"{root} already holds a {kind} ({found}); pass --export.overwrite to replace "
-                "it or choose another directory"
+                f"{root} already holds a {kind} ({found}); pass --overwrite to replace it or "
+                "choose another directory"
             )
         previous = []
         for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
