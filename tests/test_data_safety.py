@@ -185,6 +185,22 @@ def test_overwrite_follows_no_symlink_inside_the_run(tmp_path):
     assert precious.read_bytes() == b"keep"
 
 
+def test_the_resume_state_may_nest_folders_but_not_hide_user_files(tmp_path):
+    out = _claimed_run(tmp_path / "run")
+    loop = out / "state" / "loop" / "frames"  # the loop closure's spilled records
+    loop.mkdir(parents=True)
+    (loop / "000000001.npz").write_bytes(b"r")
+    (out / "state" / "loop" / "poses.f64").write_bytes(b"p")
+    (out / "state" / "loop" / ".hidden").write_text("mine")
+    with pytest.raises(OutputError, match=r"state/loop/\.hidden"):
+        prepare_output_dir(out, overwrite=True)
+    assert (out / "state" / "loop" / ".hidden").read_text() == "mine"
+    (out / "state" / "loop" / ".hidden").unlink()
+    prepare_output_dir(out, overwrite=True)
+    lock.release(out)
+    assert not (out / "state").exists()
+
+
 def test_overwrite_needs_the_marker_of_a_run_laser_started(tmp_path):
     out = _claimed_run(tmp_path / "run")
     (out / ownership.RUN_MARKER).unlink()  # e.g. a folder a user assembled with our names

@@ -77,14 +77,19 @@ def claim(path: Path) -> None:
 
 
 def plan_run_removal(
-    path: Path, own_files: Iterable[str], own_dirs: dict[str, re.Pattern]
+    path: Path,
+    own_files: Iterable[str],
+    own_dirs: dict[str, re.Pattern],
+    deep: Iterable[str] = (),
 ) -> tuple[list[Path], list[Path], list[str]]:
     """(files to unlink, folders to rmdir afterwards, entries that are not provably ours).
 
     ``own_files``: top-level file names of a run; ``own_dirs``: top-level folder name -> the
-    pattern every file inside it matches. Nothing is followed through a symbolic link.
+    pattern every file inside it matches; ``deep``: those of ``own_dirs`` that may hold folders
+    of their own (the resume state), every file at any depth matching the pattern. Nothing is
+    followed through a symbolic link: one anywhere is not ours (laser writes none).
     """
-    own_files = set(own_files)
+    own_files, deep = set(own_files), set(deep)
     files: list[Path] = []
     dirs: list[Path] = []
     foreign: list[str] = []
@@ -95,6 +100,20 @@ def plan_run_removal(
         except FileNotFoundError:  # renamed away meanwhile (a running writer's temporary file)
             return None
 
+    def walk(folder: Path, rel: str, pattern: re.Pattern, nested: bool) -> None:
+        for child in sorted(os.listdir(folder)):
+            p = folder / child
+            mode = lmode(p)
+            if mode is None:
+                continue
+            if stat.S_ISREG(mode) and (pattern.match(child) or TEMP_NAME.match(child)):
+                files.append(p)
+            elif stat.S_ISDIR(mode) and nested and pattern.match(child):
+                walk(p, f"{rel}/{child}", pattern, nested)
+            else:
+                foreign.append(f"{rel}/{child}" + ("/" if stat.S_ISDIR(mode) else ""))
+        dirs.append(folder)
+
     for name in entries(path):
         p = Path(path) / name
         mode = lmode(p)
@@ -103,16 +122,7 @@ def plan_run_removal(
         if stat.S_ISREG(mode) and (name in own_files or TEMP_NAME.match(name)):
             files.append(p)
         elif stat.S_ISDIR(mode) and name in own_dirs:
-            pattern = own_dirs[name]
-            for child in sorted(os.listdir(p)):
-                cmode = lmode(p / child)
-                if cmode is None:
-                    continue
-                if stat.S_ISREG(cmode) and (pattern.match(child) or TEMP_NAME.match(child)):
-                    files.append(p / child)
-                else:
-                    foreign.append(f"{name}/{child}")
-            dirs.append(p)
+            walk(p, name, own_dirs[name], name in deep)
         else:
             foreign.append(name + ("/" if stat.S_ISDIR(mode) else ""))
     return files, dirs, foreign

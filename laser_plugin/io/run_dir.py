@@ -71,10 +71,12 @@ _OWN_ENTRIES = {
     "state",
 }
 # The names laser gives the files inside its folders: per-frame folders hold NNNNNN.EXT (the frame
-# index, never an input file name), state/ the resume state. A folder of _OWN_ENTRIES not listed
-# here is taken as a per-frame folder.
+# index, never an input file name), state/ the resume state, which may have folders of its own
+# (the loop closure's spilled records). A folder of _OWN_ENTRIES not listed here is taken as a
+# per-frame folder. No name laser writes starts with "." (but its temporary files).
 _FRAME_FILE = re.compile(r"^\d{6,}\.[A-Za-z0-9]+$")
-_OWN_FILE_PATTERNS = {"state": re.compile(r"^[A-Za-z0-9_-]+\.(npz|npy|json)$")}
+_OWN_FILE_PATTERNS = {"state": re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")}
+_DEEP_ENTRIES = {"state"}
 
 
 def _no_finished_frame(path: Path) -> bool:
@@ -123,7 +125,9 @@ def prepare_output_dir(path: Path, overwrite: bool = False, resume: bool = False
             if (path / name).is_dir() and not (path / name).is_symlink()
         }
         files = _OWN_ENTRIES - set(dirs)
-        remove_files, remove_dirs, foreign = ownership.plan_run_removal(path, files, dirs)
+        remove_files, remove_dirs, foreign = ownership.plan_run_removal(
+            path, files, dirs, deep=_DEEP_ENTRIES
+        )
         if foreign:
             raise OutputError(
                 f"refusing to overwrite {path}: it holds files that are not from a laser run "
@@ -444,6 +448,8 @@ class RunWriter:
         """Where the writer's time goes: ``on_frame`` in the caller's thread (the only part on
         the critical path), the rest in its own threads (encode summed over them)."""
         self.bytes_written = 0
+        self.frames_received = 0
+        """Frames handed to on_frame (``num_frames`` counts those committed, which lags)."""
         self.started = time.time()
         self._closed = False
         self._status = "complete"
@@ -478,6 +484,7 @@ class RunWriter:
         if not self._slots.acquire():  # the committer failed while we waited
             self._check()
         self._committer.put(("frame", _Pending(frame, self._pool.submit(self._encode, frame))))
+        self.frames_received += 1
         self.writer_seconds["on_frame"] += time.perf_counter() - t
 
     def on_window(self, stats: WindowStats) -> None:
