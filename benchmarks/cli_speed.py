@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # runnable from a bare checkout (no pip install)
+    sys.path.insert(0, str(ROOT))
 RESOLUTIONS = {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920)}
 
 DRIVER = r"""
@@ -321,6 +323,9 @@ def main(argv: list[str] | None = None) -> dict:
                 ref = run["speed_py"].get("new_fps")
                 if ref and run.get("frames_per_s"):
                     run["ratio_to_speed_py"] = run["frames_per_s"] / ref
+                steady = run["speed_py"].get("new_fps_steady")
+                if steady and run.get("frames_per_s"):
+                    run["ratio_to_speed_py_steady"] = run["frames_per_s"] / steady
             res["runs"][name] = run
             log(f"{name}: {json.dumps(run)}")
             if args.out:
@@ -368,8 +373,10 @@ def report(res: dict) -> str:
             s = r["speed_py"]
             if s.get("new_fps"):
                 lines.append(
-                    f"  speed.py process_local {s['new_fps']:.2f} new frames/s; laser run / speed.py = "
-                    f"{r.get('ratio_to_speed_py', float('nan')):.3f}"
+                    f"  speed.py process_local {s['new_fps']:.2f} new frames/s "
+                    f"(steady {s.get('new_fps_steady') or float('nan'):.2f}); laser run / speed.py = "
+                    f"{r.get('ratio_to_speed_py', float('nan')):.3f} "
+                    f"(steady/steady {r.get('ratio_to_speed_py_steady', float('nan')):.3f})"
                 )
             else:
                 lines.append(f"  speed.py: {s.get('error')}")

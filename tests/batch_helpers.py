@@ -42,17 +42,23 @@ def assert_run_matches(run, reference, folder: Path) -> None:
     """A batch run directory holds exactly the frames of a direct run of the same clip."""
     from PIL import Image
 
+    from laser_plugin.io.run_dir import IMAGE_QUALITY, _decode_jpg, _jpg_bytes, depth_as_saved
+
     inputs = sorted(folder.glob("*.png"))
     assert run.status == "complete"
     assert [f.index for f in run.frames] == [f.index for f in reference] == list(range(len(inputs)))
     assert run.summary["frames"] == len(inputs)
     for k, ref in enumerate(reference):
         got = run.load_frame(k)
-        np.testing.assert_array_equal(got.image, np.asarray(Image.open(inputs[k]).convert("RGB")))
+        # Run-directory format 2: JPEG images, float16 depth (exactly the reference rounded),
+        # layers only when asked for.
+        image = np.asarray(Image.open(inputs[k]).convert("RGB"))
+        np.testing.assert_array_equal(got.image, _decode_jpg(_jpg_bytes(image, IMAGE_QUALITY)))
         np.testing.assert_allclose(got.cam_to_world, ref.cam_to_world, rtol=0, atol=1e-12)
         np.testing.assert_allclose(got.intrinsics, ref.intrinsics, rtol=0, atol=1e-12)
-        np.testing.assert_array_equal(got.depth, ref.depth)
-        np.testing.assert_array_equal(got.layers, ref.layers)
+        np.testing.assert_array_equal(got.depth, depth_as_saved(ref.depth).astype(np.float32))
+        if got.layers is not None:
+            np.testing.assert_array_equal(got.layers, ref.layers)
     assert run.points_ply.stat().st_size > 1000
     traj = (run.path / "trajectory.txt").read_text().splitlines()
     assert len(traj) == len(inputs)

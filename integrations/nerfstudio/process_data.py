@@ -85,7 +85,14 @@ class ProcessLaser:
         if self.run_dir is not None:
             from laser_plugin.io.run_dir import RunWriter, prepare_output_dir
 
-            extra = (RunWriter(prepare_output_dir(self.run_dir), settings={"model": self.model}),)
+            # The input and stride let the run directory name each frame's original in the input
+            # (format 2 keeps no copies), so a later `laser export` of it has them too.
+            settings = {
+                "model": self.model,
+                "input": str(Path(self.data).expanduser().resolve()),
+                "stride": self.frame_stride,
+            }
+            extra = (RunWriter(prepare_output_dir(self.run_dir), settings=settings),)
         return reconstruct_to_nerfstudio(
             self.data,
             self.output_dir,

@@ -83,7 +83,8 @@ class _BatchNotes:
 
     def on_window(self, stats) -> None:
         if self._on_window is not None:
-            self._on_window(self.writer.num_frames)
+            # Frames taken in: the writer commits them in its own thread, a little later.
+            self._on_window(self.writer.frames_received)
 
     def on_interrupt(self, exc: BaseException) -> None:
         self.writer.extra["error"] = _one_line(exc)

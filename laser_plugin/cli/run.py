@@ -118,7 +118,7 @@ def execute(
     The engine state is saved under ``output_dir/state`` between windows (at most every
     ``checkpoint_interval`` seconds), so an interrupted run can be continued with ``resume=True``
     (same source and settings). ``loop_closure``: attach the loop-closure hook (whatever
-    ``make_engine`` builds); its records spill under ``output_dir/state/loop`` so a resumed run
+    ``make_engine`` builds); its records spill to ``output_dir/state/loop-*`` so a resumed run
     continues the same pose graph, and are deleted when the run completes.
     """
     from rich.console import Console
@@ -159,7 +159,7 @@ def execute(
     if loop_closure:
         from laser_plugin.loop import LoopClosure, LoopConfig
 
-        hooks.append(LoopClosure(LoopConfig(spill_dir=str(out / "state" / "loop"))))
+        hooks.append(LoopClosure(LoopConfig(spill_dir=str(out / "state"))))
     engine = (make_engine or StreamingReconstructor)(
         model, config, keep_source_images=writer.save_source_images, hooks=hooks
     )
@@ -169,6 +169,7 @@ def execute(
         writer,
         # The state refers to frames: it is saved only once the writer made them durable.
         StateSaver(engine, out, settings, checkpoint_interval, before_save=writer.wait_durable),
+        *[_LoopNotes(writer, h) for h in hooks],
         *(viewers.sinks() if viewers else []),
         *(extra_sinks or []),
         LayerWatchSink(config.layer_alignment),
@@ -198,6 +199,20 @@ def execute(
     for hook in hooks:  # a complete run is not resumed: its spilled records are not needed
         hook.cleanup()
     return engine, writer
+
+
+class _LoopNotes:
+    """Sink after the run writer: loop closure's counts in summary.json (``loop_closure``), and
+    whether it ran at all (a backend without place descriptors turns it off)."""
+
+    def __init__(self, writer, loop) -> None:
+        self.writer, self.loop = writer, loop
+
+    def on_window(self, stats) -> None:
+        self.writer.extra["loop_closure"] = {"enabled": self.loop.enabled, **self.loop.counts}
+
+    def close(self) -> None:
+        pass
 
 
 def _loop_settings() -> dict:
@@ -547,8 +562,8 @@ class Demo:
     height: int = 128
     width: int = 224
     seed: int = 0
-    outputs: str = "compact"
-    """What the run directory holds (as `laser run --outputs`)."""
+    outputs: str = "compact,layers"
+    """What the run directory holds (as `laser run --outputs`; the demo shows its layers)."""
     laser: FlatLaser = field(default_factory=LaserConfig)
     viewers: Annotated[Viewers, tyro.conf.OmitArgPrefixes] = field(default_factory=Viewers)
     quiet: bool = False

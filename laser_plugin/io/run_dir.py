@@ -463,6 +463,7 @@ class RunWriter:
         self._last_ply = time.monotonic()
         if resume_frames is not None:
             self._resume(resume_frames)
+            self.frames_received = self.num_frames
         else:
             for name in ("frames.jsonl", "trajectory.txt", "intrinsics.txt"):
                 (self.dir / name).write_bytes(b"")
