@@ -94,7 +94,10 @@ class StreamingReconstructor:
         *,
         keep_source_images: bool = True,
         input_size: tuple[int, int] | None = None,
+        hooks: Sequence = (),
     ):
+        """``hooks``: called after every aligned window, whatever runs the network (e.g.
+        :class:`~laser_plugin.loop.closure.LoopClosure`); see :meth:`align`."""
         if not callable(model):
             raise ConfigError(f"model must be callable, got {type(model).__name__}")
         self.model = model
@@ -107,6 +110,28 @@ class StreamingReconstructor:
         self.num_frames = 0
         self.num_windows = 0
         self.warnings: list[str] = []
+        self.hooks = list(hooks)
+        self._side_model = None
+
+    @property
+    def loop(self):
+        """The loop-closure hook, if this engine has one."""
+        return next((h for h in self.hooks if getattr(h, "name", None) == "loop"), None)
+
+    def side_model_call(self, images: Tensor) -> WindowPrediction:
+        """A model call outside the window stream (a hook's, e.g. loop verification). Strategies
+        that run the network elsewhere route it there (:meth:`set_side_model`)."""
+        return (self._side_model or self.model)(images)
+
+    def set_side_model(self, call=None) -> None:
+        """Where :meth:`side_model_call` goes (None: this engine's own model)."""
+        self._side_model = call
+
+    def take_corrections(self) -> Iterator[list[ReconstructedFrame]]:
+        """Frames emitted earlier that a hook changed since the last call (e.g. a closed loop),
+        in chunks; the run loop sends them to the sinks' ``on_correction`` after each window."""
+        for hook in self.hooks:
+            yield from hook.corrections()
 
     # -- public ------------------------------------------------------------------------------
     def run(
@@ -174,6 +199,16 @@ class StreamingReconstructor:
         self._held: list[ReconstructedFrame] = []
         self._model_size: tuple[int, int] | None = None
         self._sizes_warned = False
+        saved = {} if resume is None else dict(resume.hooks)
+        names = {h.name for h in self.hooks}
+        if resume is not None and set(saved) != names:
+            # E.g. a state saved with loop closure resumed without it: the result would differ.
+            raise ConfigError(
+                f"cannot resume: the saved state has {sorted(saved) or 'no hooks'}, this run "
+                f"{sorted(names) or 'no hooks'} (use the same settings)"
+            )
+        for hook in self.hooks:
+            hook.start(saved.get(hook.name))
         if resume is None:
             return 0
         from laser_plugin.resume import restore
@@ -358,6 +393,12 @@ class StreamingReconstructor:
                 conf_strided,
             )
             self._timed("finalise", t, times)
+            if self.hooks:
+                # In "later" mode the window also built the frames it holds back: hooks see all.
+                ids = {id(f) for f in finals}
+                held = [f for f in self._held if f.window == window.index and id(f) not in ids]
+                for hook in self.hooks:
+                    hook.after_window(window, prep.descriptors, finals + held, times, self)
 
         # Layers per frame, the labelled fraction and the measured noise: one read-back.
         mean_layers, coverage, noise = _layer_readout(num_layers, prep)

@@ -103,12 +103,17 @@ class MultiDeviceReconstructor(StreamingReconstructor):
         keep_source_images: bool = True,
         input_size: tuple[int, int] | None = None,
         max_pending: int | None = None,
+        hooks: Sequence = (),
     ):
         models = list(models)
         if not models:
             raise ConfigError("MultiDeviceReconstructor needs at least one model replica")
         super().__init__(
-            models[0], config, keep_source_images=keep_source_images, input_size=input_size
+            models[0],
+            config,
+            keep_source_images=keep_source_images,
+            input_size=input_size,
+            hooks=hooks,
         )
         self.replicas = models
         self.max_pending = max_pending if max_pending is not None else 2 * len(models)
@@ -148,6 +153,7 @@ class MultiDeviceReconstructor(StreamingReconstructor):
         free: queue.SimpleQueue[int] = queue.SimpleQueue()  # replicas not busy
         for i in range(len(self.replicas)):
             free.put(i)
+        self.set_side_model(lambda images: self._call_on_free(images, free))
         pool = ThreadPoolExecutor(
             max_workers=len(self.replicas), thread_name_prefix="laser-replica"
         )
@@ -193,8 +199,21 @@ class MultiDeviceReconstructor(StreamingReconstructor):
             for _, future in pending:
                 future.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
+            self.set_side_model(None)
             # As the engine: every sink closes; an essential one failing fails a finished run.
             calls.close(ok)
+
+    def _call_on_free(self, images: torch.Tensor, free: queue.SimpleQueue) -> WindowPrediction:
+        """A hook's own model call (loop verification) on the next free replica, so no replica
+        ever runs two calls at once."""
+        replica = free.get()
+        try:
+            model = self.replicas[replica]
+            dev = torch.device(getattr(model, "device", "cpu"))
+            with torch.inference_mode():
+                return model(images.to(dev))
+        finally:
+            free.put(replica)
 
     def _predict_on_free(
         self, window: Window, free: queue.SimpleQueue

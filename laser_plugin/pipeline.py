@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -30,6 +31,9 @@ from laser_plugin.sources import open_source
 from laser_plugin.stream_threads import END, Failure, Feeder, SinkCaller, put_until
 from laser_plugin.types import ReconstructedFrame
 from laser_plugin.windows import schedule_windows
+
+if TYPE_CHECKING:
+    from laser_plugin.resume import EngineState
 
 
 class PipelinedReconstructor:
@@ -81,11 +85,21 @@ class PipelinedReconstructor:
         max_frames: int | None = None,
         fps: float = 30.0,
         stride: int = 1,
+        resume: EngineState | None = None,
     ) -> Iterator[ReconstructedFrame]:
         """Like :meth:`StreamingReconstructor.run`: yields each final frame once, in order."""
         rec = self.rec
         cfg = rec.config
-        rec.start_stream()
+        done = rec.start_stream(resume)
+        # A hook's own model calls (loop verification) come from the aligning thread while the
+        # network thread predicts: one call at a time, so a model never runs re-entrantly.
+        model_lock = threading.Lock()
+
+        def side_model(images):
+            with model_lock:
+                return rec.model(images)
+
+        rec.set_side_model(side_model)
         feeder = Feeder(
             lambda: rec._prepared(
                 open_source(source, fps=fps, stride=stride, max_frames=max_frames)
@@ -104,15 +118,18 @@ class PipelinedReconstructor:
                 for window in schedule_windows(iter(feeder), cfg.window_size, cfg.overlap):
                     if stop.is_set():
                         return
+                    if window.index < done:  # finalised before the interruption
+                        continue
                     t = time.perf_counter()
                     if stream is not None:
-                        with torch.cuda.stream(stream):
+                        with torch.cuda.stream(stream), model_lock:
                             pred = rec.predict(window)
                         # The caller's thread reads and frees these on its own stream.
                         stream.synchronize()
                         pred.record_stream(self.align_stream)
                     else:
-                        pred = rec.predict(window)
+                        with model_lock:
+                            pred = rec.predict(window)
                     self._add("predict", time.perf_counter() - t)
                     if not put_until(pred_q, (window, pred), stop):
                         return
@@ -159,6 +176,7 @@ class PipelinedReconstructor:
             sys.setswitchinterval(old_interval)
             feeder.close()
             predictor.join(timeout=30)
+            rec.set_side_model(None)
             calls.close(ok)
 
     def reconstruct(self, source, sinks: Sequence = (), **kw) -> list[ReconstructedFrame]:

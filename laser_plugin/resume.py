@@ -13,6 +13,7 @@ metadata through JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
@@ -41,6 +42,8 @@ _FINGERPRINT_KEYS = (
     "max_frames",
     "save_source_images",
     "outputs",
+    "loop_closure",
+    "loop",
 )
 
 
@@ -60,6 +63,9 @@ class EngineState:
     held: list[ReconstructedFrame] = field(default_factory=list)
     """Frames finalised by the next window in "later" mode (not yet emitted)."""
     settings: dict[str, Any] = field(default_factory=dict)
+    hooks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """name -> a hook's own state (``{"meta": JSON-able, "arrays": {name: array}}``), e.g. loop
+    closure's pose graph and keyframe index."""
 
 
 def _cache_fields() -> list[str]:
@@ -105,6 +111,7 @@ def capture(engine, settings: dict[str, Any] | None = None) -> EngineState:
         cache=cache,
         held=list(engine._held),
         settings=dict(settings or {}),
+        hooks={h.name: h.capture() for h in getattr(engine, "hooks", ())},
     )
 
 
@@ -119,6 +126,7 @@ def to_bytes(state: EngineState) -> bytes:
         "cache": sorted(state.cache),
         "held": [],
         "settings": state.settings,
+        "hooks": {name: h["meta"] for name, h in state.hooks.items()},
     }
     packed: dict[str, Any] = {}
     for idx, entry in state.cache.items():
@@ -132,6 +140,9 @@ def to_bytes(state: EngineState) -> bytes:
             arr = getattr(f, name)
             if arr is not None:
                 arrays[f"held/{k}/{name}"] = np.asarray(arr)
+    for name, h in state.hooks.items():
+        for key, arr in h["arrays"].items():
+            arrays[f"hook/{name}/{key}"] = np.asarray(arr)
     meta["packed"] = packed
     arrays["meta"] = np.frombuffer(json.dumps(meta, default=_json_default).encode(), dtype=np.uint8)
     buf = io.BytesIO()
@@ -167,6 +178,17 @@ def from_bytes(data: bytes) -> EngineState:
         cache=cache,
         held=held,
         settings=meta.get("settings", {}),
+        hooks={
+            name: {
+                "meta": hmeta,
+                "arrays": {
+                    k.split("/", 2)[2]: v
+                    for k, v in arrays.items()
+                    if k.startswith(f"hook/{name}/")
+                },
+            }
+            for name, hmeta in meta.get("hooks", {}).items()
+        },
     )
 
 
@@ -325,6 +347,7 @@ class StateSaver:
     """
 
     essential = True
+    wants_state = True
 
     def __init__(
         self,
@@ -346,15 +369,21 @@ class StateSaver:
     def on_frame(self, frame: ReconstructedFrame) -> None:
         pass
 
-    def on_window(self, stats) -> None:
-        # The engine has counted this window's frames before calling on_window.
+    def due(self) -> bool:
+        """Whether the state of the window just aligned should be saved (asked by the run loop,
+        which then captures it, in the aligning thread, and calls :meth:`on_state` after the
+        window's other sink calls)."""
         if self.interval_s > 0 and time.monotonic() - self._last < self.interval_s:
-            return
+            return False
         self._last = time.monotonic()
+        return True
+
+    def on_state(self, state: EngineState) -> None:
         if self.before_save is not None:
             self.before_save()
+        state = dataclasses.replace(state, settings=dict(self.settings))
         try:
-            save_state(self.out_dir, capture(self.engine, self.settings))
+            save_state(self.out_dir, state)
         except OSError as exc:
             raise OutputError(
                 f"cannot write the resume state in {self.out_dir}: {exc.strerror or exc} "

@@ -10,9 +10,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,12 +27,24 @@ from laser_plugin.mapping import VoxelMap
 class SpillStore:
     """Numbered records of arrays on disk, under ``root`` (a temporary directory if None)."""
 
-    def __init__(self, root: str | Path | None = None, name: str = "records"):
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        name: str = "records",
+        compress: bool = False,
+        flat: bool = False,
+    ):
+        """``compress``: deflate the records (level 1: about half the disk for a millisecond a
+        frame; for stores kept beside a run's own files, e.g. a resumable run's loop closure).
+        ``flat``: files ``root/NAME-KEY.npz`` instead of ``root/NAME/KEY.npz`` (a run
+        directory's ``state/`` holds no sub-folders)."""
+        self.compress = compress
         self._tmp = None
         if root is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="laser-spill-")
             root = self._tmp.name
-        self.dir = Path(root) / name
+        self.dir = Path(root) if flat else Path(root) / name
+        self._prefix = f"{name}-" if flat else ""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -43,19 +57,29 @@ class SpillStore:
     def _path(self, key: int) -> str:
         # A plain string: pathlib interns every new file name (sys.intern), which would keep
         # ~100 bytes a record alive for the life of the process.
-        return os.path.join(self._dir, f"{key:09d}.npz")
+        return os.path.join(self._dir, f"{self._prefix}{key:09d}.npz")
+
+    def _files(self) -> list[Path]:
+        return [
+            p
+            for p in self.dir.glob(f"{self._prefix}*.npz")
+            if p.stem[len(self._prefix) :].isdigit()
+        ]
 
     @property
     def keys(self) -> list[int]:
         """Stored keys, sorted (read from the directory: RAM does not grow with the records)."""
-        return sorted(int(p.stem) for p in self.dir.glob("*.npz"))
+        return sorted(int(p.stem[len(self._prefix) :]) for p in self._files())
 
     def put(self, key: int, **arrays: np.ndarray) -> None:
         try:
             path = self._path(key)
             new = not os.path.exists(path)
             with open(path, "wb") as f:
-                np.savez(f, **arrays)
+                if self.compress:
+                    _savez_fast(f, arrays)
+                else:
+                    np.savez(f, **arrays)
         except OSError as exc:
             raise OutputError(f"cannot spill to {self.dir}: {exc.strerror or exc}") from None
         self._count += int(new)
@@ -71,39 +95,78 @@ class SpillStore:
         return self._count
 
     def disk_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.dir.glob("*.npz"))
+        return sum(p.stat().st_size for p in self._files())
 
     def cleanup(self) -> None:
         """Delete the records (and the temporary directory if this store made it)."""
         if self._tmp is not None:
             self._tmp.cleanup()
+        elif self._prefix:
+            for p in self._files():
+                p.unlink(missing_ok=True)
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
         self._count = 0
+
+
+def _savez_fast(f, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez_compressed`` at deflate level 1 (numpy's own uses zlib's slower default)."""
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for name, arr in arrays.items():
+            with z.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
 
 
 class RecordLog:
     """Fixed-width float64 rows appended to a file: per-frame bookkeeping that stays off the heap.
 
     A million frames of 14 values take 112 MB of disk and nothing of RAM; :meth:`read` loads
-    them back (e.g. for the final trajectory).
+    them back (e.g. for the final trajectory). The file is a plain ``.npy`` of shape (N, width)
+    once flushed (a fixed-size header, rewritten with N), so ``np.load`` reads it too.
     """
 
-    def __init__(self, root: str | Path, name: str, width: int):
-        self.path = Path(root) / f"{name}.f64"
+    _HEADER = 128  # bytes: the .npy header of any row count up to 10**15, padded
+
+    def __init__(self, root: str | Path, name: str, width: int, keep: int | None = None):
+        """``keep``: reopen an existing log and keep its first ``keep`` rows (a resumed stream);
+        None starts an empty one."""
+        self.path = Path(root) / f"{name}.npy"
         self.width = width
         self._n = 0
         try:
-            self._fh = open(self.path, "w+b")  # noqa: SIM115 (kept open for the whole stream)
+            if keep is None:
+                self._fh = open(self.path, "w+b")  # noqa: SIM115 (kept open for the whole stream)
+            else:
+                have = max(0, self.path.stat().st_size - self._HEADER) // (8 * width)
+                if have < keep:
+                    raise OutputError(f"{self.path} holds {have} rows, the saved state {keep}")
+                self._fh = open(self.path, "r+b")  # noqa: SIM115
+                self._n = keep
+                self._fh.truncate(self._offset(keep))
+            self._write_header()
         except OSError as exc:
             raise OutputError(f"cannot create {self.path}: {exc.strerror or exc}") from None
+
+    def _offset(self, row: int) -> int:
+        return self._HEADER + row * self.width * 8
+
+    def _write_header(self) -> None:
+        buf = io.BytesIO()
+        header = {"descr": "<f8", "fortran_order": False, "shape": (self._n, self.width)}
+        np.lib.format.write_array_header_1_0(buf, header)
+        head = buf.getvalue()
+        # numpy pads the header to a multiple of 64 bytes; pad it to exactly _HEADER instead.
+        body = head[10:].rstrip(b"\n").rstrip(b" ")
+        body = body + b" " * (self._HEADER - 10 - len(body) - 1) + b"\n"
+        self._fh.seek(0)
+        self._fh.write(head[:8] + len(body).to_bytes(2, "little") + body)
 
     def __len__(self) -> int:
         return self._n
 
     def append(self, row: np.ndarray) -> None:
         row = np.asarray(row, dtype=np.float64).reshape(self.width)
-        self._fh.seek(self._n * self.width * 8)
+        self._fh.seek(self._offset(self._n))
         self._fh.write(row.tobytes())
         self._n += 1
 
@@ -111,24 +174,32 @@ class RecordLog:
         """Keep the first ``n`` rows."""
         self._n = min(self._n, max(0, n))
         self._fh.flush()
-        self._fh.truncate(self._n * self.width * 8)
+        self._fh.truncate(self._offset(self._n))
 
     def last(self) -> np.ndarray | None:
         if self._n == 0:
             return None
         self._fh.flush()
-        self._fh.seek((self._n - 1) * self.width * 8)
+        self._fh.seek(self._offset(self._n - 1))
         return np.frombuffer(self._fh.read(self.width * 8), dtype=np.float64).copy()
 
     def read(self) -> np.ndarray:
         """All rows, (N, width)."""
         self._fh.flush()
-        self._fh.seek(0)
+        self._fh.seek(self._HEADER)
         data = np.frombuffer(self._fh.read(self._n * self.width * 8), dtype=np.float64)
         return data.reshape(self._n, self.width).copy()
 
+    def flush(self) -> None:
+        """Hand the rows (and the header counting them) to the OS: they then survive the
+        process being killed."""
+        self._write_header()
+        self._fh.flush()
+
     def close(self) -> None:
-        self._fh.close()
+        if not self._fh.closed:
+            self.flush()
+            self._fh.close()
 
 
 class SpilledVoxelMap:

@@ -157,13 +157,22 @@ class SinkCaller:
     def window(
         self, finals: list[ReconstructedFrame], stats: WindowStats
     ) -> Iterator[ReconstructedFrame]:
-        """One aligned window: the disagreement check, then its frames and stats to the sinks."""
+        """One aligned window: the disagreement check, then the earlier frames a hook corrected
+        (``on_correction``), its frames and stats, and the stream state to a sink that saves it
+        (``on_state``; captured here, in the aligning thread, so it is this window's state even
+        when the sinks run in a thread of their own)."""
         self._raise_failure()
         self.rec.check_agreement(stats)
+        for chunk in self.rec.take_corrections():
+            self._call("on_correction", chunk)
         for frame in finals:
             self._call("on_frame", frame)
             yield frame
         self._call("on_window", stats)
+        if any(getattr(s, "wants_state", False) and s.due() for s in self.live):
+            from laser_plugin.resume import capture
+
+            self._call("on_state", capture(self.rec))
 
     def held(self) -> Iterator[ReconstructedFrame]:
         """At the end of a stream: the frames "later" mode held back for a next window."""

@@ -86,8 +86,15 @@ class ProcessReconstructor(StreamingReconstructor):
         switch_interval: float | None = 0.0005,
         prepare: str = "processes",
         prepare_concurrent: bool = False,
+        hooks: Sequence = (),
     ) -> None:
-        super().__init__(pool, config, keep_source_images=keep_source_images, input_size=input_size)
+        super().__init__(
+            pool,
+            config,
+            keep_source_images=keep_source_images,
+            input_size=input_size,
+            hooks=hooks,
+        )
         self.pool = pool
         self.max_pending = max_pending if max_pending is not None else 2 * len(pool.devices)
         if self.max_pending < 1:

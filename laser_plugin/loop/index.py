@@ -70,6 +70,24 @@ class KeyframeIndex:
         self._frame[sl] = frames
         self.size += k
 
+    def to_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(descriptors (N, D) float16 unit rows, windows (N,), frames (N,)) (for a resume)."""
+        n = self.size
+        return self._desc[:n].copy(), self._window[:n].copy(), self._frame[:n].copy()
+
+    @classmethod
+    def from_arrays(
+        cls, descriptors: np.ndarray, windows: np.ndarray, frames: np.ndarray
+    ) -> KeyframeIndex:
+        """The index :meth:`to_arrays` saved, row for row (the rows are not renormalised)."""
+        n, dim = descriptors.shape
+        index = cls(dim, capacity=max(1024, n))
+        index._desc[:n] = descriptors
+        index._window[:n] = windows
+        index._frame[:n] = frames
+        index.size = n
+        return index
+
     def query(
         self, descriptors: np.ndarray, max_window: int, min_similarity: float
     ) -> Candidate | None:

@@ -103,6 +103,32 @@ class PoseGraph:
     def loop_edges(self) -> list[int]:
         return [e for e, (lp, a) in enumerate(zip(self._loop, self._active)) if lp and a]
 
+    # -- saving (resume) ---------------------------------------------------------------------
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Nodes and edges as arrays (``from_arrays`` rebuilds the same graph)."""
+        n, e = len(self.nodes), len(self._i)
+        return {
+            "nodes": np.array(self.nodes, np.float64).reshape(n, 4, 4),
+            "i": np.array(self._i, np.int64),
+            "j": np.array(self._j, np.int64),
+            "z": np.array(self._z, np.float64).reshape(e, 4, 4),
+            "w": np.array(self._w, np.float64).reshape(e, 7),
+            "loop": np.array(self._loop, np.bool_),
+            "active": np.array(self._active, np.bool_),
+        }
+
+    @classmethod
+    def from_arrays(cls, length: float, huber: float, a: dict[str, np.ndarray]) -> PoseGraph:
+        g = cls(length, huber)
+        g.nodes = [m.astype(np.float64).copy() for m in a["nodes"]]
+        g._i = [int(v) for v in a["i"]]
+        g._j = [int(v) for v in a["j"]]
+        g._z = [m.astype(np.float64).copy() for m in a["z"]]
+        g._w = [m.astype(np.float64).copy() for m in a["w"]]
+        g._loop = [bool(v) for v in a["loop"]]
+        g._active = [bool(v) for v in a["active"]]
+        return g
+
     # -- residuals ---------------------------------------------------------------------------
     def _arrays(self):
         act = np.flatnonzero(self._active)
