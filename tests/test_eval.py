@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -347,7 +348,7 @@ def test_report_prints_the_paper_numbers_beside_ours() -> None:
 def test_cli_scores_a_saved_run_like_the_live_frames(tmp_path: Path, capsys) -> None:
     from laser_plugin.engine import StreamingReconstructor
     from laser_plugin.eval.runner import score_frames
-    from laser_plugin.io.run_dir import RunWriter
+    from laser_plugin.io.run_dir import RunWriter, depth_as_saved, dequantize_conf, quantize_conf
     from laser_plugin.models.synthetic import make_model
 
     (seq,) = load_dataset("synthetic", "lateral", num_frames=14, height=32, width=40)
@@ -355,7 +356,17 @@ def test_cli_scores_a_saved_run_like_the_live_frames(tmp_path: Path, capsys) -> 
         make_model(scene=seq.meta["scene"]), LaserConfig(window_size=8, overlap=2)
     )
     frames = list(rec.run(seq.iter_images(), sinks=[RunWriter(tmp_path / "run")]))
-    live = score_frames(seq, frames, PROTOCOLS["synthetic"])
+    # The run directory keeps depth as float16 and confidence as uint8 (format 2): the live
+    # frames rounded the same way must score exactly like the saved run.
+    as_saved = [
+        dataclasses.replace(
+            f,
+            depth=depth_as_saved(f.depth).astype(np.float32),
+            conf=dequantize_conf(quantize_conf(f.conf)),
+        )
+        for f in frames
+    ]
+    live = score_frames(seq, as_saved, PROTOCOLS["synthetic"])
 
     args = ["eval", "--dataset", "synthetic", "lateral", "--synthetic-frames", "14"]
     args += ["--synthetic-size", "32", "40", "--predictions", str(tmp_path / "run"), "--json"]

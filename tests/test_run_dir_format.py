@@ -109,7 +109,9 @@ def test_video_run_is_compact_and_exports_full_resolution(tmp_path, capsys, plan
     with pytest.raises(InputError, match="missing"):
         export_run_colmap(out, tmp_path / "colmap2")
     assert not (tmp_path / "colmap2").exists()
-    assert load_run(out).load_frame(0).source_image is None  # "auto": only a warning
+    with pytest.warns(RuntimeWarning, match="original frames unavailable"):
+        assert load_run(out).load_frame(0, source="auto").source_image is None
+    assert load_run(out).load_frame(0).source_image is None  # default: only what the run keeps
 
 
 def test_video_stride_maps_to_decode_indices(tmp_path, capsys, plane):

@@ -1041,18 +1041,23 @@ class RunData:
             raise InputError(f"{path} (frame {rec.index} of the run) is missing")
         return read_image(path)
 
-    def load_frame(self, i: int, source: bool | str = "auto") -> ReconstructedFrame:
+    def load_frame(self, i: int, source: bool | str = "kept") -> ReconstructedFrame:
         """The i-th frame of the run (position in ``frames``) as a :class:`ReconstructedFrame`.
 
-        ``source``: the original-resolution image too: "auto" where it can be read (see
-        :meth:`source_image`), True (required: InputError otherwise) or False (not read)."""
+        ``source``, the original-resolution image: "kept" (default) only where the run holds it
+        (source/), "auto" also decoded again from the input where it can be (see
+        :meth:`source_image`), True the same but required (InputError otherwise), False none.
+        Decoding a video again is costly: only the exporters ask for it."""
         from PIL import Image
 
         rec = self.frames[i]
         p = rec.paths
         with Image.open(_inside(self.path, p["image"])) as im:
             image = np.asarray(im.convert("RGB"))
-        src_image = self.source_image(i, required=source is True) if source else None
+        if source == "kept":
+            src_image = self.source_image(i) if p.get("source") else None
+        else:
+            src_image = self.source_image(i, required=source is True) if source else None
         layers = _load_array(_inside(self.path, p["layers"]), "layers") if p.get("layers") else None
         conf = _load_array(_inside(self.path, p["conf"]), "conf")
         return ReconstructedFrame(
