@@ -13,6 +13,14 @@ later window's estimate), the convention under which "w/o E_intra" differs from 
 estimate weighs with its accumulated confidence as "full, accumulated fusion".
 
     python benchmarks/accuracy.py --out benchmarks/results/accuracy.json
+
+``--sweep noise`` runs the robustness sweep of issue 20 instead: full LASER against Sim(3)
+stitching as the emulated depth gets worse (per-pixel noise 0-2%, outliers, flying pixels at
+occlusions, a per-window depth^gamma distortion, a deep hall with small objects), at a smaller
+size and length so that it takes a few minutes on one CPU core. Writes
+benchmarks/results/accuracy_noise_sweep.json and a PNG of the consistency ratio against noise.
+
+    python benchmarks/accuracy.py --sweep noise
 """
 
 from __future__ import annotations
@@ -91,8 +99,116 @@ def summarise(results: dict) -> dict:
     }
 
 
+#: The sweep's levels: (label, scene, emulator settings). Noise rows isolate per-pixel noise (no
+#: outliers); the others are at the 1% noise and 1% outliers where issue 20 found layer
+#: alignment switched off, plus one harder property each.
+SWEEP_BASE = dict(pixel_noise=0.01, outliers=0.01)
+SWEEP = [
+    ("noise 0%", None, dict(pixel_noise=0.0, outliers=0.0)),
+    ("noise 0.2%", None, dict(pixel_noise=0.002, outliers=0.0)),
+    ("noise 0.5%", None, dict(pixel_noise=0.005, outliers=0.0)),
+    ("noise 1%", None, dict(pixel_noise=0.01, outliers=0.0)),
+    ("noise 2%", None, dict(pixel_noise=0.02, outliers=0.0)),
+    ("noise 1% + outliers 1%", None, SWEEP_BASE),
+    ("noise 1% + outliers 5%", None, dict(SWEEP_BASE, outliers=0.05)),
+    ("+ flying pixels", None, dict(SWEEP_BASE, flying_pixels=0.5)),
+    ("+ depth^gamma +-5%", None, dict(SWEEP_BASE, gamma_max=0.05)),
+    ("deep hall, small objects", "deep", SWEEP_BASE),
+]
+SWEEP_VARIANTS = {k: VARIANTS[k] for k in ("full", "w/o LSA (Sim(3) only)")}
+
+
+def run_sweep(sequences: list[str], frames: int, height: int, width: int) -> dict:
+    """Full LASER vs Sim(3) at every level of :data:`SWEEP`; per level the mean over
+    ``sequences`` (a level with its own scene runs that scene instead) and the verdicts."""
+    rows = {}
+    for label, scene_name, emu in SWEEP:
+        t0 = time.perf_counter()
+        per_seq = {}
+        for name in [scene_name] if scene_name else sequences:
+            scene = make_scene(name, frames, height, width)
+            model = EmulatedModel(scene, EmulatorConfig(**emu))
+            images = list(scene.frames())
+            per_seq[name] = {}
+            for variant, kw in SWEEP_VARIANTS.items():
+                rec = StreamingReconstructor(model, LaserConfig(**kw))
+                result = rec.reconstruct(images)
+                layers = rec.window_stats
+                per_seq[name][variant] = evaluate_frames(result, scene) | {
+                    "layer_coverage": float(np.mean([w.layer_coverage for w in layers])),
+                    "layers_per_frame": float(np.mean([w.num_layers for w in layers])),
+                    "inter_edges_per_window": float(
+                        np.mean([w.num_inter_edges for w in layers if w.window > 0] or [0])
+                    ),
+                    "depth_noise": float(np.median([w.depth_noise for w in layers])),
+                }
+        keys = ["abs_rel", "ate", "consistency", "layer_coverage", "layers_per_frame"]
+        keys += ["inter_edges_per_window", "depth_noise"]
+        mean = {
+            v: {k: float(np.mean([r[v][k] for r in per_seq.values()])) for k in keys}
+            for v in SWEEP_VARIANTS
+        }
+        full, sim3 = mean["full"], mean["w/o LSA (Sim(3) only)"]
+        ratio = full["consistency"] / max(sim3["consistency"], 1e-12)
+        verdict = {
+            "consistency_ratio": ratio,
+            "consistency_ratio<=0.5": bool(ratio <= 0.5),
+            "abs_rel<=sim3": bool(full["abs_rel"] <= sim3["abs_rel"]),
+            "ate_within_5%_of_sim3": bool(full["ate"] <= 1.05 * sim3["ate"]),
+        }
+        verdict["pass"] = all(v for k, v in verdict.items() if k != "consistency_ratio")
+        rows[label] = {
+            "scene": scene_name or ",".join(sequences),
+            "emulator": emu,
+            "mean": mean,
+            "per_sequence": per_seq,
+            **verdict,
+            "seconds": time.perf_counter() - t0,
+        }
+        print(
+            f"{label:<28} ratio {ratio:.2f}  AbsRel {full['abs_rel']:.4f} vs {sim3['abs_rel']:.4f}"
+            f"  ATE {full['ate']:.4f} vs {sim3['ate']:.4f}  coverage {full['layer_coverage']:.2f}"
+            f"  {'PASS' if verdict['pass'] else 'FAIL'}  ({rows[label]['seconds']:.0f} s)",
+            flush=True,
+        )
+    return rows
+
+
+def plot_sweep(rows: dict, path: Path) -> None:
+    """Consistency ratio (full / Sim(3)) against per-pixel noise, the other levels as points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    noise = [
+        (r["emulator"]["pixel_noise"] * 100, r["consistency_ratio"])
+        for k, r in rows.items()
+        if k.startswith("noise") and r["emulator"]["outliers"] == 0
+    ]
+    ax.plot(*zip(*noise), "o-", label="per-pixel noise only")
+    for k, r in rows.items():
+        if not (k.startswith("noise") and r["emulator"]["outliers"] == 0):
+            ax.plot(r["emulator"]["pixel_noise"] * 100, r["consistency_ratio"], "s", label=k)
+    ax.axhline(0.5, color="k", ls="--", lw=1, label="target (<= 0.5)")
+    ax.set_xlabel("per-pixel depth noise (%)")
+    ax.set_ylabel("layer consistency, full / Sim(3)")
+    ax.set_ylim(0, max(1.05, max(r["consistency_ratio"] for r in rows.values()) + 0.05))
+    ax.set_title("LASER layer alignment under depth noise (lower is better)")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sweep", choices=["noise"], default=None, help="robustness sweep instead")
+    ap.add_argument("--sweep-frames", type=int, default=120, help="frames per sweep sequence")
+    ap.add_argument(
+        "--sweep-size", default="96x168", help="HxW of the sweep (smaller: minutes, not hours)"
+    )
     ap.add_argument("--sequences", default="demo,stop_and_go,turn,lateral")
     ap.add_argument(
         "--frames", type=int, default=None, help="frames per sequence (default: each scene's own)"
@@ -104,6 +220,35 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
+    if args.sweep == "noise":
+        out = args.out
+        if out == Path("benchmarks/results/accuracy.json"):
+            out = Path("benchmarks/results/accuracy_noise_sweep.json")
+        # stop_and_go by default: the sequence whose low-parallax stops give the largest layer
+        # errors (Sim(3) consistency 0.11; demo 0.05, turn and lateral about the noise floor).
+        default = args.sequences == ap.get_default("sequences")
+        seqs = ["stop_and_go"] if default else args.sequences.split(",")
+        sh, sw = (int(v) for v in args.sweep_size.split("x"))
+        t0 = time.perf_counter()
+        rows = run_sweep(seqs, args.sweep_frames, sh, sw)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        summary = {
+            "all_pass": all(r["pass"] for r in rows.values()),
+            "seconds": time.perf_counter() - t0,
+        }
+        out.write_text(
+            json.dumps(
+                {
+                    "args": vars(args) | {"out": str(out), "sequences": seqs},
+                    "levels": rows,
+                    "summary": summary,
+                },
+                indent=2,
+            )
+        )
+        plot_sweep(rows, out.with_suffix(".png"))
+        print(f"all levels pass: {summary['all_pass']} ({summary['seconds']:.0f} s); wrote {out}")
+        return
     results = {}
     for name in args.sequences.split(","):
         results[name] = run_sequence(name, args.frames, args.error_mode, args.height, args.width)

@@ -285,8 +285,13 @@ def robust_cut_mask(
     sample = valid
     if conf is not None:
         c = torch.where(valid, conf.to(depth.dtype), torch.full_like(depth, float("nan")))
-        c_mid = torch.nanmedian(c[:, 2:-2:4, 2:-2:4].reshape(n, -1), dim=1).values
-        sample = valid & (c >= c_mid.nan_to_num(0.0)[:, None, None])
+        lat = c[:, 2:-2:4, 2:-2:4].reshape(n, -1)
+        c_mid = torch.nanquantile(lat, 0.5, dim=1).nan_to_num(0.0)
+        # Ties at the median (a model with few confidence levels): strictly above it when that
+        # still leaves a quarter of the lattice, else at or above.
+        above = (lat > c_mid[:, None]).float().mean(1) >= 0.25
+        c_mid = c_mid[:, None, None]
+        sample = valid & torch.where(above[:, None, None], c > c_mid, c >= c_mid)
     member = valid.clone()
     noise = None
     lattice = (slice(None), slice(2, -2, 4), slice(2, -2, 4))  # where the noise is measured
@@ -315,7 +320,13 @@ def robust_cut_mask(
         sigma = sigma.clamp(max=max_noise)
         # A crease's answer is s times its change of slope: ``crease`` means the same at every
         # scale (at 45 degrees the averaging blurs it somewhat; the one-pixel scale sees those).
-        thr = torch.clamp(noise_k * sigma, min=s * crease)[:, None, None]
+        thr = torch.clamp(noise_k * sigma, min=s * crease)
+        if s > 1 and noise is not None:
+            # Coarser tests only in frames too noisy for the one-pixel test to see a crease of
+            # ``crease``: on clean depth they add nothing it does not cut already, and their
+            # peaks within a step's wide answer would slice slivers off surfaces.
+            thr = torch.where(noise_k * noise > crease, thr, torch.full_like(thr, float("inf")))
+        thr = thr[:, None, None]
         for d2, qb, dim in zip(d2s, qbs, (2, 1)):
             cut = d2 > qb * thr
             if s > 2:
@@ -324,11 +335,15 @@ def robust_cut_mask(
                 # cut line stays closed, instead of a band 2s+1 wide that would swallow small
                 # objects.
                 cut &= d2 >= _line_max(d2, s, dim)
-                n_d = cut.shape[dim]
-                wide = cut.clone()
-                wide.narrow(dim, 1, n_d - 1).logical_or_(cut.narrow(dim, 0, n_d - 1))
-                wide.narrow(dim, 0, n_d - 1).logical_or_(cut.narrow(dim, 1, n_d - 1))
-                cut = wide
+                # Widened by a pixel across the line and two along it: where a crease meets a
+                # step that fades out (the foot of a box's side), the two cuts stay joined.
+                for d_dim, reach in ((dim, 1), (3 - dim, 2)):
+                    n_d = cut.shape[d_dim]
+                    wide = cut.clone()
+                    for k in range(1, reach + 1):
+                        wide.narrow(d_dim, k, n_d - k).logical_or_(cut.narrow(d_dim, 0, n_d - k))
+                        wide.narrow(d_dim, 0, n_d - k).logical_or_(cut.narrow(d_dim, k, n_d - k))
+                    cut = wide
             member &= ~cut
     if noise is None:
         noise = torch.zeros(n, dtype=depth.dtype, device=depth.device)

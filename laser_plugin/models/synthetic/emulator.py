@@ -60,6 +60,13 @@ class EmulatorConfig:
     """Std (degrees per frame, per axis) of a per-window rotation bias that accumulates along the
     window's relative poses. Real models err systematically within a window, so stitched
     trajectories drift over long sequences (what loop closure corrects); 0 = off."""
+    flying_pixels: float = 0.0
+    """Probability that a pixel beside an occlusion edge of the truth (a depth jump) gets a depth
+    mixed between the two sides, as networks smear depth across silhouettes; 0 = off."""
+    gamma_max: float = 0.0
+    """Smooth depth-dependent distortion on top of ``error_mode``: each window's depth is
+    multiplied by ``(d / d_median) ** gamma`` with gamma uniform in [-gamma_max, gamma_max]
+    (0.05: the +-5% of issue 20); 0 = off."""
     drift_scale: float = 0.0
     """Std of a per-window log-scale bias of the camera translations relative to the depth (a
     trajectory-length drift that depth-based registration cannot see); 0 = off."""
@@ -67,7 +74,9 @@ class EmulatorConfig:
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, *[int(k) & 0xFFFFFFFF for k in keys]]))
+    return np.random.default_rng(
+        np.random.SeedSequence([seed, *[int(k) & 0xFFFFFFFF for k in keys]])
+    )
 
 
 def _random_rotation(rng: np.random.Generator, max_angle: float = np.pi) -> np.ndarray:
@@ -78,7 +87,9 @@ def _random_rotation(rng: np.random.Generator, max_angle: float = np.pi) -> np.n
     return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
 
 
-def _biased_poses(c2w: np.ndarray, rng: np.random.Generator, rot_deg: float, log_scale: float) -> np.ndarray:
+def _biased_poses(
+    c2w: np.ndarray, rng: np.random.Generator, rot_deg: float, log_scale: float
+) -> np.ndarray:
     """(n, 4, 4) poses relative to the first frame -> the same with a per-window systematic bias:
     frame j is rotated about the first camera by j steps of one random small rotation and its
     translation is scaled by one random factor."""
@@ -93,6 +104,25 @@ def _biased_poses(c2w: np.ndarray, rng: np.random.Generator, rot_deg: float, log
         out[j, :3, :3] = rot @ c2w[j, :3, :3]
         out[j, :3, 3] = scale * rot @ c2w[j, :3, 3]
     return out
+
+
+def _flying_pixels(
+    depth: np.ndarray, depth_gt: np.ndarray, prob: float, rng: np.random.Generator
+) -> np.ndarray:
+    """(L, H, W) depth -> the same with pixels beside occlusion edges of ``depth_gt`` mixed
+    between the nearest and farthest depth of their 3x3 neighbourhood (each with probability
+    ``prob``, at a uniform random mix): the smeared silhouettes of feed-forward depth."""
+    from scipy import ndimage
+
+    size = (1, 3, 3)
+    near = ndimage.minimum_filter(depth, size=size, mode="nearest")
+    far = ndimage.maximum_filter(depth, size=size, mode="nearest")
+    lo = ndimage.minimum_filter(depth_gt, size=size, mode="nearest")
+    hi = ndimage.maximum_filter(depth_gt, size=size, mode="nearest")
+    edge = np.log(hi / lo) > 0.1  # a depth jump of more than 10% within the neighbourhood
+    hit = edge & (rng.random(depth.shape) < prob)
+    alpha = rng.random(depth.shape)
+    return np.where(hit, near + alpha * (far - near), depth)
 
 
 class EmulatedModel:
@@ -117,7 +147,12 @@ class EmulatedModel:
         return float(np.clip(baseline / (depth * self.config.good_parallax), 0.0, 1.0))
 
     def _indices(self, images: torch.Tensor) -> list[int]:
-        arr = (images.detach().cpu().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        arr = (
+            (images.detach().cpu().clamp(0, 1) * 255.0 + 0.5)
+            .to(torch.uint8)
+            .permute(0, 2, 3, 1)
+            .numpy()
+        )
         out = []
         for a in arr:
             i = self.scene.index_of(a)
@@ -159,12 +194,20 @@ class EmulatedModel:
             obj_log[:NUM_ROOM_IDS] = 0.0  # the room is the reference surface
             depth *= np.exp(obj_log)[ids]
         if cfg.error_mode in ("distortion", "both"):
-            gamma = rng.normal(0.0, 0.5 * (cfg.layer_sigma_good + (cfg.layer_sigma_bad - cfg.layer_sigma_good) * bad))
+            gamma = rng.normal(
+                0.0,
+                0.5 * (cfg.layer_sigma_good + (cfg.layer_sigma_bad - cfg.layer_sigma_good) * bad),
+            )
             d_ref = np.median(depth_gt)
             depth *= (depth_gt / d_ref) ** gamma
+        if cfg.gamma_max > 0:
+            gamma_w = rng.uniform(-cfg.gamma_max, cfg.gamma_max)
+            depth *= (depth_gt / np.median(depth_gt)) ** gamma_w
         # Smooth multiplicative noise: a coarse random field, upsampled.
         coarse = torch.from_numpy(rng.normal(0.0, cfg.noise, size=(n, 1, 5, 8)))
-        smooth = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)[:, 0].numpy()
+        smooth = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)[
+            :, 0
+        ].numpy()
         depth *= np.exp(smooth + rng.normal(0.0, cfg.pixel_noise, size=depth.shape))
         # Confidence: lower in bad windows and at depth edges of the truth.
         ld = np.log(depth_gt)
@@ -173,6 +216,8 @@ class EmulatedModel:
         edge[:, 1:, :] |= np.abs(np.diff(ld, axis=1)) > 0.05
         conf = (1.0 / (1.0 + 4.0 * bad)) * np.exp(rng.normal(0.0, 0.1, size=depth.shape))
         conf = np.where(edge, conf * 0.3, conf)
+        if cfg.flying_pixels > 0:
+            depth = _flying_pixels(depth, depth_gt, cfg.flying_pixels, rng)
         out = rng.random(depth.shape) < cfg.outliers
         depth = np.where(out, depth * np.exp(rng.uniform(-1.1, 1.1, size=depth.shape)), depth)
         conf = np.where(out & (rng.random(depth.shape) < 0.7), conf * 0.1, conf)
@@ -185,7 +230,9 @@ class EmulatedModel:
         if cfg.drift_rot_deg > 0 or cfg.drift_scale > 0:
             c2w = _biased_poses(c2w, _rng(cfg.seed, *key, 1), cfg.drift_rot_deg, cfg.drift_scale)
         for j in range(1, n):
-            c2w[j, :3, :3] = _random_rotation(rng, np.radians(cfg.rot_noise_deg) * (1 + bad)) @ c2w[j, :3, :3]
+            c2w[j, :3, :3] = (
+                _random_rotation(rng, np.radians(cfg.rot_noise_deg) * (1 + bad)) @ c2w[j, :3, :3]
+            )
             c2w[j, :3, 3] += rng.normal(0.0, cfg.trans_noise * med * (1 + bad), size=3)
         k = np.repeat(scene.intrinsics[None], n, 0).copy()
         k[:, 0, 0] *= 1 + rng.normal(0, cfg.focal_noise)
@@ -211,7 +258,12 @@ class EmulatedModel:
     @staticmethod
     def descriptors(renders) -> torch.Tensor:
         """(L, 192) appearance descriptors: normalised 8x8 colour thumbnails (for loop closure)."""
-        imgs = torch.from_numpy(np.stack([r.image[::4, ::4] for r in renders])).permute(0, 3, 1, 2).float() / 255.0
+        imgs = (
+            torch.from_numpy(np.stack([r.image[::4, ::4] for r in renders]))
+            .permute(0, 3, 1, 2)
+            .float()
+            / 255.0
+        )
         thumb = F.adaptive_avg_pool2d(imgs, (8, 8)).flatten(1)
         thumb = thumb - thumb.mean(1, keepdim=True)
         return thumb / thumb.norm(dim=1, keepdim=True).clamp_min(1e-6)

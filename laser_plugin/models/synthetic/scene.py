@@ -34,6 +34,8 @@ class SceneObjects:
     sph_c: np.ndarray  # (S, 3)
     sph_r: np.ndarray  # (S,)
     colors: np.ndarray  # (NUM_ROOM_IDS + B + S, 3) float in [0, 1]
+    room_lo: np.ndarray = field(default_factory=lambda: ROOM_LO.copy())
+    room_hi: np.ndarray = field(default_factory=lambda: ROOM_HI.copy())
 
     @property
     def num_ids(self) -> int:
@@ -53,17 +55,74 @@ def make_objects(seed: int) -> SceneObjects:
     for side in (-1, 1):  # along the walls, leaving the middle (|x| < 1.5) free for the camera
         for z in np.array([3.0, 5.5, 8.0, 10.5, 13.0, 15.5]) + rng.uniform(-0.6, 0.6, 6):
             w = rng.uniform(0.7, 1.2)
-            box(side * rng.uniform(1.6 + w / 2, 3.4), z, w, rng.uniform(0.8, 2.4), rng.uniform(0.7, 1.2))
+            box(
+                side * rng.uniform(1.6 + w / 2, 3.4),
+                z,
+                w,
+                rng.uniform(0.8, 2.4),
+                rng.uniform(0.7, 1.2),
+            )
     for x in (-2.0, 2.0):  # near objects
         box(x + rng.uniform(-0.2, 0.2), 2.5 + rng.uniform(0, 0.3), 0.6, rng.uniform(0.9, 1.3), 0.5)
     for x in (-2.0, 0.2, 2.2):  # far objects at the back
-        box(x, rng.uniform(17.0, 18.5), rng.uniform(0.8, 1.5), rng.uniform(1.0, 2.5), rng.uniform(0.6, 1.2))
+        box(
+            x,
+            rng.uniform(17.0, 18.5),
+            rng.uniform(0.8, 1.5),
+            rng.uniform(1.0, 2.5),
+            rng.uniform(0.6, 1.2),
+        )
     sc = [[-1.6, -0.8, 7.0], [2.2, floor - 0.6, 11.8], [0.0, -1.2, 15.5], [-2.3, 0.2, 12.2]]
     sr = [0.5, 0.6, 0.7, 0.5]
     n_ids = NUM_ROOM_IDS + len(lo) + len(sc)
     colors = rng.uniform(0.25, 0.95, size=(n_ids, 3))
-    colors[:NUM_ROOM_IDS] = [[0.75, 0.72, 0.65], [0.65, 0.7, 0.75], [0.9, 0.9, 0.88], [0.55, 0.45, 0.35], [0.7, 0.75, 0.65], [0.8, 0.7, 0.6]]
+    colors[:NUM_ROOM_IDS] = [
+        [0.75, 0.72, 0.65],
+        [0.65, 0.7, 0.75],
+        [0.9, 0.9, 0.88],
+        [0.55, 0.45, 0.35],
+        [0.7, 0.75, 0.65],
+        [0.8, 0.7, 0.6],
+    ]
     return SceneObjects(np.array(lo), np.array(hi), np.array(sc), np.array(sr), colors)
+
+
+DEEP_ROOM_HI = np.array([4.0, 1.5, 90.0])
+
+
+def make_deep_objects(seed: int) -> SceneObjects:
+    """A 90 m hall (the far wall 30-60x farther than the nearest object) with small objects: boxes
+    and balls of 0.3-0.6 m on the floor at 3-12 m (0.5-2% of a 70-degree frame each), a few
+    large ones far down the hall, and one near box (issue 20: deep scenes where merging regions
+    by a threshold relative to the depth range folds objects into the floor)."""
+    rng = np.random.default_rng(seed + 1000)
+    floor = DEEP_ROOM_HI[1]
+    lo, hi = [], []
+
+    def box(x, z, w, h, d):
+        lo.append([x - w / 2, floor - h, z - d / 2])
+        hi.append([x + w / 2, floor, z + d / 2])
+
+    box(-1.8, 2.6, 0.6, 1.0, 0.5)  # the nearest object, about 2 m from the start
+    for i, z in enumerate(np.linspace(4.0, 12.0, 7) + rng.uniform(-0.3, 0.3, 7)):
+        s = rng.uniform(0.35, 0.6)
+        box((-1) ** i * rng.uniform(1.2, 2.6), z, s, s * rng.uniform(0.8, 1.4), s)
+    for x, z in ((-2.5, 35.0), (2.0, 50.0), (-0.5, 70.0)):
+        box(x, z, rng.uniform(1.5, 2.5), rng.uniform(2.0, 3.2), rng.uniform(1.0, 2.0))
+    sc = [[1.5, floor - 0.3, 6.5], [-1.2, floor - 0.25, 9.5], [0.6, floor - 0.35, 14.0]]
+    sr = [0.3, 0.25, 0.35]
+    n_ids = NUM_ROOM_IDS + len(lo) + len(sc)
+    colors = rng.uniform(0.25, 0.95, size=(n_ids, 3))
+    colors[:NUM_ROOM_IDS] = make_objects(seed).colors[:NUM_ROOM_IDS]
+    return SceneObjects(
+        np.array(lo),
+        np.array(hi),
+        np.array(sc),
+        np.array(sr),
+        colors,
+        ROOM_LO.copy(),
+        DEEP_ROOM_HI.copy(),
+    )
 
 
 def cast(origin: np.ndarray, dirs: np.ndarray, objs: SceneObjects):
@@ -72,7 +131,7 @@ def cast(origin: np.ndarray, dirs: np.ndarray, objs: SceneObjects):
     with np.errstate(divide="ignore", invalid="ignore"):
         inv = 1.0 / dirs
         # Room: we are inside, so the exit distance along each axis.
-        t_axis = np.where(dirs > 0, (ROOM_HI - origin) * inv, (ROOM_LO - origin) * inv)
+        t_axis = np.where(dirs > 0, (objs.room_hi - origin) * inv, (objs.room_lo - origin) * inv)
         t_axis = np.where(np.isfinite(t_axis), t_axis, np.inf)
         axis = np.argmin(t_axis, 1)
         t_best = t_axis[np.arange(n), axis]
@@ -152,13 +211,17 @@ class SyntheticScene:
         h, w = self.height, self.width
         v, u = np.mgrid[0:h, 0:w].astype(np.float64)
         k = self.intrinsics
-        dirs_cam = np.stack([(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], np.ones_like(u)], -1).reshape(-1, 3)
+        dirs_cam = np.stack(
+            [(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], np.ones_like(u)], -1
+        ).reshape(-1, 3)
         pose = self.cam_to_world[i]
         dirs = dirs_cam @ pose[:3, :3].T  # unnormalised: t along it is the z-depth
         t, ids, normal = cast(pose[:3, 3], dirs, self.objects)
         p = pose[:3, 3] + t[:, None] * dirs
         base = self.objects.colors[ids]
-        checker = ((np.floor(p[:, 0] * 2) + np.floor(p[:, 1] * 2) + np.floor(p[:, 2] * 2)) % 2)[:, None]
+        checker = ((np.floor(p[:, 0] * 2) + np.floor(p[:, 1] * 2) + np.floor(p[:, 2] * 2)) % 2)[
+            :, None
+        ]
         light = np.array([0.4, -0.8, -0.45])
         light /= np.linalg.norm(light)
         shade = 0.55 + 0.45 * np.clip((normal * light).sum(1), 0, 1)[:, None]
@@ -192,10 +255,14 @@ SCENES = {
     "low_parallax": ("low_parallax", 60),
     "loop": ("loop", 300),
     "figure8": ("figure8", 300),
+    # A deep hall with small objects (make_deep_objects), walked with the demo's pauses.
+    "deep": ("demo", 120),
 }
 
 
-@lru_cache(maxsize=4)  # deterministic, so model replicas and tests share one scene (and its renders)
+@lru_cache(
+    maxsize=4
+)  # deterministic, so model replicas and tests share one scene (and its renders)
 def make_scene(
     name: str = "demo",
     num_frames: int | None = None,
@@ -213,4 +280,5 @@ def make_scene(
     n = num_frames or default_n
     f = (width / 2) / np.tan(np.radians(fov_deg) / 2)
     k = np.array([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1.0]])
-    return SyntheticScene(name, TRAJECTORIES[traj](n), k, height, width, seed)
+    objects = make_deep_objects(seed) if name == "deep" else None
+    return SyntheticScene(name, TRAJECTORIES[traj](n), k, height, width, seed, objects=objects)
