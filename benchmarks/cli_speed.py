@@ -300,9 +300,9 @@ def main(argv: list[str] | None = None) -> dict:
         workdir = Path(tmp.name)
     try:
         t = time.perf_counter()
-        weights = save_random_weights(
-            workdir / f"pi3_{args.size}_random.safetensors", args.size, args.device
-        )
+        weights = workdir / f"pi3_{args.size}_random.safetensors"
+        if not weights.exists():  # kept in --workdir: a second call (other resolution) reuses it
+            save_random_weights(weights, args.size, args.device)
         res["weights_s"] = time.perf_counter() - t
         for name in args.resolutions.split(","):
             h, w = RESOLUTIONS[name]
