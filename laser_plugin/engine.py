@@ -12,7 +12,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,6 +84,23 @@ def _layer_readout(num_layers: Tensor, prep: PreparedWindow) -> tuple[float, flo
     return out[0], out[1], out[2]
 
 
+@dataclass
+class StreamState:
+    """Everything one window hands to the next: what a resume saves and restores
+    (:mod:`laser_plugin.resume`), and nothing else of the stream lives between windows (hooks
+    keep their own, e.g. loop closure's pose graph)."""
+
+    cache: dict[int, _Final] = field(default_factory=dict)
+    """index -> final estimate of the last L-1 frames (the only ones a later window overlaps)."""
+    held: list[ReconstructedFrame] = field(default_factory=list)
+    """Frames the next window finalises in "later" mode (emitted at the end if none follows)."""
+    model_size: tuple[int, int] | None = None
+    """(H, W) the network sees, fixed by the first frame."""
+    first_source_size: tuple[int, int] | None = None
+    """(H0, W0) of the first decoded frame."""
+    sizes_warned: bool = False
+
+
 class StreamingReconstructor:
     """Turns a frozen window model into a streaming reconstructor (LASER)."""
 
@@ -112,6 +129,48 @@ class StreamingReconstructor:
         self.warnings: list[str] = []
         self.hooks = list(hooks)
         self._side_model = None
+        self.stream = StreamState()
+
+    # The stream state under the names the stages (and benchmarks) use.
+    _cache = property(
+        lambda self: self.stream.cache, lambda self, v: setattr(self.stream, "cache", v)
+    )
+    _held = property(lambda self: self.stream.held, lambda self, v: setattr(self.stream, "held", v))
+    _model_size = property(
+        lambda self: self.stream.model_size,
+        lambda self, v: setattr(self.stream, "model_size", v),
+    )
+    _first_source_size = property(
+        lambda self: self.stream.first_source_size,
+        lambda self, v: setattr(self.stream, "first_source_size", v),
+    )
+    _sizes_warned = property(
+        lambda self: self.stream.sizes_warned,
+        lambda self, v: setattr(self.stream, "sizes_warned", v),
+    )
+
+    def take_held(self) -> list[ReconstructedFrame]:
+        """At the end of a stream: the frames "later" mode held back, now final (counted)."""
+        held, self.stream.held = self.stream.held, []
+        self.num_frames += len(held)
+        return held
+
+    def fix_size(self, index: int, h0: int, w0: int, default) -> tuple[int, int]:
+        """The model size for a decoded (h0, w0) frame: fixed by the first frame (``input_size``,
+        else ``default(h0, w0)``, else the frame's own); later frames of another size are resized
+        to it, with one warning."""
+        st = self.stream
+        if st.model_size is None:
+            size = self.input_size or (default(h0, w0) if default is not None else None)
+            st.model_size = tuple(size) if size else (h0, w0)
+            st.first_source_size = (h0, w0)
+        elif (h0, w0) != st.first_source_size and not st.sizes_warned:
+            self._warn(
+                f"frame {index} is {w0}x{h0} but the stream started at "
+                f"{st.first_source_size[1]}x{st.first_source_size[0]}; resizing every frame to the model size"
+            )
+            st.sizes_warned = True
+        return st.model_size
 
     @property
     def loop(self):
@@ -195,10 +254,7 @@ class StreamingReconstructor:
         Runners that drive :meth:`predict`/:meth:`align` themselves (pipelined, multi-device)
         call this first, as :meth:`run` does.
         """
-        self._cache: dict[int, _Final] = {}
-        self._held: list[ReconstructedFrame] = []
-        self._model_size: tuple[int, int] | None = None
-        self._sizes_warned = False
+        self.stream = StreamState()
         saved = {} if resume is None else dict(resume.hooks)
         names = {h.name for h in self.hooks}
         if resume is not None and set(saved) != names:
@@ -224,18 +280,7 @@ class StreamingReconstructor:
     def _prepared(self, frames: Iterator[SourceFrame]) -> Iterator[_Item]:
         for i, f in enumerate(frames):
             h0, w0 = f.image.shape[:2]
-            if self._model_size is None:
-                size = self.input_size
-                if size is None and hasattr(self.model, "input_size"):
-                    size = tuple(self.model.input_size(h0, w0))
-                self._model_size = size or (h0, w0)
-                self._first_source_size = (h0, w0)
-            elif (h0, w0) != self._first_source_size and not self._sizes_warned:
-                self._warn(
-                    f"frame {i} is {w0}x{h0} but the stream started at "
-                    f"{self._first_source_size[1]}x{self._first_source_size[0]}; resizing every frame to the model size"
-                )
-                self._sizes_warned = True
+            self.fix_size(i, h0, w0, getattr(self.model, "input_size", None))
             t = (
                 torch.tensor(f.image).permute(2, 0, 1).float().div_(255.0)
             )  # copies: sources may be read-only

@@ -101,15 +101,16 @@ def capture(engine, settings: dict[str, Any] | None = None) -> EngineState:
     """Snapshot the engine between windows (cheap: the cache is L-1 frames)."""
     cache = {
         idx: {name: _np(getattr(f, name, None)) for name in _cache_fields()}
-        for idx, f in engine._cache.items()
+        for idx, f in engine.stream.cache.items()
     }
+    stream = engine.stream
     return EngineState(
         num_windows=engine.num_windows,
         num_frames=engine.num_frames,
-        model_size=tuple(engine._model_size) if engine._model_size else None,
-        first_source_size=tuple(getattr(engine, "_first_source_size", None) or ()) or None,
+        model_size=tuple(stream.model_size) if stream.model_size else None,
+        first_source_size=tuple(stream.first_source_size) if stream.first_source_size else None,
         cache=cache,
-        held=list(engine._held),
+        held=list(stream.held),
         settings=dict(settings or {}),
         hooks={h.name: h.capture() for h in getattr(engine, "hooks", ())},
     )
@@ -194,21 +195,22 @@ def from_bytes(data: bytes) -> EngineState:
 
 def restore(engine, state: EngineState) -> None:
     """Put a saved state into an engine whose ``run`` has just reset its per-stream fields."""
-    from laser_plugin.engine import _Final
+    from laser_plugin.engine import StreamState, _Final
 
     dev = engine.device
 
     def t(a):
         return None if a is None else torch.from_numpy(np.array(a)).to(dev)
 
-    engine._cache = {
-        idx: _Final(idx, **{name: t(e.get(name)) for name in _cache_fields()})
-        for idx, e in state.cache.items()
-    }
-    engine._held = list(state.held)
-    engine._model_size = state.model_size
-    if state.first_source_size:
-        engine._first_source_size = state.first_source_size
+    engine.stream = StreamState(
+        cache={
+            idx: _Final(idx, **{name: t(e.get(name)) for name in _cache_fields()})
+            for idx, e in state.cache.items()
+        },
+        held=list(state.held),
+        model_size=state.model_size,
+        first_source_size=state.first_source_size,
+    )
     engine.num_windows = state.num_windows
     engine.num_frames = state.num_frames
 

@@ -177,9 +177,7 @@ class SinkCaller:
     def held(self) -> Iterator[ReconstructedFrame]:
         """At the end of a stream: the frames "later" mode held back for a next window."""
         self._raise_failure()
-        held, self.rec._held = self.rec._held, []
-        self.rec.num_frames += len(held)
-        for frame in held:
+        for frame in self.rec.take_held():
             self._call("on_frame", frame)
             yield frame
 

@@ -243,18 +243,10 @@ class ProcessReconstructor(StreamingReconstructor):
         """Fix the model size at the first frame (as ``StreamingReconstructor._prepared``)."""
         for f in frames:
             h0, w0 = f.frame.shape[:2]
-            if self._model_size is None:
-                size = self.input_size or self.pool.input_size(h0, w0)
-                self._model_size = tuple(size)
-                self._first_source_size = (h0, w0)
-                n = self.config.window_size
-                self.pool.ensure_slots(self.max_pending, n, h0, w0)
-            elif (h0, w0) != self._first_source_size and not self._sizes_warned:
-                self._warn(
-                    f"frame {f.index} is {w0}x{h0} but the stream started at "
-                    f"{self._first_source_size[1]}x{self._first_source_size[0]}; resizing every frame to the model size"
-                )
-                self._sizes_warned = True
+            first = self.stream.model_size is None
+            self.fix_size(f.index, h0, w0, self.pool.input_size)
+            if first:
+                self.pool.ensure_slots(self.max_pending, self.config.window_size, h0, w0)
             yield f
 
     def _submit(self, window: Window[_Frame], stream_id: int) -> None:
