@@ -43,6 +43,9 @@ class TaskSpec:
     fps: float = 30.0
     max_frames: int | None = None
     save_source_images: bool = True
+    loop_closure: bool = False
+    """Close loops, as ``laser run`` does by default (off here: a batch of separate videos is
+    usually reconstructed as plain LASER). Works with ``resume_partial``."""
     resume_partial: bool = True
     """Continue an unfinished run of the same video and settings from its last finished window
     (the engine state saved after every window) instead of starting it again."""
@@ -127,11 +130,11 @@ def run_job(
     """
     import torch
 
-    from laser_plugin.engine import StreamingReconstructor
     from laser_plugin.errors import OutputError
     from laser_plugin.io import lock, ownership
-    from laser_plugin.io.run_dir import RunWriter, prepare_output_dir
-    from laser_plugin.resume import StateSaver, input_fingerprint
+    from laser_plugin.io.run_dir import prepare_output_dir
+    from laser_plugin.resume import input_fingerprint
+    from laser_plugin.session import loop_settings, open_session
 
     start = time.perf_counter()
     record: dict[str, Any] = {
@@ -162,6 +165,7 @@ def run_job(
             "fps": spec.fps,
             "max_frames": spec.max_frames,
             "save_source_images": spec.save_source_images,
+            **loop_settings(spec.loop_closure),
         }
         state = _resumable_state(run_dir, settings) if spec.resume_partial else None
         # A batch has no --overwrite: it replaces only a run an earlier batch made (and of that,
@@ -176,35 +180,27 @@ def run_job(
                 "replaced: move it away or choose another --output-root"
             )
         out = prepare_output_dir(run_dir, overwrite=state is None, resume=state is not None)
-        writer = RunWriter(
+        notes = _BatchNotes(None, None if report is None else (lambda n: report(job.name, n)))
+        session = open_session(
             out,
-            settings=settings,
+            model,
+            spec.laser,
+            settings,
+            state=state,
+            loop_closure=spec.loop_closure,
             save_source_images=spec.save_source_images,
-            resume_frames=None if state is None else state.num_frames,
+            extra_sinks=[notes],
         )
+        engine, writer = session.engine, session.writer
+        notes.writer = writer
         writer.extra["batch_attempt"] = attempt
         if state is not None:
-            writer.num_windows = state.num_windows
-            writer.window_stats = [
-                w for w in writer.window_stats if w.get("window", 0) < state.num_windows
-            ]
             record["resumed_frames"] = state.num_frames
-        notes = _BatchNotes(writer, None if report is None else (lambda n: report(job.name, n)))
-        engine = StreamingReconstructor(
-            model, spec.laser, keep_source_images=writer.save_source_images
-        )
-        # The writer first (it fsyncs the window's frames), then the state that refers to them.
-        sinks = [writer, StateSaver(engine, out, settings, before_save=writer.wait_durable), notes]
         # Warnings are kept in engine.warnings (and the record), not printed by every worker.
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
-            frames = engine.run(
-                job.path,
-                sinks,
-                max_frames=spec.max_frames,
-                fps=spec.fps,
-                stride=spec.stride,
-                resume=state,
+            frames = session.run(
+                job.path, max_frames=spec.max_frames, fps=spec.fps, stride=spec.stride
             )
             for _ in frames:
                 pass

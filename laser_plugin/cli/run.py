@@ -17,7 +17,7 @@ import tyro
 from laser_plugin.config import LaserConfig
 from laser_plugin.errors import ConfigError, InputError
 from laser_plugin.io.lock import release as release_output_dir
-from laser_plugin.io.run_dir import RunWriter, format_outputs, parse_outputs, prepare_output_dir
+from laser_plugin.io.run_dir import format_outputs, parse_outputs, prepare_output_dir
 from laser_plugin.sources import open_source
 
 FlatLaser = Annotated[LaserConfig, tyro.conf.OmitArgPrefixes]
@@ -124,8 +124,8 @@ def execute(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from laser_plugin.engine import StreamingReconstructor
-    from laser_plugin.resume import StateSaver, check_settings, load_state, read_settings
+    from laser_plugin.resume import check_settings, load_state, read_settings
+    from laser_plugin.session import open_session
 
     config.validate()
     if resume and overwrite:
@@ -142,38 +142,25 @@ def execute(
             out = prepare_output_dir(output_dir, overwrite=True)
     else:
         out = prepare_output_dir(output_dir, overwrite=overwrite)
-    writer = RunWriter(
-        out,
-        settings=settings,
-        save_source_images=save_source_images,
-        resume_frames=None if state is None else state.num_frames,
-        outputs=outputs,
-    )
-    if state is not None:
-        writer.num_windows = state.num_windows
-        writer.window_stats = [
-            w for w in writer.window_stats if w.get("window", 0) < state.num_windows
-        ]
     # make_engine: e.g. a MultiDeviceReconstructor over several replicas (laser run --devices).
-    hooks = []
-    if loop_closure:
-        from laser_plugin.loop import LoopClosure, LoopConfig
-
-        hooks.append(LoopClosure(LoopConfig(spill_dir=str(out / "state"))))
-    engine = (make_engine or StreamingReconstructor)(
-        model, config, keep_source_images=writer.save_source_images, hooks=hooks
+    session = open_session(
+        out,
+        model,
+        config,
+        settings,
+        state=state,
+        make_engine=make_engine,
+        loop_closure=loop_closure,
+        save_source_images=save_source_images,
+        outputs=outputs,
+        checkpoint_interval=checkpoint_interval,
+        extra_sinks=[
+            *(viewers.sinks() if viewers else []),
+            *(extra_sinks or []),
+            LayerWatchSink(config.layer_alignment),
+        ],
     )
-    writer.engine_timings = engine.timings  # stage timings into summary.json
-    # The writer first (it fsyncs the window's frames), then the state that refers to them.
-    sinks = [
-        writer,
-        # The state refers to frames: it is saved only once the writer made them durable.
-        StateSaver(engine, out, settings, checkpoint_interval, before_save=writer.wait_durable),
-        *[_LoopNotes(writer, h) for h in hooks],
-        *(viewers.sinks() if viewers else []),
-        *(extra_sinks or []),
-        LayerWatchSink(config.layer_alignment),
-    ]
+    engine, writer = session.engine, session.writer
     console = Console(stderr=True, quiet=quiet)
     start = time.perf_counter()
     count = 0 if state is None else state.num_frames
@@ -190,36 +177,11 @@ def execute(
         with warnings.catch_warnings(), _sigterm_as_interrupt():
             warnings.simplefilter("default")
             warnings.showwarning = _show_warning
-            for _ in engine.run(
-                source, sinks, max_frames=max_frames, fps=fps, stride=stride, resume=state
-            ):
+            for _ in session.run(source, max_frames=max_frames, fps=fps, stride=stride):
                 count += 1
                 elapsed = time.perf_counter() - start
                 progress.update(task, completed=count, fps=count / max(elapsed, 1e-9))
-    for hook in hooks:  # a complete run is not resumed: its spilled records are not needed
-        hook.cleanup()
     return engine, writer
-
-
-class _LoopNotes:
-    """Sink after the run writer: loop closure's counts in summary.json (``loop_closure``), and
-    whether it ran at all (a backend without place descriptors turns it off)."""
-
-    def __init__(self, writer, loop) -> None:
-        self.writer, self.loop = writer, loop
-
-    def on_window(self, stats) -> None:
-        self.writer.extra["loop_closure"] = {"enabled": self.loop.enabled, **self.loop.counts}
-
-    def close(self) -> None:
-        pass
-
-
-def _loop_settings() -> dict:
-    """Loop closure's settings (the defaults: ``laser run`` has no loop options)."""
-    from laser_plugin.loop import LoopClosure
-
-    return LoopClosure().settings()
 
 
 class LayerWatchSink:
@@ -241,6 +203,13 @@ class LayerWatchSink:
 
     def close(self) -> None:
         pass
+
+
+def session_loop_settings(loop_closure: bool) -> dict:
+    """The settings loop closure adds (the session module loads torch: imported when run)."""
+    from laser_plugin.session import loop_settings
+
+    return loop_settings(loop_closure)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -491,9 +460,7 @@ class Run:
             "fps": self.fps,
             "max_frames": self.max_frames,
             "outputs": format_outputs(outputs),
-            # Loop closure changes the frames: part of what a resumed run must match.
-            "loop_closure": self.loop_closure,
-            "loop": _loop_settings() if self.loop_closure else None,
+            **session_loop_settings(self.loop_closure),  # in what a resumed run must match
         }
         if self.fast:  # other numerics (bf16): a run is resumed only on the same path
             settings["fast"] = True
