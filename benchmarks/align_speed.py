@@ -48,10 +48,18 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=518)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/align_speed.json"))
+    ap.add_argument(
+        "--segment-noise-k",
+        type=float,
+        default=None,
+        help="LaserConfig.segment_noise_k (0: the fixed-threshold segmentation, for comparison)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     cfg = LaserConfig()
+    if args.segment_noise_k is not None:
+        cfg.segment_noise_k = args.segment_noise_k
     L, O = cfg.window_size, cfg.overlap  # noqa: E741 - the paper's names
     scene = make_scene("demo", L + (L - O), args.height, args.width)
     model = make_model(scene=scene)
@@ -62,8 +70,16 @@ def main() -> None:
     # The previous window, aligned once (its overlap frames are what the new one registers to).
     d_prev, c_prev, p_prev, k_prev, _ = sanitize_prediction(prev_pred)
     conf_prev = rank_normalise(c_prev, d_prev > 0) >= 1 - cfg.top_conf_fraction
+    seg_kw = dict(noise_k=cfg.segment_noise_k)
     lay_prev = segment_depth_layers(
-        d_prev, stride, cfg.crease, cfg.depth_jump, cfg.max_layers, cfg.min_layer_fraction
+        d_prev,
+        stride,
+        cfg.crease,
+        cfg.depth_jump,
+        cfg.max_layers,
+        cfg.min_layer_fraction,
+        conf=rank_normalise(c_prev, d_prev > 0),
+        **seg_kw,
     )
 
     stages = {"registration": [], "segmentation": [], "layer_graph": [], "scaling": []}
@@ -80,7 +96,8 @@ def main() -> None:
             t, c = t2, c2
 
         depth, conf, poses, intr, _ = sanitize_prediction(new_pred)
-        confident = rank_normalise(conf, depth > 0) >= 1 - cfg.top_conf_fraction
+        conf_n = rank_normalise(conf, depth > 0)  # once, as prepare_window does
+        confident = conf_n >= 1 - cfg.top_conf_fraction
         reg = register_overlap(
             d_prev[-O:],
             p_prev[-O:],
@@ -94,8 +111,16 @@ def main() -> None:
         depth = depth * reg.sim3.scale
         poses = reg.sim3.apply_poses(poses)
         lap("registration")
+        # As prepare_window: the confidence ranks tell the segmentation where to measure noise.
         lay = segment_depth_layers(
-            depth, stride, cfg.crease, cfg.depth_jump, cfg.max_layers, cfg.min_layer_fraction
+            depth,
+            stride,
+            cfg.crease,
+            cfg.depth_jump,
+            cfg.max_layers,
+            cfg.min_layer_fraction,
+            conf=conf_n,
+            **seg_kw,
         )
         lap("segmentation")
         k_s = intr.clone()
@@ -128,7 +153,10 @@ def main() -> None:
 
     n_win = 2 + max(2, args.repeats // 2)
     long_scene = make_scene("demo", L + (n_win - 1) * (L - O), args.height, args.width)
-    rec = StreamingReconstructor(make_model(scene=long_scene), LaserConfig(device=args.device))
+    rec = StreamingReconstructor(
+        make_model(scene=long_scene),
+        LaserConfig(device=args.device, segment_noise_k=cfg.segment_noise_k),
+    )
     rec.start_stream()
     windows = list(schedule_windows(rec._prepared(iter_source(long_scene)), L, O))
     preds = [rec.predict(w) for w in windows]

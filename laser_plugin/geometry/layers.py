@@ -107,11 +107,11 @@ def cut_mask(depth: Tensor, crease: float, max_step: float) -> tuple[Tensor, Ten
 
 
 #: (averaging radius r, second-difference step s) of the crease tests of :func:`robust_cut_mask`.
-#: (0, 1) is the plain one-pixel test (every crease at any angle, on clean depth); (1, 2) keeps
-#: small objects at low noise; (4, 4) still sees creases and small steps at 1-2% per-pixel noise,
-#: where the finer tests' noise-aware thresholds have risen. Chosen on planted truth (mean IoU
-#: against the noise-free labels over noise 0-2%, objects kept apart from the floor; see
-#: tests/test_layers_robust.py and benchmarks/NOTES.md, "Segmentation under noise").
+#: (0, 1) is the plain one-pixel test (every crease at any angle, on clean depth); (4, 4), used
+#: only in frames too noisy for it, still sees creases and small steps at 1-2% per-pixel noise
+#: (its answer to a crease grows with s, the noise's does not). Chosen on planted truth: labels
+#: against the noise-free ones over noise 0-2%, objects kept apart from the floor
+#: (tests/test_layers_robust.py); a (1, 2) scale and wider averaging did not help there.
 CREASE_SCALES: tuple[tuple[int, int], ...] = ((0, 1), (4, 4))
 
 #: Highest noise level (robust level of the relative second difference, about 1.5x the relative
@@ -266,12 +266,13 @@ def robust_cut_mask(
 
     Inverse depth, 3-tap median along each axis, then per scale (r, s): the mean over 2r+1
     pixels across each direction and the relative second difference at step s along it. A
-    pixel is cut when that exceeds ``max(s * crease, noise_k * sigma)``, ``sigma`` being the
-    frame's robust level (1.4826 x median) of the same map over its pixels (its more confident
-    half, with ``conf``). Coarse scales (s > 2) cut only where their answer peaks (widened by a
-    pixel). Links between members are cut where the log-depth step of the filtered depth
-    exceeds ``max(max_step, 0.75 noise_k sigma_1)`` (sigma_1: the level of the one-pixel second
-    difference, on a lattice). Batched; no host sync, no per-frame loop.
+    pixel is cut when that exceeds ``max(s * crease, noise_k * min(sigma, max_noise))``,
+    ``sigma`` being the frame's robust level (1.4826 x median) of the same map on a lattice of
+    its pixels (its more confident half, with ``conf``). Coarser scales (s > 1) apply only in
+    frames whose first-scale noise hides a crease of ``crease``, and cut only where their answer
+    peaks (widened a pixel across, two along the line). Links between members are cut where
+    the log-depth step of the filtered depth exceeds ``max(max_step, 0.75 noise_k sigma_1)``
+    (sigma_1: the first scale's level). Batched; no host sync, no per-frame loop.
     """
     valid = depth > 0
     q = torch.where(valid, torch.reciprocal(depth.clamp_min(1e-12)), torch.zeros_like(depth))
