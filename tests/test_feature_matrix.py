@@ -176,14 +176,28 @@ def test_a_state_with_loop_closure_is_not_resumed_without_it(frames, tmp_path, p
     with pytest.raises(KeyboardInterrupt):
         run("inline", True, frames, tmp_path, pool, stop_after=3)
     state = load_state(tmp_path / "out")
-    for loop in (False,):
-        rec, _ = build("inline", loop, tmp_path / "spill", pool)
-        with pytest.raises(ConfigError, match="cannot resume") as err:
-            rec.start_stream(state)
-        assert "\n" not in str(err.value)
+    rec, _ = build("inline", False, tmp_path / "spill", pool)
+    with pytest.raises(ConfigError, match="cannot resume") as err:
+        rec.start_stream(state)
+    assert "\n" not in str(err.value)
     # Nor the other way round.
     with pytest.raises(KeyboardInterrupt):
         run("inline", False, frames, tmp_path / "b", pool, stop_after=3)
     rec, _ = build("inline", True, tmp_path / "spill", pool)
     with pytest.raises(ConfigError, match="cannot resume"):
         rec.start_stream(load_state(tmp_path / "b" / "out"))
+
+
+def test_loop_closure_and_its_settings_are_in_the_resume_fingerprint():
+    from laser_plugin.resume import check_settings
+    from laser_plugin.session import loop_settings
+
+    on = loop_settings(True)
+    check_settings(on, loop_settings(True))
+    with pytest.raises(ConfigError, match="loop_closure"):
+        check_settings(on, loop_settings(False))
+    changed = {**on, "loop": {**on["loop"], "min_similarity": 0.5}}
+    with pytest.raises(ConfigError, match=r"loop\.min_similarity"):
+        check_settings(on, changed)
+    # Where the records spill is not a result-changing setting.
+    assert "spill_dir" not in on["loop"]
