@@ -16,7 +16,7 @@ video. Reported per run:
 - peak host RSS of the ``laser`` process and its peak GPU memory (allocated and reserved).
 
 On CUDA it then runs ``speed.py`` (the in-process worker variant ``process_local``, with the same
-source resolution and frame count) and prints ``laser run``'s steady frames/s as a fraction of
+source resolution, network input size and frame count) and prints ``laser run``'s steady frames/s as a fraction of
 speed.py's end-to-end figure (the SPEED_NOTES convention: same card, same call).
 
 The ``laser`` process is started through a small driver (:data:`DRIVER`) that calls the CLI's own
@@ -230,11 +230,18 @@ def run_cli(video: Path, out_dir: Path, args, weights: Path, workdir: Path) -> d
 def run_speed_py(height: int, width: int, args, workdir: Path) -> dict:
     """speed.py's end-to-end figure for the same source size and frame count (process_local:
     the network in a thread of the process, as ``laser run --fast`` runs it on one GPU)."""
+    from laser_plugin.models.pi3 import input_size
+
+    # The network at the size `laser run` gives it (upstream's 255,000-pixel rule: 378x672 for
+    # 16:9), not speed.py's own default of 294x518: a comparison at another size would credit
+    # or blame the CLI for the network's cost, not for what the CLI adds.
+    mh, mw = input_size(height, width)
     out = workdir / f"speed_{height}p.json"
     cmd = [
         sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--model", "pi3",
         "--size", args.size, "--device", args.device, "--frames", str(args.frames),
         "--src-height", str(height), "--src-width", str(width),
+        "--height", str(mh), "--width", str(mw),
         *args.speed_args.split(), "--out", str(out),
     ]  # fmt: skip
     log("running: " + " ".join(cmd[1:]))
@@ -248,6 +255,7 @@ def run_speed_py(height: int, width: int, args, workdir: Path) -> dict:
         "new_fps_steady": local.get("new_fps_steady"),
         "error": local.get("error"),
         "command": " ".join(cmd[1:]),
+        "model_size": [mh, mw],
     }
 
 

@@ -141,6 +141,28 @@ def iter_video(path: Path, stride: int = 1) -> Iterator[SourceFrame]:
             )
 
 
+def count_frames(source: str | Path, stride: int = 1) -> int | None:
+    """Frames :func:`open_source` will give for a folder or video path, for progress bars and
+    ETAs; None where unknown (a container that declares no frame count). Reads no pixels: a
+    folder's listing, or the video's stream header."""
+    path = Path(source).expanduser()
+    try:
+        if path.is_dir():
+            n = len(list_images(path))
+        elif path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+            import av
+
+            with av.open(str(path)) as container:
+                n = int(container.streams.video[0].frames or 0) if container.streams.video else 0
+            if n <= 0:
+                return None
+        else:
+            return None
+    except Exception:  # a progress total is a nicety: never fail a run over it
+        return None
+    return -(-n // stride)
+
+
 def open_source(
     source: str | Path | Iterable, fps: float = 30.0, stride: int = 1, max_frames: int | None = None
 ) -> Iterator[SourceFrame]:
