@@ -148,7 +148,9 @@ def count_frames(source: str | Path, stride: int = 1) -> int | None:
     path = Path(source).expanduser()
     try:
         if path.is_dir():
-            n = len(list_images(path))
+            with warnings.catch_warnings():  # the run itself reports skipped files, once
+                warnings.simplefilter("ignore")
+                n = len(list_images(path))
         elif path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
             import av
 
