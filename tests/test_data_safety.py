@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import laser
 from PIL import Image
 from test_faults_common import (
     assert_user_error,
@@ -28,7 +29,6 @@ from test_faults_common import (
     write_images,
 )
 
-from laser_plugin.cli.main import main
 from laser_plugin.errors import InputError, OutputError
 from laser_plugin.io import lock, ownership
 from laser_plugin.io.run_dir import RunWriter, load_run, prepare_output_dir
@@ -37,13 +37,6 @@ LASER = [sys.executable, "-m", "laser_plugin.cli.main"]
 SMALL_DEMO = ("--frames", "12", "--height", "32", "--width", "48", "--quiet")
 WINDOW = ("--window-size", "8", "--overlap", "3", "--no-loop-closure")
 
-
-def laser(capsys, *argv: str) -> tuple[int, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
 
 
 def demo(out: Path, *extra: str) -> subprocess.CompletedProcess:

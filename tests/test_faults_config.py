@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 import torch
+from cli_helpers import laser
 from test_faults_common import assert_user_error, run_cli, textured_images, write_images
 
 from laser_plugin.cli.main import main
@@ -25,13 +26,6 @@ def frames(tmp_path):
     write_images(tmp_path / "frames", textured_images(4))
     return tmp_path / "frames"
 
-
-def laser(capsys, *argv: str) -> tuple[int, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
 
 
 CONFIG_FAULTS = [

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from cli_helpers import laser
 from test_faults_common import (
     PlaneModel,
     assert_user_error,
@@ -17,18 +18,8 @@ from test_faults_common import (
 )
 
 import laser_plugin.models.synthetic as synthetic
-from laser_plugin.cli.main import main
 from laser_plugin.io.run_dir import load_run
 from laser_plugin.sources import open_source, read_image
-
-
-def laser(capsys, *argv: str) -> tuple[int, str]:
-    """`laser ARGV` in-process: (exit code, stderr)."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture

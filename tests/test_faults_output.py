@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import laser
 from test_faults_common import (
     PlaneModel,
     assert_user_error,
@@ -27,7 +28,6 @@ from test_faults_common import (
 )
 
 import laser_plugin.models.synthetic as synthetic
-from laser_plugin.cli.main import main
 from laser_plugin.io.run_dir import load_run
 from laser_plugin.models.synthetic import EmulatedModel, make_scene
 from laser_plugin.resume import load_state
@@ -35,13 +35,6 @@ from laser_plugin.resume import load_state
 # 40 frames -> 8 windows, with the defaults (loop closure on: it resumes like the rest).
 WINDOW = ("--window-size", "8", "--overlap", "3")
 
-
-def laser(capsys, *argv: str) -> tuple[int, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import laser
 from test_faults_common import PlaneModel, make_video, textured_images, write_images
 
 import laser_plugin.io.run_dir as run_dir
 import laser_plugin.models.synthetic as synthetic
-from laser_plugin.cli.main import main
 from laser_plugin.errors import ConfigError, InputError, OutputError
 from laser_plugin.io.run_dir import (
     FORMAT_VERSION,
@@ -30,13 +30,6 @@ from laser_plugin.types import ReconstructedFrame
 
 WINDOW = ("--window-size", "8", "--overlap", "3", "--no-loop-closure", "--quiet")
 
-
-def laser(capsys, *argv: str) -> tuple[int, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture
