@@ -32,15 +32,13 @@ def weighted_median(values: Tensor, weights: Tensor) -> Tensor:
     return torch.where(total.squeeze(-1) > 0, out, torch.full_like(out, float("nan")))
 
 
-def intrinsics_from_points(
+def focal_fit(
     pts_cam: Tensor, conf: Tensor | None = None, keep_fraction: float = 0.5
-) -> Tensor:
-    """Fit pinhole focal lengths to a camera-frame point map; principal point at the centre.
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The raw L1 focal fit of :func:`intrinsics_from_points`, before any degenerate-case guard.
 
-    pts_cam: (L, H, W, 3); conf: (L, H, W) larger = better (optional).
-    For each frame, fx minimises sum_i |(u_i - cx) - fx * x_i / z_i| over the most confident
-    ``keep_fraction`` of pixels with z > 0: the L1 solution is the median of (u_i - cx) / (x_i / z_i)
-    weighted by |x_i / z_i|, robust to outliers; likewise fy. Returns (L, 3, 3) float32.
+    Returns fx (L,), fy (L,) (NaN for a frame without a valid point; may be <= 0 when the points
+    do not look like a pinhole's) and the pixels used (L, H, W) bool.
     """
     if pts_cam.ndim != 4 or pts_cam.shape[-1] != 3:
         raise ValueError(f"pts_cam must be (L, H, W, 3), got {tuple(pts_cam.shape)}")
@@ -63,6 +61,22 @@ def intrinsics_from_points(
     tiny = 1e-6
     fx = weighted_median(u.reshape(1, -1) / torch.where(a.abs() > tiny, a, tiny), a.abs() * m)
     fy = weighted_median(v.reshape(1, -1) / torch.where(b.abs() > tiny, b, tiny), b.abs() * m)
+    return fx, fy, valid
+
+
+def intrinsics_from_points(
+    pts_cam: Tensor, conf: Tensor | None = None, keep_fraction: float = 0.5
+) -> Tensor:
+    """Fit pinhole focal lengths to a camera-frame point map; principal point at the centre.
+
+    pts_cam: (L, H, W, 3); conf: (L, H, W) larger = better (optional).
+    For each frame, fx minimises sum_i |(u_i - cx) - fx * x_i / z_i| over the most confident
+    ``keep_fraction`` of pixels with z > 0: the L1 solution is the median of (u_i - cx) / (x_i / z_i)
+    weighted by |x_i / z_i|, robust to outliers; likewise fy. Returns (L, 3, 3) float32.
+    """
+    fx, fy, _ = focal_fit(pts_cam, conf, keep_fraction)
+    n, h, w, _ = pts_cam.shape
+    device = pts_cam.device
     # Degenerate frames (no valid point): fall back to a 60-degree horizontal field of view.
     fallback = torch.full_like(fx, (w / 2) / torch.tan(torch.tensor(torch.pi / 6)).item())
     fx = torch.where(torch.isfinite(fx) & (fx > 0), fx, fallback)
