@@ -63,7 +63,10 @@ def make_windows(
     n = 2 * window - overlap
     canvas = make_canvas(src_hw[0], src_hw[1], 2 * window)
     frames = torch.stack(
-        [pi3.Pi3Model.preprocess(canvas[:, 2 * i : 2 * i + src_hw[1]].copy(), size) for i in range(n)]
+        [
+            pi3.Pi3Model.preprocess(canvas[:, 2 * i : 2 * i + src_hw[1]].copy(), size)
+            for i in range(n)
+        ]
     )
     return [frames[:window], frames[window - overlap :]]
 
@@ -148,7 +151,7 @@ def fit_sensitivity(pts: Tensor, conf: Tensor, eps: float, trials: int = 4, seed
         noise = torch.randn(pts.shape, generator=g)
         k = intrinsics_from_points(pts * (1 + eps * noise), conf)
         ks.append(rel(k, k0))
-        df = (k[:, :2, :2].diagonal(dim1=-2, dim2=-1) - k0[:, :2, :2].diagonal(dim1=-2, dim2=-1))
+        df = k[:, :2, :2].diagonal(dim1=-2, dim2=-1) - k0[:, :2, :2].diagonal(dim1=-2, dim2=-1)
         worst.append(float((df.abs() / k0[:, :2, :2].diagonal(dim1=-2, dim2=-1)).max()))
     return {"eps": eps, "K_rel_median": float(np.median(ks)), "focal_rel_max": max(worst)}
 
@@ -172,7 +175,9 @@ def compare(ref_pred, ref_pts, fast_pred, fast_pts) -> dict:
         "fallback_flips": int((fall_r != fall_f).any(0).sum()),  # frames
         "topk_set_changed": float((setr != setf).float().sum() / setr.float().sum()),
         # pixels kept beyond the top half because they tie with the threshold (ref, fast)
-        "topk_ties": [int((s.flatten(1).sum(1) - round(0.5 * s[0].numel())).max()) for s in (setr, setf)],
+        "topk_ties": [
+            int((s.flatten(1).sum(1) - round(0.5 * s[0].numel())).max()) for s in (setr, setf)
+        ],
         "worst_frame": worst,
         "worst_frame_fit_ref": [float(fxr[worst]), float(fyr[worst])],
         "worst_frame_fit_fast": [float(fxf[worst]), float(fyf[worst])],
@@ -231,6 +236,9 @@ def configs(device: torch.device, compile_: bool) -> dict[str, dict]:
     return out
 
 
+CONFIG_NAMES = ("fp32_cache", "bf16", "bf16_cache", "bf16_default", "bf16_default_compiled")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -278,9 +286,7 @@ def main() -> None:
     for network in ("random", "planted"):
         refs = run_ref(ref, windows, device)
         rows: dict = {}
-        rows["sensitivity"] = [
-            fit_sensitivity(r[1], r[0].conf, args.eps) for r in refs
-        ]
+        rows["sensitivity"] = [fit_sensitivity(r[1], r[0].conf, args.eps) for r in refs]
         rows["ref_fit_median_abs_focal"] = [
             float(focal_fit(r[1].cpu(), r[0].conf.cpu())[0].abs().nanmedian()) for r in refs
         ]
@@ -299,9 +305,7 @@ def main() -> None:
             t = time.perf_counter()
             fast = accelerate(model, **opts)
             outs = run_fast(fast, windows)
-            rows[name] = [
-                compare(r[0], r[1], o[0], o[1]) for r, o in zip(refs, outs, strict=True)
-            ]
+            rows[name] = [compare(r[0], r[1], o[0], o[1]) for r, o in zip(refs, outs, strict=True)]
             rows[name + "_seconds"] = time.perf_counter() - t
             del fast, model
             if device.type == "cuda":
@@ -363,6 +367,17 @@ def summary(res: dict) -> None:
                     f"{e['worst_frame_fit_ref'][0]:.3g},{e['worst_frame_fit_ref'][1]:.3g} -> "
                     f"{e['worst_frame_fit_fast'][0]:.3g},{e['worst_frame_fit_fast'][1]:.3g})"
                 )
+        errs = [
+            e for name, v in rows.items() if isinstance(v, list) and name in CONFIG_NAMES for e in v
+        ]
+        if errs:
+            worst = max(errs, key=lambda e: e["intrinsics"] / max(e["depth"], 1e-12))
+            print(
+                f"fast paths: worst intrinsics/depth error ratio "
+                f"{worst['intrinsics'] / max(worst['depth'], 1e-12):.2f}; windows with a frame whose "
+                f"focal fit crossed zero (fallback in one path only): "
+                f"{sum(e['fallback_flips'] > 0 for e in errs)} of {len(errs)}"
+            )
     print(f"\ntotal {res['seconds']:.1f} s")
 
 
