@@ -1,7 +1,7 @@
 """Where GPU alignment waits for the GPU: host synchronisations per window, by call site.
 
 On a GPU shared with the network, every host sync in the alignment makes the aligning thread wait
-for its stream to drain behind whatever the network has queued (SPEED_NOTES: alignment takes
+for its stream to drain behind whatever the network has queued (benchmarks/archive/SPEED_NOTES.md: alignment takes
 35-55 ms per window alone, 60-90 ms next to a network). This runs the plain engine over the
 synthetic scene at 518x294 (L=20, O=5) with alignment on a CUDA device and torch's sync debug
 mode on, and prints the syncs per window grouped by the innermost ``laser_plugin`` frame, with

@@ -1,6 +1,6 @@
 """Attention forward kernels of our own in Triton, swept over tile shapes, against cuDNN.
 
-SPEED_NOTES run 8 measured that cuDNN's attention at head dimension 64 takes the products' time
+benchmarks/archive/SPEED_NOTES.md run 8 measured that cuDNN's attention at head dimension 64 takes the products' time
 plus the exponentials' time, one after the other. These variants test ways around that:
 
 - "ptr": one program per 64- or 128-row query tile, pointer loads, the softmax in fp32 with

@@ -17,7 +17,7 @@ video. Reported per run:
 
 On CUDA it then runs ``speed.py`` (the in-process worker variant ``process_local``, with the same
 source resolution, network input size and frame count) and prints ``laser run``'s steady frames/s as a fraction of
-speed.py's end-to-end figure (the SPEED_NOTES convention: same card, same call).
+speed.py's end-to-end figure (the convention of benchmarks/archive/SPEED_NOTES.md: same card, same call).
 
 The ``laser`` process is started through a small driver (:data:`DRIVER`) that calls the CLI's own
 ``main`` and, at exit, writes the process's peak memory; ``--size tiny`` also makes ``pi3`` build

@@ -1,4 +1,4 @@
-"""Kernel-level measurements behind SPEED_NOTES run 8: where the network's time could still go.
+"""Kernel-level measurements behind run 8 of benchmarks/archive/SPEED_NOTES.md: where the network's time could still go.
 
 Three questions, each answered on the same card in one process, with errors against fp32 on the
 same weights and inputs (‖a−b‖/‖b‖):

@@ -1,7 +1,7 @@
 """Where the aligning thread's time goes next to the network: a torch.profiler run of the
 one-GPU worker pipeline (`ProcessReconstructor` with the network in a thread of this process).
 
-SPEED_NOTES run 8: with VGGT, the aligning thread spends 65-85 ms per window in ``finalise``
+benchmarks/archive/SPEED_NOTES.md run 8: with VGGT, the aligning thread spends 65-85 ms per window in ``finalise``
 (π³: 3 ms), whose work is a handful of device-to-host copies. This profiles a few windows after a
 warm-up and prints the CPU-side operations under each engine stage (marked with
 ``record_function``) and the device-to-host copies' own durations on the GPU.
