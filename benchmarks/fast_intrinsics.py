@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from laser_plugin.models import pi3
@@ -58,17 +59,17 @@ def make_canvas(height: int, width: int, frames: int, seed: int = 0) -> np.ndarr
 def make_windows(
     size: tuple[int, int], window: int, overlap: int, src_hw: tuple[int, int] = (360, 640)
 ) -> list[Tensor]:
-    """The first two windows of speed.py's stream, preprocessed: (window, 3, H, W) each; the
-    second starts ``overlap`` frames before the first ends."""
+    """The first two windows of speed.py's stream, resized as the engine does (bilinear,
+    antialiased): (window, 3, H, W) in [0, 1] each; the second starts ``overlap`` frames before
+    the first ends."""
     n = 2 * window - overlap
     canvas = make_canvas(src_hw[0], src_hw[1], 2 * window)
     frames = torch.stack(
-        [
-            pi3.Pi3Model.preprocess(canvas[:, 2 * i : 2 * i + src_hw[1]].copy(), size)
-            for i in range(n)
-        ]
+        [torch.from_numpy(canvas[:, 2 * i : 2 * i + src_hw[1]].copy()) for i in range(n)]
     )
-    return [frames[:window], frames[window - overlap :]]
+    frames = frames.permute(0, 3, 1, 2).float().div_(255.0)
+    frames = F.interpolate(frames, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return [frames[:window].clamp(0, 1), frames[window - overlap :].clamp(0, 1)]
 
 
 # -- the planted head --------------------------------------------------------------------------
@@ -110,8 +111,10 @@ class PinholeHead(nn.Module):
     jittered per pixel by the network the way its depth z = exp(r_z) is, so a perturbation of the
     trunk (bf16, token cache, kernels) moves every coordinate of the point map by the same relative
     amount as the depth, while the map stays a pinhole's up to a multiplicative jitter whose median
-    is ~1 (the L1 focal fit is then well conditioned and returns ≈ fx, fy). The z channel,
-    the confidence and the camera head are the random network's."""
+    is ~1. The L1 focal fit is then well conditioned and returns fx, fy up to a bias from the
+    jitter (its |x/z| weights favour pixels with exp(r) > 1: 5% low for the tiny network, ~15%
+    for the full-size one), the same for both paths. The z channel, the confidence and the
+    camera head are the random network's."""
 
     def __init__(self, head: nn.Module, focal: tuple[float, float]) -> None:
         super().__init__()

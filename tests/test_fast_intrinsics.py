@@ -89,12 +89,14 @@ def test_fp32_fast_path_intrinsics_equal_the_reference_in_both_windows(planted):
 
 
 def test_focal_fit_is_well_conditioned_on_the_planted_points(planted):
-    """A relative perturbation of bf16 size (4e-3) of every coordinate moves the planted fit by
-    well under that (it is a median over thousands of pixels)."""
+    """A relative perturbation of bf16 size (4e-3) of every coordinate moves no planted frame's
+    focal length by more than about as much (no amplification; the random network's fits move by
+    10 to 10^5 times the perturbation, ``benchmarks/fast_intrinsics.py``)."""
     _, _, refs = planted
     for pred, pts in refs:
         s = bench.fit_sensitivity(pts, pred.conf, 4e-3)
-        assert s["focal_rel_max"] < 4e-3, s
+        assert s["focal_rel_max"] < 2 * 4e-3, s
+        assert s["K_rel_median"] < 2e-3, s
 
 
 def test_random_network_focal_fit_is_near_zero():
