@@ -32,7 +32,7 @@ from laser_plugin.geometry.sim3 import (
     register_overlap,
     weighted_procrustes,
 )
-from laser_plugin.prepare import PreparedWindow, prepare_window
+from laser_plugin.prepare import UNUSABLE, ModelOutputError, PreparedWindow, prepare_window
 from laser_plugin.sources import SourceFrame, open_source
 from laser_plugin.stream_threads import SinkCaller
 from laser_plugin.types import (
@@ -70,6 +70,28 @@ class _Final:
     labels: Tensor | None  # (h, w) strided layer labels
     depth_strided: Tensor | None  # (h, w)
     conf_strided: Tensor | None = None  # (h, w) the model's own confidence (layer_fusion)
+
+
+_UNUSABLE_HINT = (
+    "the weights or the numerics are broken (check --weights; on a GPU try --no-fast); the "
+    "frames finalised before this window were kept"
+)
+
+
+def _frame_span(window) -> str:
+    first, last = window.items[0].index, window.items[-1].index
+    return f"frames {first}-{last}"
+
+
+def _stop_on_unusable(window, messages) -> None:
+    """Stop the run, in one line naming the window, on a prediction that is not finite as a
+    whole (:func:`laser_plugin.prepare.unusable_output`): every runner aligns through here."""
+    for m in messages:
+        if m.startswith(UNUSABLE):
+            raise ModelOutputError(
+                f"window {window.index} ({_frame_span(window)}): the model's output is not "
+                f"finite ({m[len(UNUSABLE) :]}): {_UNUSABLE_HINT}"
+            )
 
 
 def _layer_readout(num_layers: Tensor, prep: PreparedWindow) -> tuple[float, float, float]:
@@ -310,7 +332,16 @@ class StreamingReconstructor:
         """
         images = torch.stack([it.tensor for it in window.items])
         with torch.inference_mode():
-            pred = (model or self.model)(images)
+            try:
+                pred = (model or self.model)(images)
+            except torch.linalg.LinAlgError as exc:
+                # e.g. π³'s rotation SVD on the NaN output of broken weights (CPU raises there)
+                if "non-finite" not in str(exc):
+                    raise
+                raise ModelOutputError(
+                    f"window {window.index} ({_frame_span(window)}): the model's computation "
+                    f"met non-finite values ({str(exc).strip().splitlines()[0]}): {_UNUSABLE_HINT}"
+                ) from None
         if not isinstance(pred, WindowPrediction):
             raise TypeError(f"model returned {type(pred).__name__}, expected WindowPrediction")
         pred.validate(len(window.items))
@@ -346,6 +377,7 @@ class StreamingReconstructor:
                 prep = prepare_window(pred.to(self.device), cfg)
                 t = self._timed("prepare", t, times)
             del pred
+            _stop_on_unusable(window, prep.messages)
             poses, intr, conf_n, confident = (
                 prep.cam_to_world,
                 prep.intrinsics,

@@ -20,9 +20,37 @@ import torch
 from torch import Tensor
 
 from laser_plugin.config import LaserConfig
+from laser_plugin.errors import LaserError
 from laser_plugin.geometry.layers import segment_depth_layers, strided_depth, upsample_labels
 from laser_plugin.geometry.sanitize import sanitize_prediction
 from laser_plugin.types import WindowPrediction
+
+UNUSABLE = "unusable model output: "
+"""Prefix of the message :func:`prepare_window` gives a window whose prediction is not finite as
+a whole; the engine stops the run on it (:class:`ModelOutputError`). A message, so it also comes
+back from a worker process that prepared the window."""
+
+
+class ModelOutputError(LaserError):
+    """The network's output for a window is unusable as a whole (not finite): broken weights or
+    numerics. Stopping at once, naming the window, beats an error in the alignment much later."""
+
+
+def unusable_output(pred: WindowPrediction, fixes: list[str]) -> str | None:
+    """Why ``pred`` cannot be aligned at all, or None. ``fixes``: what sanitising reported.
+
+    Sanitising repairs what a working network gets wrong at times (some NaN pixels or poses, or
+    one window with no valid depth: tests/test_faults_model.py); this catches what only a broken
+    one gives: no finite camera pose in the window, or neither a finite depth nor a finite
+    confidence anywhere in it. Costs nothing for a sound window beyond a pose check of L
+    matrices (the depth is looked at only when sanitising found none valid)."""
+    if not bool(torch.isfinite(pred.cam_to_world).flatten(1).all(1).any()):
+        return "every camera pose is NaN or infinite"
+    if "no valid depth in this window" in fixes and not (
+        bool(torch.isfinite(pred.depth).any()) or bool(torch.isfinite(pred.conf).any())
+    ):
+        return "every depth and confidence value is NaN or infinite"
+    return None
 
 
 @dataclass
@@ -80,6 +108,12 @@ def prepare_window(pred: WindowPrediction, config: LaserConfig) -> PreparedWindo
     cfg = config
     with torch.inference_mode():
         depth, conf, poses, intr, fixes = sanitize_prediction(pred)
+        unusable = unusable_output(pred, fixes)
+        if unusable is not None:  # the engine stops on it: skip the rest of the work
+            zeros = torch.zeros_like(depth)
+            return PreparedWindow(
+                depth, zeros, zeros.bool(), poses, intr, messages=(UNUSABLE + unusable,)
+            )
         valid = depth > 0
         conf_n = rank_normalise(conf, valid)
         confident = valid & (conf_n >= 1.0 - cfg.top_conf_fraction)

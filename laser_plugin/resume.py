@@ -17,6 +17,8 @@ import dataclasses
 import io
 import json
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +157,8 @@ def from_bytes(data: bytes) -> EngineState:
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     meta = json.loads(arrays.pop("meta").tobytes().decode())
+    if not isinstance(meta, dict):
+        raise ValueError("its metadata is not a JSON object")
     if meta.get("version") != STATE_VERSION:
         raise OutputError(
             f"resume state has version {meta.get('version')}, this laser reads {STATE_VERSION}"
@@ -227,17 +231,42 @@ def load_state(out_dir: Path) -> EngineState | None:
     if not path.is_file():
         return None
     try:
-        return from_bytes(path.read_bytes())
-    except (ValueError, OSError, KeyError, json.JSONDecodeError) as exc:
-        raise OutputError(f"cannot read the resume state {path}: {exc}") from None
-
-
-def read_settings(out_dir: Path, key: str = "settings") -> Any:
-    """``key`` of the summary.json of a run directory (settings by default; {} if unreadable)."""
+        data = path.read_bytes()
+    except OSError as exc:
+        raise OutputError(f"cannot read the resume state {path}: {exc.strerror or exc}") from None
     try:
-        return json.loads((Path(out_dir) / "summary.json").read_text()).get(key, {})
+        return from_bytes(data)
+    except (
+        ValueError,  # also JSONDecodeError, UnicodeDecodeError, a bad .npy header
+        KeyError,
+        TypeError,
+        EOFError,
+        OSError,
+        zipfile.BadZipFile,  # truncated (a full disk, a copy cut short)
+        zlib.error,
+    ) as exc:
+        lines = str(exc).strip().splitlines()
+        why = lines[0] if lines else type(exc).__name__
+        raise OutputError(
+            f"cannot read the resume state {path}: it is damaged ({why}); the frames written so "
+            "far are untouched: export or view them as they are, or start again with --overwrite"
+        ) from None
+
+
+def read_settings(out_dir: Path, key: str = "settings", strict: bool = False) -> Any:
+    """``key`` of the summary.json of a run directory (settings by default; {} if unreadable).
+
+    ``strict``: a damaged summary.json raises :class:`~laser_plugin.errors.InputError` (one
+    line) instead, as a resume must not guess what the run was."""
+    if strict:
+        from laser_plugin.io.run_dir import read_summary
+
+        return read_summary(out_dir).get(key, {})
+    try:
+        summary = json.loads((Path(out_dir) / "summary.json").read_text())
     except (OSError, ValueError):
         return {}
+    return summary.get(key, {}) if isinstance(summary, dict) else {}
 
 
 def fingerprint(settings: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import tyro
 
 from laser_plugin.batch.fleet import FleetOptions
-from laser_plugin.cli.run import FlatLaser
+from laser_plugin.cli.run import FlatLaser, check_device, check_rate
 from laser_plugin.config import LaserConfig
 from laser_plugin.errors import ConfigError
 
@@ -75,6 +75,8 @@ class Batch:
         from laser_plugin.batch.report import summary_table
 
         self.laser.validate()
+        check_device(self.laser.device, "--device", auto=False, here=False)  # Ray workers' GPUs
+        check_rate(self.fps, "--fps")
         if self.stride < 1:
             raise ConfigError(f"--stride must be at least 1, got {self.stride}")
         jobs = read_manifest(self.manifest)

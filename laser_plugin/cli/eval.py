@@ -75,8 +75,19 @@ class Eval:
     """Print the JSON to stdout instead of the table."""
 
     def main(self) -> int:
+        import warnings
+
+        from laser_plugin.cli.run import _show_warning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_warning  # one "warning: ..." line each
+            return self._main()
+
+    def _main(self) -> int:
         from rich.console import Console
 
+        from laser_plugin.cli.run import check_device
         from laser_plugin.config import LaserConfig
         from laser_plugin.datasets import load_dataset
         from laser_plugin.errors import ConfigError, InputError
@@ -104,7 +115,18 @@ class Eval:
         if self.dataset == "synthetic":
             kw.update(num_frames=self.synthetic_frames, height=self.synthetic_size[0])
             kw.update(width=self.synthetic_size[1])
-        seqs = load_dataset(self.dataset, self.dataset_root, **kw)
+        check_device(self.device, "--device", auto=False)
+        try:
+            seqs = load_dataset(self.dataset, self.dataset_root, **kw)
+        except UnicodeDecodeError as exc:
+            # A list or ground-truth file that is not text (the readers decode UTF-8).
+            where = _file_being_read(exc) or (
+                f"one of the text files of the {self.dataset} dataset in {self.dataset_root}"
+            )
+            raise InputError(
+                f"cannot read {where}: it is not UTF-8 text "
+                f"(byte {exc.object[exc.start : exc.start + 1]!r} at offset {exc.start})"
+            ) from None
         if self.sequences:
             unknown = set(self.sequences) - {s.name for s in seqs}
             if unknown:
@@ -179,3 +201,17 @@ class Eval:
                 out = Console(width=160)  # a pipe or file: do not squeeze the table to 80 columns
             out.print(build_table(result))
         return 0
+
+
+def _file_being_read(exc: BaseException) -> str | None:
+    """The file a dataset reader was decoding when ``exc`` was raised (its innermost ``path``
+    local), to name it in the error; None if no frame had one."""
+    from pathlib import PurePath
+
+    tb, found = exc.__traceback__, None
+    while tb is not None:
+        path = tb.tb_frame.f_locals.get("path")
+        if isinstance(path, PurePath):
+            found = str(path)
+        tb = tb.tb_next
+    return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import signal
 import sys
 import time
@@ -142,7 +143,7 @@ def execute(
     state = None
     if resume:
         out = prepare_output_dir(output_dir, resume=True)
-        check_settings(read_settings(out), settings)
+        check_settings(read_settings(out, strict=True), settings)
         state = load_state(out)
         if state is not None:
             check_settings(state.settings, settings)
@@ -308,8 +309,8 @@ def resume_is_done(output_dir: Path, settings: dict) -> bool:
     out = Path(output_dir).expanduser()
     if not (out / "summary.json").is_file():
         return False
-    check_settings(read_settings(out), settings)
-    if read_settings(out, "status") != "complete":
+    check_settings(read_settings(out, strict=True), settings)
+    if read_settings(out, "status", strict=True) != "complete":
         return False
     print(f"nothing to resume: the run in {out} is complete", file=sys.stderr)
     return True
@@ -323,6 +324,33 @@ def _progress_total(source: Path, stride: int, max_frames: int | None) -> int | 
     if n is not None and max_frames is not None:
         n = min(n, max_frames)
     return n
+
+
+def check_device(value: str, flag: str, auto: bool = True, here: bool = True) -> None:
+    """Refuse, in one line and before any work, a device torch cannot name or (``here``) this
+    machine lacks. ``auto``: the word auto is accepted too."""
+    if auto and value == "auto":
+        return
+    import torch
+
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"{flag} {value!r} is not a device: use {'auto, ' if auto else ''}cpu, cuda or cuda:N"
+        ) from None
+    if dev.type == "cuda" and here:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"{flag} {value} was asked for but no CUDA device is available")
+        if (dev.index or 0) >= count:
+            raise ConfigError(f"{flag} {value}: this machine has {count} CUDA device(s)")
+
+
+def check_rate(value: float, flag: str) -> None:
+    """A frame rate: positive and finite (timestamps are frame / rate)."""
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{flag} must be positive and finite, got {value}")
 
 
 def _guard(fn):
@@ -402,10 +430,10 @@ class Run:
         from laser_plugin.resume import input_fingerprint
 
         device = self.device
+        check_device(device, "--device")
+        check_device(self.laser.device, "--align-device")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError("--device cuda was asked for but no CUDA device is available")
         if self.fast and self.no_fast:
             raise ConfigError("--fast and --no-fast contradict each other: give one")
         # A user should not need to know --fast: on a GPU it is the default for the networks
@@ -426,8 +454,12 @@ class Run:
             raise ConfigError(f"--stride must be at least 1, got {self.stride}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ConfigError(f"--max-frames must be at least 1, got {self.max_frames}")
-        if not self.fps > 0:
-            raise ConfigError(f"--fps must be positive, got {self.fps}")
+        check_rate(self.fps, "--fps")
+        if not (math.isfinite(self.checkpoint_interval) and self.checkpoint_interval >= 0):
+            raise ConfigError(
+                f"--checkpoint-interval must be 0 or a positive number of seconds, got "
+                f"{self.checkpoint_interval}"
+            )
         source = Path(self.input).expanduser()
         if not source.exists():
             raise InputError(f"input not found: {source}")
@@ -515,7 +547,8 @@ class Run:
 
             # Not in the resume fingerprint (the device may change): the fast path's numerics
             # differ (bf16), so a run is continued only on the path it started on.
-            was = bool(read_settings(Path(self.output_dir).expanduser()).get("fast", False))
+            saved = read_settings(Path(self.output_dir).expanduser(), strict=True)
+            was = bool(saved.get("fast", False))
             if was != fast:
                 if pool is not None:
                     pool.close()
@@ -591,6 +624,7 @@ class Demo:
         from laser_plugin.models.synthetic.evaluate import evaluate_depths_poses
 
         self.laser.validate()
+        check_device(self.laser.device, "--device", auto=False)  # the demo's is the alignment's
         scene = make_scene(self.scene, self.frames, self.height, self.width, seed=self.seed)
         model = make_model(scene=scene)
         settings = {

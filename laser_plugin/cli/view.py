@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from tyro.conf import Positional
 
-from laser_plugin.errors import ConfigError
+from laser_plugin.errors import ConfigError, OutputError
 
 
 @dataclass
@@ -34,8 +34,19 @@ class View:
 
             target = parse_rerun_spec(self.rerun)  # bad values fail before any work
             from laser_plugin.integrations.rerun import replay
+            from laser_plugin.integrations.rerun.config import RerunConfig
+            from laser_plugin.io.run_dir import load_run
 
-            sink = replay(self.run_dir, target)
+            load_run(self.run_dir)  # a damaged run in one line, before any viewer starts
+            config = RerunConfig()
+            if target.mode == "connect":
+                _require_listener(target.path_or_url, "connect")
+            elif target.mode == "spawn":
+                _require_display()
+            sink = replay(self.run_dir, target, config)
+            if target.mode == "spawn":
+                # The viewer may still fail after it started (no GPU, a broken driver).
+                _require_listener(f"127.0.0.1:{config.spawn_port}", "spawn")
             if target.mode == "save":
                 print(f"wrote {sink.url}")
             if target.mode == "serve" and not self.viser:
@@ -46,6 +57,61 @@ class View:
 
             viser_replay(self.run_dir, self.host, self.port)
         return 0
+
+
+PROBE_TIMEOUT_S = 3.0
+
+
+def _require_display() -> None:
+    """``spawn`` opens a window: on Linux without a display it cannot, and the viewer exits at
+    once while the replay waits for it. Refuse up front, in one line."""
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    if any(os.environ.get(k) for k in ("DISPLAY", "WAYLAND_DISPLAY", "WAYLAND_SOCKET")):
+        return
+    raise OutputError(
+        "nothing was shown: --rerun spawn opens a viewer window, but there is no display "
+        "(DISPLAY and WAYLAND_DISPLAY are unset); use --rerun save:run.rrd and open the file "
+        "where there is a screen, or --rerun serve and connect to it"
+    )
+
+
+def _require_listener(url: str | None, mode: str) -> None:
+    """Refuse (one line, within :data:`PROBE_TIMEOUT_S`) when no viewer listens at ``url``
+    (a Rerun gRPC URL, or HOST:PORT): otherwise the replay would stream into nothing and exit 0."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from laser_plugin.integrations.rerun.sink import DEFAULT_CONNECT_URL
+
+    url = url or DEFAULT_CONNECT_URL
+    try:
+        parts = urlsplit(url if "://" in url else f"//{url}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return  # not a URL we can read: leave it to the Rerun SDK
+    if not host:
+        return
+    if port is None:
+        port = 443 if parts.scheme.endswith("https") else 80
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+    if mode == "spawn":
+        raise OutputError(
+            f"nothing was shown: the spawned Rerun viewer is not running (nothing listens on "
+            f"port {port}: {why}); use --rerun save:run.rrd, or run `rerun` yourself and "
+            "--rerun connect"
+        )
+    raise OutputError(
+        f"nothing was shown: no Rerun viewer listens at {url} ({why}); start one with "
+        "`rerun`, or use --rerun spawn or --rerun save:run.rrd"
+    )
 
 
 def _serve_until_interrupted(url: str | None) -> None:

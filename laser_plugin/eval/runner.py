@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -176,6 +177,8 @@ def score_frames(
         )
         result.update({"abs_rel": m["abs_rel"], "delta_1_25": m["delta_1_25"]})
         result.update({"depth_scale": m["scale"], "depth_pixels": m["num_pixels"]})
+    if protocol.pose:
+        _warn_missing_poses(seq)
     if protocol.pose and seq.has_poses:
         valid = seq.pose_valid
         if valid.sum() >= 3:
@@ -194,6 +197,30 @@ def score_frames(
         )
         result.update({k: v for k, v in scores.as_dict().items() if k in POINTMAP_KEYS})
     return result
+
+
+def _warn_missing_poses(seq: Sequence) -> None:
+    """Say when the ground truth cannot score the trajectory (ATE/RPE would read "-" with no
+    reason) or scores only part of it: a malformed or mismatched ground-truth file."""
+    n = len(seq)
+    have = int(seq.pose_valid.sum())
+    if not seq.has_poses:
+        why = "the sequence has no ground-truth poses"
+    elif have < 3:
+        why = (
+            f"only {have} of its {n} frames have a finite ground-truth pose (a malformed "
+            "ground-truth file, or its timestamps do not match the frames')"
+        )
+    elif have < n / 2:
+        warnings.warn(
+            f"{seq.name}: ATE/RPE use only the {have} of {n} frames that have a ground-truth pose",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return
+    else:
+        return
+    warnings.warn(f"{seq.name}: no ATE/RPE: {why}", RuntimeWarning, stacklevel=3)
 
 
 def run_frames(run_dir) -> Iterator:

@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import math
 import os
 import re
 import time
@@ -103,6 +104,14 @@ def prepare_output_dir(path: Path, overwrite: bool = False, resume: bool = False
         raise OutputError(f"output path {path} exists and is not a directory")
     if resume and not (path / "summary.json").is_file():
         raise OutputError(f"nothing to resume: {path} holds no laser run (no summary.json)")
+    if resume:
+        # A resumed run appends to its folders: never through a link to somewhere else.
+        linked = sorted(n for n in _OWN_ENTRIES if (path / n).is_symlink())
+        if linked:
+            raise OutputError(
+                f"refusing to resume {path}: {linked[0]} is a symbolic link, not a folder or "
+                "file laser wrote; nothing was changed"
+            )
 
     def plan():
         if resume or not ownership.entries(path):
@@ -261,11 +270,41 @@ def _npz_bytes(key: str, array: np.ndarray) -> bytes:
 
 
 def _load_array(path: Path, key: str) -> np.ndarray:
-    """An array saved by either format: ``.npy`` (format 1) or a one-array ``.npz`` (format 2)."""
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            return z[key]
-    return np.load(path, allow_pickle=False)
+    """An array saved by either format: ``.npy`` (format 1) or a one-array ``.npz`` (format 2).
+
+    A damaged file (truncated, not an array, another key) raises InputError in one line."""
+    import zlib
+
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return z[key]
+        return np.load(path, allow_pickle=False)
+    except KeyError:
+        raise InputError(f"{path} is damaged: it holds no array {key!r}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise InputError(
+            f"{path} is damaged or not a laser array file ({_first_line(exc)})"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _read_image(path: Path, what: str) -> np.ndarray:
+    """An RGB image of the run; a damaged file raises InputError in one line."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        # PIL's UnidentifiedImageError and "image file is truncated" are OSErrors
+        raise InputError(
+            f"{path} ({what}) is damaged or not an image ({_first_line(exc)})"
+        ) from None
 
 
 def _write_file(path: Path, data: bytes, fsync: bool = True) -> None:
@@ -862,7 +901,9 @@ class RunWriter:
     def _resume(self, n: int) -> None:
         try:
             old = json.loads((self.dir / "summary.json").read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):
+            old = {}
+        if not isinstance(old, dict):
             old = {}
         version = old.get("format_version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
@@ -875,6 +916,7 @@ class RunWriter:
             raise OutputError(
                 f"cannot resume {self.dir}: frames.jsonl holds {have} frames, the saved state {n}"
             )
+        load_run(self.dir)  # a damaged frames.jsonl is refused before anything is cut off
         self._reconcile(n)
         self.window_stats = list(old.get("window_stats", []))
         self.timings = dict(old.get("timings_s", {}))
@@ -1003,12 +1045,11 @@ class RunData:
         """The i-th frame's original-resolution image: kept in the run (source/), or decoded
         again from the run's input (format 2, not kept); None where neither is possible
         (``required``: raise InputError instead; otherwise one warning per run)."""
-        from PIL import Image
-
         rec = self.frames[i]
         if rec.paths.get("source"):
-            with Image.open(_inside(self.path, rec.paths["source"])) as im:
-                return np.asarray(im.convert("RGB"))
+            return _read_image(
+                _inside(self.path, rec.paths["source"]), f"original of frame {rec.index}"
+            )
         if not rec.source_ref:
             return None
         try:
@@ -1053,25 +1094,36 @@ class RunData:
         (source/), "auto" also decoded again from the input where it can be (see
         :meth:`source_image`), True the same but required (InputError otherwise), False none.
         Decoding a video again is costly: only the exporters ask for it."""
-        from PIL import Image
-
         rec = self.frames[i]
         p = rec.paths
-        with Image.open(_inside(self.path, p["image"])) as im:
-            image = np.asarray(im.convert("RGB"))
+        image = _read_image(_inside(self.path, p["image"]), f"frame {rec.index}")
         if source == "kept":
             src_image = self.source_image(i) if p.get("source") else None
         else:
             src_image = self.source_image(i, required=source is True) if source else None
         layers = _load_array(_inside(self.path, p["layers"]), "layers") if p.get("layers") else None
         conf = _load_array(_inside(self.path, p["conf"]), "conf")
+        depth = _load_array(_inside(self.path, p["depth"]), "depth")
+        # A damaged file of the right kind but the wrong size would fail far from here.
+        size = (rec.height, rec.width)
+        for name, arr, shape in (
+            ("image", image, (*size, 3)),
+            ("depth", depth, size),
+            ("conf", conf, size),
+            ("layers", layers, size),
+        ):
+            if arr is not None and (arr.shape != shape or arr.dtype.kind not in "biuf"):
+                raise InputError(
+                    f"{self.path / p[name]} (frame {rec.index}) does not fit the run: "
+                    f"{arr.dtype} {'x'.join(map(str, arr.shape))}, expected {'x'.join(map(str, shape))}"
+                )
         return ReconstructedFrame(
             index=rec.index,
             timestamp=rec.timestamp,
             image=image,
             cam_to_world=rec.cam_to_world,
             intrinsics=rec.intrinsics,
-            depth=_load_array(_inside(self.path, p["depth"]), "depth").astype(np.float32),
+            depth=depth.astype(np.float32),
             conf=dequantize_conf(conf) if conf.dtype == np.uint8 else conf.astype(np.float32),
             window=rec.window,
             layers=layers,
@@ -1144,43 +1196,133 @@ def _inside(run_dir: Path, rel: Any) -> Path:
     raise InputError(f"{run_dir} is not a valid run: frames.jsonl names {rel!r}, outside the run directory")
 
 
-def load_run(path: str | Path) -> RunData:
-    """Open a run directory; tolerates a run interrupted mid-write (a torn last line is ignored)."""
-    from laser_plugin.errors import InputError
+def _invalid(path: Path, what: str) -> InputError:
+    """The one-line error for a run directory that is damaged or was not written by laser."""
+    return InputError(f"{path} is not a valid run: {what}")
 
+
+def read_summary(path: str | Path) -> dict:
+    """A run directory's summary.json; InputError (one line) if it is missing or damaged."""
+    path = Path(path).expanduser()
+    try:
+        summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise _invalid(path, "summary.json is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise _invalid(
+            path, f"summary.json is not valid JSON ({exc.msg}, line {exc.lineno})"
+        ) from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path / 'summary.json'}: {exc.strerror or exc}") from None
+    if not isinstance(summary, dict):
+        raise _invalid(path, "summary.json does not hold a JSON object")
+    if summary.get("settings") is None:
+        summary["settings"] = {}
+    elif not isinstance(summary["settings"], dict):
+        raise _invalid(path, "summary.json's settings are not a JSON object")
+    return summary
+
+
+def _matrix(value: Any, shape: tuple[int, int]) -> np.ndarray:
+    """A finite ``shape`` matrix from frames.jsonl, or ValueError."""
+    m = np.asarray(value, dtype=np.float64)
+    if m.shape != shape:
+        raise ValueError(f"shape {m.shape}, expected {shape}")
+    if not np.isfinite(m).all():
+        raise ValueError("non-finite values")
+    return m
+
+
+def _frame_record(path: Path, r: Any) -> FrameRecord:
+    """One frames.jsonl object -> FrameRecord; ValueError/KeyError/TypeError naming the field."""
+    if not isinstance(r, dict):
+        raise TypeError("not a JSON object")
+    missing = [k for k in _RECORD_KEYS if k not in r]
+    if missing:
+        raise KeyError(f"no {missing[0]!r}")
+    field_name = "index"
+    try:
+        index, window = int(r["index"]), int(r["window"])
+        field_name = "width/height"
+        width, height = int(r["width"]), int(r["height"])
+        field_name = "timestamp"
+        timestamp = float(r["timestamp"])
+        if not math.isfinite(timestamp):
+            raise ValueError("non-finite")
+        field_name = "intrinsics"
+        intrinsics = _matrix(r["intrinsics"], (3, 3))
+        field_name = "cam_to_world"
+        cam_to_world = _matrix(r["cam_to_world"], (4, 4))
+        field_name = "layer_scales"
+        scales = r.get("layer_scales")
+        if scales is not None and not (
+            isinstance(scales, list) and all(isinstance(v, (int, float)) for v in scales)
+        ):
+            raise TypeError("not a list of numbers")
+        field_name = "source_width/source_height"
+        source_size = (int(r["source_width"]), int(r["source_height"])) if r.get("source") else None
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"bad {field_name!r} ({exc})") from None
+    if index < 0 or window < 0 or width < 1 or height < 1:
+        raise ValueError("negative index/window or empty size")
+    paths = {k: r.get(k) for k in ("image", "depth", "conf", "layers", "source")}
+    for k, rel in paths.items():
+        if rel is not None or k in ("image", "depth", "conf"):
+            _inside(path, rel)
+    return FrameRecord(
+        index=index,
+        timestamp=timestamp,
+        window=window,
+        width=width,
+        height=height,
+        intrinsics=intrinsics,
+        cam_to_world=cam_to_world,
+        paths=paths,
+        layer_scales=scales,
+        source_size=source_size,
+        source_ref={k: r[k] for k in ("source_frame", "source_file") if k in r} or None,
+    )
+
+
+_RECORD_KEYS = ("index", "timestamp", "window", "width", "height", "intrinsics", "cam_to_world")
+
+
+def load_run(path: str | Path) -> RunData:
+    """Open a run directory; tolerates a run interrupted mid-write (a torn last line is ignored).
+
+    Anything else that does not look like what laser wrote (a line that is not JSON, a missing
+    field, a non-finite pose, a path leading out of the run) raises :class:`InputError` in one
+    line naming the file and line: a damaged run is refused, never half-read."""
     path = Path(path).expanduser()
     if not (path / "summary.json").is_file():
         raise InputError(f"{path} is not a laser run directory (no summary.json)")
-    summary = json.loads((path / "summary.json").read_text())
+    summary = read_summary(path)
     frames: list[FrameRecord] = []
     jsonl = path / "frames.jsonl"
     if jsonl.exists():
-        for line in jsonl.read_text(encoding="utf-8").splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a hard kill
-            paths = {k: r.get(k) for k in ("image", "depth", "conf", "layers", "source")}
-            for k, rel in paths.items():
-                if rel is not None or k in ("image", "depth", "conf"):
-                    _inside(path, rel)
-            if not all((path / paths[k]).exists() for k in ("image", "depth", "conf")):
+        try:
+            data = jsonl.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read {jsonl}: {exc.strerror or exc}") from None
+        lines = data.split(b"\n")
+        for lineno, raw in enumerate(lines, 1):
+            if not raw.strip():
                 continue
-            frames.append(
-                FrameRecord(
-                    index=int(r["index"]),
-                    timestamp=float(r["timestamp"]),
-                    window=int(r["window"]),
-                    width=int(r["width"]),
-                    height=int(r["height"]),
-                    intrinsics=np.asarray(r["intrinsics"], dtype=np.float64),
-                    cam_to_world=np.asarray(r["cam_to_world"], dtype=np.float64),
-                    paths=paths,
-                    layer_scales=r.get("layer_scales"),
-                    source_size=(r["source_width"], r["source_height"])
-                    if r.get("source")
-                    else None,
-                    source_ref={k: r[k] for k in ("source_frame", "source_file") if k in r} or None,
-                )
-            )
+            torn = lineno == len(lines)  # no newline after it: a write cut short by a hard kill
+            try:
+                r = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                if torn:
+                    continue
+                raise _invalid(path, f"frames.jsonl line {lineno} is not a JSON record") from None
+            try:
+                record = _frame_record(path, r)
+            except (KeyError, TypeError, ValueError) as exc:
+                if torn:
+                    continue
+                msg = exc.args[0] if exc.args else type(exc).__name__
+                raise _invalid(path, f"frames.jsonl line {lineno}: {msg}") from None
+            if not all((path / record.paths[k]).exists() for k in ("image", "depth", "conf")):
+                continue
+            frames.append(record)
     return RunData(path, summary, frames)
