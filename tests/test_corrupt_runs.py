@@ -484,3 +484,21 @@ def test_headless_view_spawn_says_nothing_was_shown(run, capsys, monkeypatch):
     code, err = laser(capsys, "view", run, "--rerun", "spawn")
     assert_user_error(code, err, "nothing was shown", "no display")
     assert error_lines(err) and "ERROR" not in err.replace(error_lines(err)[0], "")
+
+
+def test_a_window_prepared_by_a_worker_stops_the_same_way():
+    """The fast path prepares windows where they were predicted: the verdict comes back with
+    the prepared window and the aligning process stops on it."""
+    from laser_plugin import LaserConfig
+    from laser_plugin.prepare import ModelOutputError
+    from laser_plugin.worker import WorkerPool
+    from laser_plugin.worker_runner import ProcessReconstructor
+
+    cfg = LaserConfig(window_size=8, overlap=3)
+    with WorkerPool(
+        lambda **kw: NanModel(1, "poses"), ["cpu"], threads=1, in_process_first=True
+    ) as pool:
+        rec = ProcessReconstructor(pool, cfg, prepare="all")
+        with pytest.raises(ModelOutputError, match=r"window 1 .*every camera pose"):
+            rec.reconstruct(textured_images(FRAMES))
+        assert rec.timings.get("worker_prepare", 0.0) > 0  # prepared in the worker

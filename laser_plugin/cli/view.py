@@ -33,11 +33,13 @@ class View:
             from laser_plugin.integrations.rerun import parse_rerun_spec
 
             target = parse_rerun_spec(self.rerun)  # bad values fail before any work
+        from laser_plugin.io.run_dir import load_run
+
+        load_run(self.run_dir)  # a damaged run in one line, before any viewer starts
+        if self.rerun is not None:
             from laser_plugin.integrations.rerun import replay
             from laser_plugin.integrations.rerun.config import RerunConfig
-            from laser_plugin.io.run_dir import load_run
 
-            load_run(self.run_dir)  # a damaged run in one line, before any viewer starts
             config = RerunConfig()
             if target.mode == "connect":
                 _require_listener(target.path_or_url, "connect")
