@@ -300,7 +300,13 @@ def _read_image(path: Path, what: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except OSError as exc:
+        if exc.errno is not None:  # the file system's error (permission, I/O), not the content
+            raise InputError(f"cannot read {path} ({what}): {exc.strerror or exc}") from None
+        raise InputError(
+            f"{path} ({what}) is damaged or not an image ({_first_line(exc)})"
+        ) from None
+    except (ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         # PIL's UnidentifiedImageError and "image file is truncated" are OSErrors
         raise InputError(
             f"{path} ({what}) is damaged or not an image ({_first_line(exc)})"
