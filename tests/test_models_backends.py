@@ -37,7 +37,8 @@ def test_prediction_shapes_and_conventions(model):
     torch.testing.assert_close(pred.cam_to_world[:, 3], torch.tensor([0.0, 0, 0, 1]).expand(3, 4))
     K = pred.intrinsics
     assert (K[:, 0, 0] > 0).all() and (K[:, 1, 1] > 0).all()
-    torch.testing.assert_close(K[:, :2, 2], torch.tensor([21.0, 14.0]).expand(3, 2))
+    # image centre of 42x28, pixel centres at integers: ((W - 1) / 2, (H - 1) / 2)
+    torch.testing.assert_close(K[:, :2, 2], torch.tensor([20.5, 13.5]).expand(3, 2))
     if model.name == "pi3":
         assert ((pred.conf > 0) & (pred.conf < 1)).all()  # sigmoid of logits
     else:

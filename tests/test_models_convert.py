@@ -46,7 +46,8 @@ def test_intrinsics_recovered_from_a_planted_point_map_despite_outliers():
     K = intrinsics_from_points(pts, conf)
     torch.testing.assert_close(K[:, 0, 0], torch.full((2,), fx), rtol=1e-4, atol=0)
     torch.testing.assert_close(K[:, 1, 1], torch.full((2,), fy), rtol=1e-4, atol=0)
-    torch.testing.assert_close(K[0, :2, 2], torch.tensor([w / 2, h / 2]))
+    # image centre, pixel centres at integers (the engine's convention)
+    torch.testing.assert_close(K[0, :2, 2], torch.tensor([(w - 1) / 2, (h - 1) / 2]))
     assert K[0, 2, 2] == 1 and K[0, 0, 1] == 0
 
 
@@ -113,7 +114,7 @@ def test_vggt_world_to_camera_encoding_becomes_camera_to_world():
     torch.testing.assert_close(c2w[0, 3], torch.tensor([0.0, 0, 0, 1]))
     torch.testing.assert_close(K[0, 0, 0], torch.tensor((w / 2) / math.tan(fov_w / 2)))
     torch.testing.assert_close(K[0, 1, 1], torch.tensor((h / 2) / math.tan(fov_h / 2)))
-    torch.testing.assert_close(K[0, :2, 2], torch.tensor([w / 2, h / 2]))
+    torch.testing.assert_close(K[0, :2, 2], torch.tensor([(w - 1) / 2, (h - 1) / 2]))
 
 
 def test_vggt_conversion_keeps_depth_and_confidence():

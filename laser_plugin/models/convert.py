@@ -8,8 +8,11 @@
   quaternion (x, y, z, w, scalar last), field of view (h, w) of a world-to-camera OpenCV extrinsic,
   which we invert to camera-to-world.
 
-Principal points are at the image centre (W/2, H/2) in both cases, with pixel (i, j) covering
-[j, j+1] x [i, i+1], i.e. its centre at (j + 0.5, i + 0.5).
+Principal points are at the image centre in both cases, in the engine's pixel convention: pixel
+(i, j) is centred at (u, v) = (j, i) (``geometry/camera.py:pixel_grid``), so the centre of a
+W x H image is ((W - 1) / 2, (H - 1) / 2) (:func:`centred_principal_point`). Exporters that put
+pixel centres at +0.5 (nerfstudio, COLMAP) add the 0.5 themselves
+(``integrations/nerfstudio/schema.py:PinholeIntrinsics.from_opencv``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ import torch
 from torch import Tensor
 
 from laser_plugin.types import WindowPrediction
+
+
+def centred_principal_point(height: int, width: int) -> tuple[float, float]:
+    """(cx, cy) of the image centre with pixel centres at integers: ((W - 1) / 2, (H - 1) / 2)."""
+    return (width - 1) / 2.0, (height - 1) / 2.0
 
 
 def weighted_median(values: Tensor, weights: Tensor) -> Tensor:
@@ -55,8 +63,11 @@ def focal_fit(
     zs = torch.where(valid, z, torch.ones_like(z))
     a = (x / zs).reshape(n, -1)  # normalised image coordinates
     b = (y / zs).reshape(n, -1)
-    u = (torch.arange(w, device=device, dtype=torch.float32) + 0.5 - w / 2).expand(h, w)
-    v = (torch.arange(h, device=device, dtype=torch.float32) + 0.5 - h / 2)[:, None].expand(h, w)
+    # Pixel coordinates relative to the principal point that intrinsics_from_points puts in K
+    # (pixel centres at integers, as the engine unprojects): u_i - cx, v_i - cy.
+    cx, cy = centred_principal_point(h, w)
+    u = (torch.arange(w, device=device, dtype=torch.float32) - cx).expand(h, w)
+    v = (torch.arange(h, device=device, dtype=torch.float32) - cy)[:, None].expand(h, w)
     m = valid.reshape(n, -1).float()
     tiny = 1e-6
     fx = weighted_median(u.reshape(1, -1) / torch.where(a.abs() > tiny, a, tiny), a.abs() * m)
@@ -67,7 +78,8 @@ def focal_fit(
 def intrinsics_from_points(
     pts_cam: Tensor, conf: Tensor | None = None, keep_fraction: float = 0.5
 ) -> Tensor:
-    """Fit pinhole focal lengths to a camera-frame point map; principal point at the centre.
+    """Fit pinhole focal lengths to a camera-frame point map; principal point at the image centre
+    ((W - 1) / 2, (H - 1) / 2), pixel centres at integers (:func:`centred_principal_point`).
 
     pts_cam: (L, H, W, 3); conf: (L, H, W) larger = better (optional).
     For each frame, fx minimises sum_i |(u_i - cx) - fx * x_i / z_i| over the most confident
@@ -83,7 +95,8 @@ def intrinsics_from_points(
     fy = torch.where(torch.isfinite(fy) & (fy > 0), fy, fx)
     K = torch.zeros(n, 3, 3, device=device)
     K[:, 0, 0], K[:, 1, 1] = fx, fy
-    K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = w / 2, h / 2, 1.0
+    cx, cy = centred_principal_point(h, w)
+    K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = cx, cy, 1.0
     return K
 
 
@@ -124,9 +137,13 @@ def vggt_pose_to_cameras(pose_enc: Tensor, image_hw: tuple[int, int]) -> tuple[T
     """(..., 9) VGGT pose encoding -> cam_to_world (..., 4, 4), intrinsics (..., 3, 3).
 
     The encoding is the world-to-camera [R | t] (OpenCV); camera-to-world is [R^T | -R^T t].
-    fy = (H/2) / tan(fov_h/2), fx = (W/2) / tan(fov_w/2), with the field of view clamped to
-    [FOV_MIN, FOV_MAX] radians so that a degenerate output (the head's ReLU can return 0) gives
-    a finite focal length instead of infinity.
+    fy = (H/2) / tan(fov_h/2), fx = (W/2) / tan(fov_w/2) (the field of view spans the image from
+    edge to edge, W pixels), with the field of view clamped to [FOV_MIN, FOV_MAX] radians so that
+    a degenerate output (the head's ReLU can return 0) gives a finite focal length instead of
+    infinity. The principal point is the image centre ((W - 1) / 2, (H - 1) / 2), pixel centres
+    at integers (:func:`centred_principal_point`). Upstream VGGT writes (W/2, H/2) and unprojects
+    with ``u - cx + 0.5`` (``vggt/utils/geometry.py:depth_to_cam_coords_points``): the same
+    camera, in the convention with pixel centres at +0.5.
     """
     h, w = image_hw
     pose_enc = pose_enc.float()
@@ -141,7 +158,8 @@ def vggt_pose_to_cameras(pose_enc: Tensor, image_hw: tuple[int, int]) -> tuple[T
     fov = pose_enc[..., 7:9].clamp(FOV_MIN, FOV_MAX)
     K[..., 0, 0] = (w / 2.0) / torch.tan(fov[..., 1] / 2.0)
     K[..., 1, 1] = (h / 2.0) / torch.tan(fov[..., 0] / 2.0)
-    K[..., 0, 2], K[..., 1, 2], K[..., 2, 2] = w / 2.0, h / 2.0, 1.0
+    cx, cy = centred_principal_point(h, w)
+    K[..., 0, 2], K[..., 1, 2], K[..., 2, 2] = cx, cy, 1.0
     return c2w, K
 
 
