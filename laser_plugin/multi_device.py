@@ -8,7 +8,8 @@ the predictions are aligned in order as they come back, through a bounded reorde
 runs ahead of another. Alignment sees exactly the predictions and the order of a single-device run,
 so the output is the same: bit for bit when the replicas compute identically (two CPU replicas,
 tested); on two H100s, full-size π³ differed from the one-GPU run by at most 5e-7 in poses and
-1.2e-4 in depth (floating-point noise of the GPU kernels; benchmarks/speed_multi_gpu.py).
+1.2e-4 in depth (floating-point noise of the GPU kernels; benchmarks/speed_multi_gpu.py, the
+result indexed in benchmarks/results/README.md).
 
 Threads, not processes: the network call spends its time in device kernels that release the GIL,
 and threads share the decoded frames and the engine state without copies.

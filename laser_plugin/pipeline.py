@@ -55,7 +55,8 @@ class PipelinedReconstructor:
         high-priority CUDA stream (when alignment runs on the GPU). ``switch_interval``: the
         interpreter's thread switch interval while streaming (seconds; None keeps Python's 5 ms):
         shorter, the network and alignment threads get the interpreter back sooner between their
-        many small GPU calls (π³ on an H100: 102 new fps at 0.5 ms against 72-95 at 5 ms)."""
+        many small GPU calls (faster end to end, though the measurements are noisy:
+        benchmarks/DECISIONS.md, "interpreter switch interval 0.5 ms instead of 5 ms")."""
         if prefetch_windows < 1:
             raise ValueError("prefetch_windows must be at least 1")
         self.rec = reconstructor

@@ -8,8 +8,9 @@ registration then multiplies the strided depth by the scale, and no label change
 
 So this half can run where the window was predicted (a worker process, on its GPU) while the
 aligning thread registers the previous window: with two GPUs the aligning thread is the
-bottleneck (benchmarks/SPEED_NOTES.md, run 6), and segmentation is a sixth of its work. The
-engine calls :func:`prepare_window` itself when it gets a plain :class:`WindowPrediction`.
+bottleneck, and segmentation is a sixth of its work (benchmarks/DECISIONS.md, "workers prepare
+their windows between windows"). The engine calls :func:`prepare_window` itself when it gets
+a plain :class:`WindowPrediction`.
 """
 
 from __future__ import annotations

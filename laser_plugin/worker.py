@@ -1,9 +1,10 @@
 """Model worker processes: the network runs in its own process, one per device.
 
 In one process the network thread shares the Python interpreter (the GIL) with decoding,
-alignment and the sinks, and slows down (π³ on an H100: 145 ms per window in the pipeline against
-121 alone, benchmarks/SPEED_NOTES.md). A :class:`WorkerPool` starts one process per device
-(``torch.multiprocessing``, spawn); each builds its own model and then, per window:
+alignment and the sinks, and runs measurably slower in the pipeline than alone (the network
+thread's time per window, run 3 of ``benchmarks/archive/SPEED_NOTES.md``). A :class:`WorkerPool`
+starts one process per device (``torch.multiprocessing``, spawn); each builds its own model and
+then, per window:
 
 1. reads the window's frames as uint8 from a shared-memory slot the caller filled (source size,
    no resizing in the caller; the slot can be page-locked so the upload is a plain DMA);
@@ -14,7 +15,8 @@ alignment and the sinks, and slows down (π³ on an H100: 145 ms per window in t
 4. optionally prepares it (:meth:`WorkerPool.set_prepare`: sanitise, rank the confidences,
    segment the depth layers; the half of alignment that needs no earlier window) on a
    high-priority CUDA stream, before the next window (or, ``concurrent``, on a thread of its own
-   during the next window's network: measured slower);
+   during the next window's network: measured slower, ``benchmarks/DECISIONS.md``, "workers
+   prepare concurrently with the next network");
 5. hands the result back packed into one buffer: on its GPU through CUDA IPC
    (``transfer="ipc"``: the caller maps the worker's memory, nothing crosses the bus) or through
    host shared memory (``transfer="host"``).
@@ -25,8 +27,9 @@ aligns the windows in order; the pool is only "predict this window somewhere".
 With ``in_process_first`` the first device is served by a thread of the caller's process instead
 (the same request loop, on a CUDA stream of its own). Two processes on one GPU are two CUDA
 contexts, which the GPU time-slices: the aligner's many small kernels and syncs then wait for the
-worker's slices (run 4 of benchmarks/SPEED_NOTES.md). In one context the two streams interleave,
-and the whole pipeline runs at the network's rate (run 6).
+worker's slices (``benchmarks/DECISIONS.md``, "the network in its own process per device"). In
+one context the two streams interleave, and the whole pipeline runs at the network's rate ("the
+first GPU's network as a thread of the aligning process", same file).
 """
 
 from __future__ import annotations
@@ -254,7 +257,8 @@ class _Post:
     ) -> None:
         self.rank, self.prepare, self.outbox, self.transfer = rank, prepare, outbox, transfer
         # High priority, as the aligner's: its many small kernels and syncs would otherwise
-        # queue behind the network's long kernels (measured: 60+ ms per window instead of ~15).
+        # queue behind the network's long kernels (measured several times slower per window;
+        # benchmarks/DECISIONS.md, "workers prepare concurrently with the next network").
         self.stream = torch.cuda.Stream(device=dev, priority=-1) if dev.type == "cuda" else None
         self.queue: queue.Queue = queue.Queue()
         self.thread = None
@@ -329,8 +333,9 @@ def _predict(
     if images is not None and IMAGES_BEFORE_NETWORK:
         # Copied out before the network is queued, so this copy waits for the resize only.
         # Queued after the network it waited for the whole network, and so did every
-        # device-to-host copy the aligning thread queued meanwhile (SPEED_NOTES run 9f: VGGT
-        # +4.4% end to end).
+        # device-to-host copy the aligning thread queued meanwhile (VGGT faster end to end;
+        # benchmarks/DECISIONS.md, "the worker copies its images to the host before queuing the
+        # network").
         host_images = images.cpu()
     with torch.inference_mode():
         pred = model(x, frame_keys=keys) if keys_ok and keys else model(x)

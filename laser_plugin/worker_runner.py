@@ -70,7 +70,8 @@ class ProcessReconstructor(StreamingReconstructor):
     "processes" (the default: every worker but an in-process first one, whose GPU also runs this
     process's alignment) or "none". ``prepare_concurrent``: workers prepare on a thread of their
     own, during the next window's network, instead of between windows (measured slower: the
-    preparing syncs wait behind the network's kernels; benchmarks/SPEED_NOTES.md run 7).
+    preparing syncs wait behind the network's kernels; benchmarks/DECISIONS.md, "workers prepare
+    concurrently with the next network").
     """
 
     def __init__(

@@ -30,8 +30,8 @@ class RunLaserConfig(LaserConfig):
 
     device: Annotated[str, tyro.conf.arg(name="align-device")] = "auto"
     """Device for the alignment: auto (the network's first device when it is a GPU, else cpu),
-    cpu, cuda or cuda:N. On a GPU the CPU alignment is the bottleneck (H200, π³ 720p: 19 against
-    44 frames/s end to end), so auto keeps the alignment beside the network."""
+    cpu, cuda or cuda:N. On a GPU the CPU alignment is the bottleneck (benchmarks/DECISIONS.md,
+    "alignment on the GPU instead of the CPU"), so auto keeps the alignment beside the network."""
 
 
 FlatRunLaser = Annotated[RunLaserConfig, tyro.conf.OmitArgPrefixes]
@@ -486,8 +486,8 @@ class Run:
             device = ",".join(devices)
             kw = {"fast": True} if self.model in ("pi3", "vggt") else {}
             # The first GPU in this process: alignment and network then share one CUDA context
-            # instead of time-slicing two (H100: 120.8 against 97.8 new fps for π³ on one GPU;
-            # 2x H200: 213.9 against 150.9; benchmarks/SPEED_NOTES.md run 6).
+            # instead of time-slicing two, faster on one GPU and on two (benchmarks/DECISIONS.md,
+            # "the first GPU's network as a thread of the aligning process").
             pool = WorkerPool(
                 model_factory(self.model, self.weights, **kw),
                 devices,

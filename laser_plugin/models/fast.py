@@ -66,7 +66,8 @@ class FastOptions:
     newer, head dimension 64/128; SDPA elsewhere), "laser" (same, stated), or "sdpa"."""
     fused_gelu: bool = True
     """MLPs: fc1 and its GELU as one product with cuBLASLt's GELU epilogue (no pass over the 4x
-    hidden layer; H100: −4 ms per π³/VGGT window, errors against fp32 unchanged, run 8j)."""
+    hidden layer: faster π³ and VGGT windows, errors against fp32 unchanged;
+    ``benchmarks/DECISIONS.md``, "fc1 with GELU in the product's epilogue")."""
     dpt_dtype: torch.dtype | None = None
     """VGGT depth-head dtype (None: the trunk dtype on CUDA, fp32 on the CPU)."""
     dpt_chunk: int | None = None
@@ -457,10 +458,11 @@ class FastVGGT(_FastBase):
 
     def _compile(self) -> None:
         super()._compile()
-        # The eager DPT head is about a sixth of a VGGT window (H100: 26 ms of ~155 ms in 4-frame
-        # chunks): Inductor fuses its ReLUs, residual adds, position embeddings and
-        # bilinear resizes around the convolutions, and channels-last weights keep cuDNN's
-        # tensor-core convolutions free of layout transposes (benchmarks/kernels.py, run 8).
+        # The eager DPT head (4-frame chunks) is about a sixth of a VGGT window: Inductor fuses
+        # its ReLUs, residual adds, position embeddings and bilinear resizes around the
+        # convolutions, and channels-last weights keep cuDNN's tensor-core convolutions free of
+        # layout transposes (benchmarks/kernels.py; benchmarks/DECISIONS.md, "VGGT's DPT head
+        # compiled, channels-last, 10-frame chunks").
         head = self.net.depth_head.to(memory_format=torch.channels_last)
         head.compile()
 

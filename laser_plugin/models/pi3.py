@@ -371,7 +371,7 @@ def make_model(
     model = Pi3Model(net.to(device=dev, dtype=torch.float32), dev, compute)
     if fast:
         # bf16 trunk, cached overlap tokens; compiled blocks and one CUDA graph (trunk and heads)
-        # on the GPU. Measured in benchmarks/SPEED_NOTES.md.
+        # on the GPU. Each step measured in benchmarks/DECISIONS.md, "The network (fast path)".
         from laser_plugin.models.fast import accelerate
 
         gpu = dev.type == "cuda"

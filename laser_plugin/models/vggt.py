@@ -369,7 +369,8 @@ def make_model(
     model = VGGTModel(net.to(device=dev, dtype=torch.float32), dev, compute)
     if fast:
         # bf16 trunk, cached overlap tokens; compiled blocks and one CUDA graph of the trunk on
-        # the GPU (measured in benchmarks/SPEED_NOTES.md; the DPT head in the graph is not yet).
+        # the GPU (each step measured in benchmarks/DECISIONS.md, "The network (fast path)"; the
+        # heads stay out of the graph: "VGGT heads in the graph (`graph_heads`)", an option).
         from laser_plugin.models.fast import accelerate
 
         gpu = dev.type == "cuda"

@@ -6,10 +6,11 @@ product). Tiles move by tensor descriptors over (B, N, H, D) storage, which is t
 projection writes and the output projection reads, so neither q/k/v nor the output needs a
 transposing copy.
 
-Why: on an H100 at π³/VGGT's shapes (head dimension 64) it runs 1.07x cuDNN's attention on the
-global-attention shape and 1.18x on the frame shape (``benchmarks/attention_triton.py``, run 8g in
-SPEED_NOTES). It is used by the fast paths only where it can run (CUDA, compute capability ≥ 9.0,
-Triton importable, bf16/fp16, head dimension 64 or 128); everything else goes through
+Why: at π³/VGGT's shapes (head dimension 64) it is faster than cuDNN's attention on both the
+global-attention and the frame shape, and both networks are faster with it (measured by
+``benchmarks/attention_triton.py``; ``benchmarks/DECISIONS.md``, "our Triton attention kernel").
+It is used by the fast paths only where it can run (CUDA, compute capability ≥ 9.0, Triton
+importable, bf16/fp16, head dimension 64 or 128); everything else goes through
 ``torch.nn.functional.scaled_dot_product_attention``.
 
 Registered as the custom op ``laser_plugin::attention`` so that ``torch.compile`` treats it as one
@@ -106,7 +107,7 @@ if triton is not None:
 
 
 def tile_config(n: int) -> tuple[int, int, int, int]:
-    """(block_m, block_n, warps, stages): the fastest of the run-8g sweep for each shape class
+    """(block_m, block_n, warps, stages): the fastest of the tile sweep for each shape class
     (long global sequences: 128-row query tiles on 8 warps; per-frame ~800 tokens: 64-row tiles
     on 4 warps, several programs per SM)."""
     return (128, 64, 8, 3) if n >= 4096 else (64, 64, 4, 3)
