@@ -3,8 +3,10 @@ errors, surviving a broken or vanished viewer without raising, and bounded memor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -166,14 +168,37 @@ def test_unreachable_viewer_never_raises_and_stops_queueing(caplog):
     assert len(msgs) == 1 and "unreachable" in msgs[0]
 
 
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` and every process of its group (it was started with start_new_session)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _still_listening(port: int, wait: float = 10.0) -> bool:
+    """Whether something still accepts connections on 127.0.0.1:``port`` after ``wait`` s."""
+    deadline = time.monotonic() + wait
+    while True:
+        with socket.socket() as s:
+            s.settimeout(1)
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.1)
+
+
 def test_viewer_killed_mid_run_does_not_raise():
     port = free_port()
     exe = Path(sys.executable).parent / "rerun"
+    # `rerun` is a Python wrapper that starts the real binary as its child: give them a process
+    # group of their own and kill the whole group, or the binary keeps listening after the test.
     server = subprocess.Popen(
-        [str(exe), "--serve-grpc", "--port", str(port)],
+        [str(exe), "--serve-grpc", "--port", str(port), "--bind", "127.0.0.1"],
         env={**os.environ, "RERUN_ANALYTICS": "0"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         time.sleep(1.5)
@@ -187,8 +212,8 @@ def test_viewer_killed_mid_run_does_not_raise():
             sink.on_frame(frames[i % 4])
         sink.on_window(make_stats(0, 29))
     finally:
-        server.kill()
-        server.wait()
+        _kill_group(server)
+    assert not _still_listening(port), f"the rerun server still listens on port {port}"
     before = rss_mib()
     for i in range(30, 230):
         frames[i % 4].index = i
