@@ -118,59 +118,83 @@ SWEEP = [
 SWEEP_VARIANTS = {k: VARIANTS[k] for k in ("full", "w/o LSA (Sim(3) only)")}
 
 
-def run_sweep(sequences: list[str], frames: int, height: int, width: int) -> dict:
+def _sweep_level(level: tuple) -> dict:
+    """One level of :data:`SWEEP`: {sequence: {variant: metrics}} (a process of its own with
+    ``--jobs``; every level is seeded, so the result does not depend on how they are spread)."""
+    (_label, scene_name, emu), sequences, frames, height, width = level
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    per_seq = {}
+    for name in [scene_name] if scene_name else sequences:
+        scene = make_scene(name, frames, height, width)
+        model = EmulatedModel(scene, EmulatorConfig(**emu))
+        images = list(scene.frames())
+        per_seq[name] = {}
+        for variant, kw in SWEEP_VARIANTS.items():
+            rec = StreamingReconstructor(model, LaserConfig(**kw))
+            result = rec.reconstruct(images)
+            layers = rec.window_stats
+            per_seq[name][variant] = evaluate_frames(result, scene) | {
+                "layer_coverage": float(np.mean([w.layer_coverage for w in layers])),
+                "layers_per_frame": float(np.mean([w.num_layers for w in layers])),
+                "inter_edges_per_window": float(
+                    np.mean([w.num_inter_edges for w in layers if w.window > 0] or [0])
+                ),
+                "depth_noise": float(np.median([w.depth_noise for w in layers])),
+            }
+    return per_seq
+
+
+def run_sweep(sequences: list[str], frames: int, height: int, width: int, jobs: int = 1) -> dict:
     """Full LASER vs Sim(3) at every level of :data:`SWEEP`; per level the mean over
-    ``sequences`` (a level with its own scene runs that scene instead) and the verdicts."""
+    ``sequences`` (a level with its own scene runs that scene instead) and the verdicts.
+
+    The consistency ratio is judged on the objects of at least 0.5% of the frame (issue 20's
+    size for small objects; at the sweep's 96x168 that is 80 pixels); the ratio over every
+    object the metric can measure (30 pixels) is reported beside it."""
+    levels = [(lv, sequences, frames, height, width) for lv in SWEEP]
+    t0 = time.perf_counter()
+    if jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs) as pool:
+            results = list(pool.map(_sweep_level, levels))
+    else:
+        results = [_sweep_level(lv) for lv in levels]
     rows = {}
-    for label, scene_name, emu in SWEEP:
-        t0 = time.perf_counter()
-        per_seq = {}
-        for name in [scene_name] if scene_name else sequences:
-            scene = make_scene(name, frames, height, width)
-            model = EmulatedModel(scene, EmulatorConfig(**emu))
-            images = list(scene.frames())
-            per_seq[name] = {}
-            for variant, kw in SWEEP_VARIANTS.items():
-                rec = StreamingReconstructor(model, LaserConfig(**kw))
-                result = rec.reconstruct(images)
-                layers = rec.window_stats
-                per_seq[name][variant] = evaluate_frames(result, scene) | {
-                    "layer_coverage": float(np.mean([w.layer_coverage for w in layers])),
-                    "layers_per_frame": float(np.mean([w.num_layers for w in layers])),
-                    "inter_edges_per_window": float(
-                        np.mean([w.num_inter_edges for w in layers if w.window > 0] or [0])
-                    ),
-                    "depth_noise": float(np.median([w.depth_noise for w in layers])),
-                }
-        keys = ["abs_rel", "ate", "consistency", "layer_coverage", "layers_per_frame"]
-        keys += ["inter_edges_per_window", "depth_noise"]
+    for (label, scene_name, emu), per_seq in zip(SWEEP, results):
+        keys = ["abs_rel", "ate", "consistency", "consistency_objects_0.5pct", "layer_coverage"]
+        keys += ["layers_per_frame", "inter_edges_per_window", "depth_noise"]
         mean = {
             v: {k: float(np.mean([r[v][k] for r in per_seq.values()])) for k in keys}
             for v in SWEEP_VARIANTS
         }
         full, sim3 = mean["full"], mean["w/o LSA (Sim(3) only)"]
-        ratio = full["consistency"] / max(sim3["consistency"], 1e-12)
+        ratio = full["consistency_objects_0.5pct"] / max(sim3["consistency_objects_0.5pct"], 1e-12)
+        ratio_all = full["consistency"] / max(sim3["consistency"], 1e-12)
         verdict = {
             "consistency_ratio": ratio,
+            "consistency_ratio_all_objects": ratio_all,
             "consistency_ratio<=0.5": bool(ratio <= 0.5),
             "abs_rel<=sim3": bool(full["abs_rel"] <= sim3["abs_rel"]),
             "ate_within_5%_of_sim3": bool(full["ate"] <= 1.05 * sim3["ate"]),
         }
-        verdict["pass"] = all(v for k, v in verdict.items() if k != "consistency_ratio")
+        verdict["pass"] = all(v for v in verdict.values() if isinstance(v, bool))
         rows[label] = {
             "scene": scene_name or ",".join(sequences),
             "emulator": emu,
             "mean": mean,
             "per_sequence": per_seq,
             **verdict,
-            "seconds": time.perf_counter() - t0,
         }
         print(
-            f"{label:<28} ratio {ratio:.2f}  AbsRel {full['abs_rel']:.4f} vs {sim3['abs_rel']:.4f}"
+            f"{label:<28} ratio {ratio:.2f} (all objects {ratio_all:.2f})"
+            f"  AbsRel {full['abs_rel']:.4f} vs {sim3['abs_rel']:.4f}"
             f"  ATE {full['ate']:.4f} vs {sim3['ate']:.4f}  coverage {full['layer_coverage']:.2f}"
-            f"  {'PASS' if verdict['pass'] else 'FAIL'}  ({rows[label]['seconds']:.0f} s)",
+            f"  {'PASS' if verdict['pass'] else 'FAIL'}",
             flush=True,
         )
+    print(f"sweep: {time.perf_counter() - t0:.0f} s with {jobs} job(s)")
     return rows
 
 
@@ -187,14 +211,23 @@ def plot_sweep(rows: dict, path: Path) -> None:
         for k, r in rows.items()
         if k.startswith("noise") and r["emulator"]["outliers"] == 0
     ]
-    ax.plot(*zip(*noise), "o-", label="per-pixel noise only")
+    ax.plot(*zip(*noise), "o-", label="per-pixel noise only (objects >= 0.5% of the frame)")
+    every = [
+        (r["emulator"]["pixel_noise"] * 100, r["consistency_ratio_all_objects"])
+        for k, r in rows.items()
+        if k.startswith("noise") and r["emulator"]["outliers"] == 0
+    ]
+    ax.plot(*zip(*every), "o:", color="gray", label="per-pixel noise only (every object)")
     for k, r in rows.items():
         if not (k.startswith("noise") and r["emulator"]["outliers"] == 0):
             ax.plot(r["emulator"]["pixel_noise"] * 100, r["consistency_ratio"], "s", label=k)
     ax.axhline(0.5, color="k", ls="--", lw=1, label="target (<= 0.5)")
     ax.set_xlabel("per-pixel depth noise (%)")
     ax.set_ylabel("layer consistency, full / Sim(3)")
-    ax.set_ylim(0, max(1.05, max(r["consistency_ratio"] for r in rows.values()) + 0.05))
+    top = max(
+        max(r["consistency_ratio"], r["consistency_ratio_all_objects"]) for r in rows.values()
+    )
+    ax.set_ylim(0, max(1.05, top + 0.05))
     ax.set_title("LASER layer alignment under depth noise (lower is better)")
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
@@ -208,6 +241,9 @@ def main() -> None:
     ap.add_argument("--sweep-frames", type=int, default=120, help="frames per sweep sequence")
     ap.add_argument(
         "--sweep-size", default="96x168", help="HxW of the sweep (smaller: minutes, not hours)"
+    )
+    ap.add_argument(
+        "--jobs", type=int, default=1, help="sweep levels (or sequences) run in parallel processes"
     )
     ap.add_argument("--sequences", default="demo,stop_and_go,turn,lateral")
     ap.add_argument(
@@ -230,7 +266,7 @@ def main() -> None:
         seqs = ["stop_and_go"] if default else args.sequences.split(",")
         sh, sw = (int(v) for v in args.sweep_size.split("x"))
         t0 = time.perf_counter()
-        rows = run_sweep(seqs, args.sweep_frames, sh, sw)
+        rows = run_sweep(seqs, args.sweep_frames, sh, sw, args.jobs)
         out.parent.mkdir(parents=True, exist_ok=True)
         summary = {
             "all_pass": all(r["pass"] for r in rows.values()),
@@ -249,10 +285,20 @@ def main() -> None:
         plot_sweep(rows, out.with_suffix(".png"))
         print(f"all levels pass: {summary['all_pass']} ({summary['seconds']:.0f} s); wrote {out}")
         return
-    results = {}
-    for name in args.sequences.split(","):
-        results[name] = run_sequence(name, args.frames, args.error_mode, args.height, args.width)
-        print(f"done {name}", flush=True)
+    names = args.sequences.split(",")
+    seq_args = [(n, args.frames, args.error_mode, args.height, args.width) for n in names]
+    if args.jobs > 1:  # one process per sequence (each is seeded: same figures either way)
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(
+            args.jobs, initializer=torch.set_num_threads, initargs=(1,)
+        ) as pool:
+            results = dict(zip(names, pool.map(run_sequence, *zip(*seq_args))))
+    else:
+        results = {}
+        for name, a in zip(names, seq_args):
+            results[name] = run_sequence(*a)
+            print(f"done {name}", flush=True)
     summary = summarise(results)
     from rich.console import Console
     from rich.table import Table

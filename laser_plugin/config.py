@@ -45,9 +45,10 @@ class LaserConfig:
     """Segments smaller than this fraction of the frame are left without a layer."""
     depth_jump: float = 0.04
     """Relative depth step between neighbouring (strided) pixels that cuts a layer."""
-    crease: float = 0.012
+    crease: float = 0.010
     """Relative second difference of inverse depth that cuts a layer at a surface crease
-    (inverse depth is affine in pixels on a plane, so this is ~0 on planes)."""
+    (inverse depth is affine in pixels on a plane, so this is ~0 on planes). 0.010 since the
+    median filter of the noise-aware segmentation (0.012 before: benchmarks/DECISIONS.md)."""
     segment_noise_k: float = 2.0
     """Noise-aware segmentation: each frame's crease and step thresholds are at least this many
     times its own depth noise, measured robustly on its confident pixels (issue 20; real depth is

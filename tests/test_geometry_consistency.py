@@ -46,6 +46,30 @@ def test_unlabelled_pixels_take_the_scale_of_the_layers_around_them():
     torch.testing.assert_close(local, planted[1].expand_as(local), atol=1e-6, rtol=0)
 
 
+def test_a_small_unlabelled_object_does_not_take_the_walls_correction():
+    """Issue 20: an object too small for a layer of its own, in front of a layer that the
+    alignment corrects, keeps the Sim(3) scale (as an unreached layer would) instead of the
+    wall's correction; the wall's own unlabelled rim still takes the wall's scale."""
+    labels, depth_true, poses, k, n_o = _window()
+    labels[labels == 1] = 0  # the near square is not used here: one wall layer
+    depth_true[:] = 5.0
+    depth_true[:, 3:6, 3:6] = 1.5  # a small object, unlabelled
+    labels[:, 3:6, 3:6] = -1
+    labels[:, 20:23, 30:33] = -1  # an unlabelled patch of the wall itself
+    planted = 1.4  # the new window's wall is 1.4x too near; the object's error is its own
+    depth_new = depth_true / planted
+    depth_new[:, 3:6, 3:6] = 1.5 / 1.1
+    args = (labels, depth_new, labels[:n_o], depth_true[:n_o], poses, k)
+    la = align_layers(*args, fill_radius=3)
+    torch.testing.assert_close(
+        la.node_scale[:, 0], torch.full((6,), planted, dtype=torch.float64), atol=1e-6, rtol=0
+    )
+    assert torch.equal(la.pixel_scale[:, 4, 4], torch.ones(6, dtype=torch.float64))
+    torch.testing.assert_close(
+        la.pixel_scale[:, 21, 31], torch.full((6,), planted, dtype=torch.float64), atol=1e-6, rtol=0
+    )
+
+
 def test_fusion_reports_the_earlier_estimates_precision():
     labels, depth_true, poses, k, n_o = _window()
     planted = torch.tensor([1.0, 1.3], dtype=torch.float64)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from laser_plugin.config import LaserConfig
 from laser_plugin.geometry.layers import (
     _fill_boundaries_dense,
     fill_boundaries,
@@ -15,7 +16,13 @@ from laser_plugin.geometry.layers import (
 from laser_plugin.models.synthetic import make_scene
 
 # The engine's settings (LaserConfig): crease, depth_jump, max_layers, min_layer_fraction.
-SEG = dict(crease=0.012, max_step=0.04, max_layers=24, min_fraction=0.001)
+_CFG = LaserConfig()
+SEG = dict(
+    crease=_CFG.crease,
+    max_step=_CFG.depth_jump,
+    max_layers=_CFG.max_layers,
+    min_fraction=_CFG.min_layer_fraction,
+)
 
 
 def _noisy(depth: np.ndarray, sigma: float, seed: int, outliers: float = 0.0) -> torch.Tensor:

@@ -541,7 +541,7 @@ def _fill_boundaries_dense(labels: Tensor, depth: Tensor, tol: Tensor, passes: i
 def segment_depth_layers(
     depth: Tensor,
     stride: int = 2,
-    crease: float = 0.012,
+    crease: float = 0.010,
     max_step: float = 0.25,
     max_layers: int = 24,
     min_fraction: float = 0.004,

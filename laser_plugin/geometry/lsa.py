@@ -191,6 +191,13 @@ def warp_labels(labels: Tensor, depth: Tensor, poses: Tensor, intrinsics: Tensor
     return out[:-1].view(n - 1, h, w)
 
 
+#: Log-depth distance from the mean of the labelled pixels around it beyond which an unlabelled
+#: pixel is not filled from them (keeps the Sim(3) scale). Issue 20: small objects no layer kept
+#: took the correction of the wall behind them (on the noise sweep's stop_and_go at 1% noise,
+#: consistency 0.0621 -> 0.0589; 0.05 gave 0.0594).
+FILL_DEPTH_TOL = 0.1
+
+
 def align_layers(
     labels_new: Tensor,
     depth_new: Tensor,
@@ -223,7 +230,8 @@ def align_layers(
     is linked to a reached layer of frame t+1-k (k = 2..intra_hops) whose chain ended there,
     warped directly, so one frame where segmentation glitched or one weak IoU does not end the
     chain for the rest of the window. ``fill_radius`` > 0: unlabelled pixels take the mean
-    log-scale of the labelled pixels within that radius instead of their frame's mean.
+    log-scale of the labelled pixels within that radius instead of their frame's mean, unless
+    their depth is far from those pixels' (:data:`FILL_DEPTH_TOL`): then they keep scale 1.
 
     ``dense_warp`` (default: on a GPU) warps the skip links through one landing map per hop for
     the whole window instead of projecting the orphaned pixels per link (same result).
@@ -305,8 +313,8 @@ def align_layers(
         present.scatter_(1, (labels_new.reshape(n, -1) % (m + 1)), True)  # -1 -> column m
         # The propagation is a chain of (M,)-vector steps that decide as they go which skip links
         # to try. On a GPU each step costs a dozen kernel launches and a host sync, and the
-        # aligning thread is launch-bound (benchmarks/SPEED_NOTES.md run 7): the chain runs on
-        # the host (one copy of the (L-1, M, M) links there, one of the accumulators back); only
+        # aligning thread is launch-bound (benchmarks/DECISIONS.md, "layer graph's propagation
+        # chain on the host"): the chain runs on the host (one copy of the (L-1, M, M) links there, one of the accumulators back); only
         # the skip links' warps and IoUs stay on the device.
         cpu = torch.device("cpu")
         acc_dev = (acc_sum, acc_w, acc_prior)
@@ -403,10 +411,17 @@ def align_layers(
         # thin slivers of objects: the layers around them say more about their scale than the
         # whole frame does. Normalised convolution of log-scales over labelled pixels.
         lw = labelled.to(pix.dtype)
-        # One box-sum pass over both maps (half the calls).
-        num, den = _box_sum(torch.cat([torch.log(pix) * lw, lw]), fill_radius).split(n)
+        ld = torch.log(depth_new.clamp_min(1e-12))
+        # One box-sum pass over the maps (fewer calls).
+        num, nd, den = _box_sum(torch.cat([torch.log(pix) * lw, ld * lw, lw]), fill_radius).split(n)
         local = torch.exp(num / den.clamp_min(1e-12))
         pixel_scale = torch.where(labelled | (den <= 0.5), pixel_scale, local)
+        if FILL_DEPTH_TOL > 0:
+            # A pixel whose depth is far from the labelled pixels around it is no rim of theirs
+            # but something else (a small object no layer kept): it keeps the Sim(3) scale, as
+            # an unreached layer does, instead of taking a surface's correction.
+            off = (ld - nd / den.clamp_min(1e-12)).abs() > FILL_DEPTH_TOL
+            pixel_scale = torch.where(~labelled & off, torch.ones_like(pix), pixel_scale)
     node_prior = None
     if fuse:
         node_prior = torch.where(

@@ -12,11 +12,19 @@ from laser_plugin.types import ReconstructedFrame
 
 
 def layer_consistency(
-    pred_depths: Sequence[np.ndarray], scene: SyntheticScene, indices: Sequence[int], min_pixels: int = 30
+    pred_depths: Sequence[np.ndarray],
+    scene: SyntheticScene,
+    indices: Sequence[int],
+    min_pixels: int = 30,
+    min_object_fraction: float = 0.0,
 ) -> float:
     """Mean over objects of the spread (std over frames) of the object's log depth scale
-    relative to the room (background). 0 = every object keeps one scale relative to the room."""
+    relative to the room (background). 0 = every object keeps one scale relative to the room.
+
+    ``min_object_fraction``: only objects covering at least this fraction of the frame on
+    average over the frames they are measured in (issue 20 asks for objects of >= 0.5%)."""
     per_obj: dict[int, list[float]] = {}
+    area: dict[int, list[float]] = {}
     for d, i in zip(pred_depths, indices):
         r = scene.render(i)
         valid = (d > 0) & np.isfinite(d) & (r.depth > 0)
@@ -30,12 +38,20 @@ def layer_consistency(
             m = valid & (r.object_id == o)
             if m.sum() >= min_pixels:
                 per_obj.setdefault(int(o), []).append(float(np.median(lr[m]) - ref))
-    spreads = [float(np.std(v)) for v in per_obj.values() if len(v) >= 3]
+                area.setdefault(int(o), []).append(float(m.mean()))
+    spreads = [
+        float(np.std(v))
+        for o, v in per_obj.items()
+        if len(v) >= 3 and np.mean(area[o]) >= min_object_fraction
+    ]
     return float(np.mean(spreads)) if spreads else 0.0
 
 
 def evaluate_depths_poses(
-    depths: Sequence[np.ndarray], cam_to_world: np.ndarray, scene: SyntheticScene, indices: Sequence[int]
+    depths: Sequence[np.ndarray],
+    cam_to_world: np.ndarray,
+    scene: SyntheticScene,
+    indices: Sequence[int],
 ) -> dict[str, float]:
     """AbsRel / δ<1.25 (one scale per sequence), ATE and RPE after Sim(3), layer consistency."""
     gt = [scene.render(i).depth for i in indices]
@@ -50,12 +66,20 @@ def evaluate_depths_poses(
         "rpe_trans": float(rpe.trans_rmse),
         "rpe_rot_deg": float(rpe.rot_rmse_deg),
         "consistency": layer_consistency(depths, scene, indices),
+        "consistency_objects_0.5pct": layer_consistency(
+            depths, scene, indices, min_object_fraction=0.005
+        ),
         "frames": len(indices),
     }
 
 
-def evaluate_frames(frames: Sequence[ReconstructedFrame], scene: SyntheticScene) -> dict[str, float]:
+def evaluate_frames(
+    frames: Sequence[ReconstructedFrame], scene: SyntheticScene
+) -> dict[str, float]:
     """Accuracy of a finished reconstruction of ``scene`` (frames in stream order)."""
     return evaluate_depths_poses(
-        [f.depth for f in frames], np.stack([f.cam_to_world for f in frames]), scene, [f.index for f in frames]
+        [f.depth for f in frames],
+        np.stack([f.cam_to_world for f in frames]),
+        scene,
+        [f.index for f in frames],
     )
