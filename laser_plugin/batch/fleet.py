@@ -209,12 +209,14 @@ def run_batch(
     spec: TaskSpec,
     options: FleetOptions | None = None,
     on_update: Callable[[dict[str, Any]], None] | None = None,
+    device: str = "auto",
 ) -> BatchResult:
     """Reconstruct every job into ``output_root/<name>`` on Ray; return one record per video.
 
     A record holds ``name, path, output, status`` (``complete``, ``skipped`` (complete before),
     ``failed``), ``attempts``, ``frames``, ``windows``, ``seconds``, ``error`` (the last one) and
-    ``errors`` (one per failed attempt). ``on_update(state)`` is called about twice a second with
+    ``errors`` (one per failed attempt). ``device`` is where each task's network runs: ``auto``
+    (the GPU Ray assigns when the cluster has GPUs, else the CPU), ``cpu`` or ``cuda``. ``on_update(state)`` is called about twice a second with
     ``done, total, running, failed, retried, frames, fps`` for a progress display. The records are
     also written to ``output_root/batch_summary.json`` as the batch goes.
     """
@@ -244,7 +246,10 @@ def run_batch(
     used_gpus = False
     spec = dataclasses.replace(spec)  # the device set below is this batch's, not the caller's
     try:
-        used_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        if device == "cuda" and not has_gpus:
+            raise ConfigError("--device cuda: the Ray cluster has no GPUs (use auto or cpu)")
+        used_gpus = has_gpus and device != "cpu"
         if used_gpus:
             spec.device = "cuda"  # the GPU Ray pinned the task to (it sets CUDA_VISIBLE_DEVICES)
             resources = {"num_gpus": options.gpus_per_task, "num_cpus": options.cpus_per_task}

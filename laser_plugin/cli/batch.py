@@ -6,13 +6,18 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import tyro
 
 from laser_plugin.batch.fleet import FleetOptions
-from laser_plugin.cli.run import FlatLaser, check_device, check_rate
-from laser_plugin.config import LaserConfig
+from laser_plugin.cli.run import (
+    DEVICE_NOTE,
+    AlignLaserConfig,
+    FlatAlignLaser,
+    check_device,
+    check_rate,
+)
 from laser_plugin.errors import ConfigError
 
 
@@ -48,7 +53,10 @@ class Batch:
     model_option: tuple[str, ...] = ()
     """Extra backend options, KEY=VALUE (repeatable). For --model synthetic: scene=NAME,
     num_frames=N, height=H, width=W, seed=S select the synthetic scene the inputs were rendered from."""
-    laser: FlatLaser = field(default_factory=LaserConfig)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where each task's network runs: auto (the GPU Ray assigns when the cluster has GPUs, else
+    cpu), cpu, or cuda. The alignment's device is --align-device."""
+    laser: FlatAlignLaser = field(default_factory=AlignLaserConfig)
     fleet: Annotated[FleetOptions, tyro.conf.OmitArgPrefixes] = field(default_factory=FleetOptions)
     stride: int = 1
     """Keep every n-th frame of each input."""
@@ -75,7 +83,9 @@ class Batch:
         from laser_plugin.batch.report import summary_table
 
         self.laser.validate()
-        check_device(self.laser.device, "--device", auto=False, here=False)  # Ray workers' GPUs
+        check_device(self.laser.device, "--align-device", auto=False, here=False)  # Ray workers'
+        if self.device != "auto" and not self.quiet:
+            print(DEVICE_NOTE, file=sys.stderr)
         check_rate(self.fps, "--fps")
         if self.stride < 1:
             raise ConfigError(f"--stride must be at least 1, got {self.stride}")
@@ -117,7 +127,9 @@ class Batch:
                     fps=state["fps"],
                 )
 
-            result = run_batch(jobs, self.output_root, spec, self.fleet, on_update=update)
+            result = run_batch(
+                jobs, self.output_root, spec, self.fleet, on_update=update, device=self.device
+            )
             progress.update(bar, completed=len(jobs), running=0)
         console.print(summary_table(result.records, result.seconds))
         console.print(f"records: {result.summary_path}")

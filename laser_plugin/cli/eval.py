@@ -28,7 +28,9 @@ class Eval:
     weights: str | None = None
     """Checkpoint file or hub id for the model."""
     device: str = "cpu"
-    """Device for the model and the alignment."""
+    """Where the network runs: cpu, cuda or cuda:N."""
+    align_device: str = "auto"
+    """Device for the alignment: auto (the same as --device), cpu, cuda or cuda:N."""
     sequences: tuple[str, ...] = ()
     """Only these sequences (names as listed in the table); default all."""
     start: int = 0
@@ -116,6 +118,8 @@ class Eval:
             kw.update(num_frames=self.synthetic_frames, height=self.synthetic_size[0])
             kw.update(width=self.synthetic_size[1])
         check_device(self.device, "--device", auto=False)
+        align_device = self.device if self.align_device == "auto" else self.align_device
+        check_device(align_device, "--align-device", auto=False)
         try:
             seqs = load_dataset(self.dataset, self.dataset_root, **kw)
         except UnicodeDecodeError as exc:
@@ -146,7 +150,7 @@ class Eval:
             layer_alignment=self.layer_alignment,
             intra_edges=self.intra_edges,
             overlap_estimate=self.overlap_estimate,
-            device=self.device,
+            device=align_device,
         ).validate()
         configs = (
             sweep_configs(base, self.sweep_window_sizes, self.sweep_iou_thresholds)

@@ -26,16 +26,16 @@ def _report(kind: str, summary) -> None:
 @dataclass
 class ExportNerfstudio:
     """Write a run as a nerfstudio dataset (transforms.json, images, depths, sparse_pc.ply);
-    train with `ns-train splatfacto --data OUT laser-data`."""
+    train with: ns-train splatfacto --data OUT laser-data."""
 
-    run_dir: Positional[Path]
-    """Run directory written by `laser run` or `laser demo`."""
-    output_dir: Positional[Path]
+    run_dir: Positional[Annotated[Path, tyro.conf.arg(metavar="RUN_DIR")]]
+    """Run directory written by laser run or laser demo."""
+    output_dir: Positional[Annotated[Path, tyro.conf.arg(metavar="OUT")]]
     """Dataset directory to create."""
     export: NerfstudioExportConfig = field(default_factory=NerfstudioExportConfig)
     """Dataset layout."""
     overwrite: bool = False
-    """Replace an earlier laser export in output_dir (only the files it wrote are removed)."""
+    """Replace an earlier laser export in OUT (only the files it wrote are removed)."""
 
     def main(self) -> int:
         from laser_plugin.integrations.nerfstudio.export import export_run_nerfstudio
@@ -52,14 +52,14 @@ class ExportColmap:
     """Write a run as a COLMAP sparse model (images/, sparse/0/cameras, images, points3D) for
     gsplat's examples or the original 3D Gaussian Splatting code."""
 
-    run_dir: Positional[Path]
-    """Run directory written by `laser run` or `laser demo`."""
-    output_dir: Positional[Path]
+    run_dir: Positional[Annotated[Path, tyro.conf.arg(metavar="RUN_DIR")]]
+    """Run directory written by laser run or laser demo."""
+    output_dir: Positional[Annotated[Path, tyro.conf.arg(metavar="OUT")]]
     """Directory to create (images/ and sparse/0/)."""
     export: ColmapExportConfig = field(default_factory=ColmapExportConfig)
     """Model layout."""
     overwrite: bool = False
-    """Replace an earlier laser export in output_dir (only the files it wrote are removed)."""
+    """Replace an earlier laser export in OUT (only the files it wrote are removed)."""
 
     def main(self) -> int:
         from laser_plugin.integrations.nerfstudio.export import export_run_colmap
@@ -74,11 +74,16 @@ class ExportColmap:
 class Export:
     """Export a finished run for other tools (nerfstudio, COLMAP readers)."""
 
-    target: tyro.conf.OmitSubcommandPrefixes[
-        Union[  # noqa: UP007 - tyro needs a runtime Union
-            Annotated[ExportNerfstudio, tyro.conf.subcommand(name="nerfstudio")],
-            Annotated[ExportColmap, tyro.conf.subcommand(name="colmap")],
-        ]
+    # name="": no internal "target" in the help's group titles ("export options", not
+    # "target.export options"); the flags are the same.
+    target: Annotated[
+        tyro.conf.OmitSubcommandPrefixes[
+            Union[  # noqa: UP007 - tyro needs a runtime Union
+                Annotated[ExportNerfstudio, tyro.conf.subcommand(name="nerfstudio")],
+                Annotated[ExportColmap, tyro.conf.subcommand(name="colmap")],
+            ]
+        ],
+        tyro.conf.arg(name=""),
     ]
 
     def main(self) -> int:

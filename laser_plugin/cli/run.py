@@ -26,9 +26,9 @@ FlatLaser = Annotated[LaserConfig, tyro.conf.OmitArgPrefixes]
 
 @dataclass
 class RunLaserConfig(LaserConfig):
-    """LaserConfig for ``laser run``, whose own --device is the network's."""
+    """Windows, layers and alignment. The network's device is --device (above)."""
 
-    device: Annotated[str, tyro.conf.arg(name="align-device")] = "auto"
+    device: Annotated[str, tyro.conf.arg(name="align-device", metavar="DEVICE")] = "auto"
     """Device for the alignment: auto (the network's first device when it is a GPU, else cpu),
     cpu, cuda or cuda:N. On a GPU the CPU alignment is the bottleneck (benchmarks/DECISIONS.md,
     "alignment on the GPU instead of the CPU"), so auto keeps the alignment beside the network."""
@@ -38,14 +38,31 @@ FlatRunLaser = Annotated[RunLaserConfig, tyro.conf.OmitArgPrefixes]
 
 
 @dataclass
+class AlignLaserConfig(LaserConfig):
+    """Windows, layers and alignment. The network's device is --device (above)."""
+
+    device: Annotated[str, tyro.conf.arg(name="align-device", metavar="DEVICE")] = "cpu"
+    """Device for the alignment: cpu, cuda or cuda:N."""
+
+
+FlatAlignLaser = Annotated[AlignLaserConfig, tyro.conf.OmitArgPrefixes]
+
+# `laser demo` and `laser batch` used to take --device for the alignment.
+DEVICE_NOTE = (
+    "laser: note: --device is where the network runs (as in laser run); "
+    "the alignment's device is --align-device"
+)
+
+
+@dataclass
 class Viewers:
     """Live viewers (optional extras)."""
 
-    rerun: str | None = None
+    rerun: Annotated[str | None, tyro.conf.arg(metavar="TARGET")] = None
     """Stream to Rerun: 'spawn', 'save:PATH', 'serve' or 'connect:URL' (needs laser-plugin[rerun])."""
     viser: bool = False
     """Serve a live viser viewer (needs laser-plugin[viser])."""
-    host: str = "127.0.0.1"
+    host: Annotated[str, tyro.conf.arg(metavar="ADDRESS")] = "127.0.0.1"
     """Address the viser viewer binds to; anything but loopback exposes it to the network."""
     port: int = 8080
     """Port of the viser viewer."""
@@ -316,6 +333,34 @@ def resume_is_done(output_dir: Path, settings: dict) -> bool:
     return True
 
 
+DEFAULT_OUTPUT_DIR = Path("outputs/<input name>")
+
+
+def default_output_dir(source: Path, reuse: bool) -> Path:
+    """``outputs/<input name>`` for ``laser run`` without --output-dir, or ``outputs/<name>-N``
+    (the first N from 2) when that is taken by anything but a run of the same input that is
+    unfinished (the user may resume it) or, with ``reuse`` (--resume/--overwrite), any run of
+    the same input. Nothing existing is ever picked for a different input."""
+    import itertools
+    import json
+
+    resolved = source.resolve()
+    name = (resolved.stem if resolved.is_file() else resolved.name) or "run"
+    for n in itertools.count(1):
+        cand = Path("outputs") / (name if n == 1 else f"{name}-{n}")
+        if not cand.exists() and not cand.is_symlink():
+            return cand
+        try:
+            summary = json.loads((cand / "summary.json").read_text())
+            settings = summary["settings"]
+            same = settings["command"] == "run" and settings["input"] == str(resolved)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if same and (reuse or summary.get("status") != "complete"):
+            return cand
+    raise AssertionError("unreachable")
+
+
 def _progress_total(source: Path, stride: int, max_frames: int | None) -> int | None:
     """Frames the run will take, for the progress bar's N/total and ETA (None if unknown)."""
     from laser_plugin.sources import count_frames
@@ -369,17 +414,18 @@ def _guard(fn):
 class Run:
     """Reconstruct a video file or an image folder."""
 
-    input: tyro.conf.Positional[str]
+    input: tyro.conf.Positional[Annotated[str, tyro.conf.arg(metavar="INPUT")]]
     """A video file or a folder of images (sorted naturally: 2 before 10)."""
-    output_dir: Path = Path("outputs/laser_run")
-    """Where the run directory is written."""
-    model: str = "pi3"
+    output_dir: Annotated[Path, tyro.conf.arg(metavar="DIR")] = DEFAULT_OUTPUT_DIR
+    """Where the run directory is written. Default: outputs/NAME (the input's name without its
+    extension), or outputs/NAME-2, -3, ... when that holds anything but a run of this input."""
+    model: Annotated[str, tyro.conf.arg(metavar="NAME")] = "pi3"
     """Backend: pi3, vggt, synthetic, or any registered in the laser_plugin.models entry points."""
-    weights: str | None = None
+    weights: Annotated[str | None, tyro.conf.arg(metavar="FILE|HUB-ID")] = None
     """Checkpoint: a local file, or a model-hub id when online. Default: the backend's own."""
-    device: str = "auto"
+    device: Annotated[str, tyro.conf.arg(metavar="DEVICE")] = "auto"
     """Device for the network: auto (cuda if available), cuda, cuda:N or cpu."""
-    devices: str | None = None
+    devices: Annotated[str | None, tyro.conf.arg(metavar="DEVICES")] = None
     """Several devices for the network, e.g. cuda:0,cuda:1, or all (every visible GPU): windows
     are predicted on one model replica per device at once; same output as one device."""
     # Single flags, not tyro's --x/--no-x pairs: --no-fast is its own field (the fast path's
@@ -405,13 +451,13 @@ class Run:
     settings); gives the same result as an uninterrupted run."""
     checkpoint_interval: float = 10.0
     """Seconds between saves of the state --resume continues from (0: after every window)."""
-    max_frames: int | None = None
+    max_frames: Annotated[int | None, tyro.conf.arg(metavar="N")] = None
     """Stop after this many frames."""
     stride: int = 1
     """Keep every n-th frame of the input."""
     fps: float = 30.0
     """Frame rate for the timestamps of image folders."""
-    outputs: str = "compact"
+    outputs: Annotated[str, tyro.conf.arg(metavar="LIST")] = "compact"
     """What the run directory holds: compact (images, depth, conf, points: ~0.3-0.5 MB per frame
     at 518x294), full (also layers and source), or a comma list of images, depth, conf, layers,
     source, points and presets, e.g. compact,layers. Without source, the original frames are
@@ -463,6 +509,10 @@ class Run:
         source = Path(self.input).expanduser()
         if not source.exists():
             raise InputError(f"input not found: {source}")
+        if self.output_dir == DEFAULT_OUTPUT_DIR:
+            self.output_dir = default_output_dir(source, reuse=self.resume or self.overwrite)
+            if not self.quiet:
+                print(f"laser: writing the run to {self.output_dir}", file=sys.stderr)
         from laser_plugin.io.ownership import check_input_outside_output
 
         check_input_outside_output(source, self.output_dir)  # replacing would delete the input
@@ -601,18 +651,25 @@ class Demo:
     output_dir: Path = Path("laser_demo_output")
     """Where the run directory is written. An earlier demo run there is replaced (and said so);
     anything else needs --overwrite, and files laser did not write are never removed."""
-    scene: str = "demo"
+    scene: Annotated[str, tyro.conf.arg(metavar="NAME")] = "demo"
     """Synthetic sequence: demo, lateral, forward, turn, pure_rotation, low_parallax, loop, figure8."""
-    frames: int | None = None
+    frames: Annotated[int | None, tyro.conf.arg(metavar="N")] = None
     """Frames in the sequence (default: the scene's own length)."""
     height: int = 128
+    """Frame height in pixels."""
     width: int = 224
+    """Frame width in pixels."""
     seed: int = 0
-    outputs: str = "compact,layers"
-    """What the run directory holds (as `laser run --outputs`; the demo shows its layers)."""
-    laser: FlatLaser = field(default_factory=LaserConfig)
+    """Random seed of the synthetic scene's objects."""
+    outputs: Annotated[str, tyro.conf.arg(metavar="LIST")] = "compact,layers"
+    """What the run directory holds (as for laser run --outputs; the demo shows its layers)."""
+    device: Annotated[str, tyro.conf.arg(metavar="DEVICE")] = "auto"
+    """Where the network runs: auto, cpu, cuda or cuda:N (the synthetic model computes on the
+    CPU whatever this says). The alignment's device is --align-device."""
+    laser: FlatAlignLaser = field(default_factory=AlignLaserConfig)
     viewers: Annotated[Viewers, tyro.conf.OmitArgPrefixes] = field(default_factory=Viewers)
     quiet: bool = False
+    """No progress bar or summary table."""
     overwrite: bool = False
     """Replace a run of any laser command in output_dir (only the run's own files)."""
 
@@ -624,7 +681,10 @@ class Demo:
         from laser_plugin.models.synthetic.evaluate import evaluate_depths_poses
 
         self.laser.validate()
-        check_device(self.laser.device, "--device", auto=False)  # the demo's is the alignment's
+        check_device(self.device, "--device")
+        check_device(self.laser.device, "--align-device", auto=False)
+        if self.device != "auto" and not self.quiet:
+            print(DEVICE_NOTE, file=sys.stderr)
         scene = make_scene(self.scene, self.frames, self.height, self.width, seed=self.seed)
         model = make_model(scene=scene)
         settings = {
