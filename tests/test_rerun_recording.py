@@ -391,6 +391,20 @@ def _timelines(viewer, recording_id: str, timeout: float = 10.0) -> dict:
         time.sleep(0.3)
 
 
+def _listening_addresses(port: int) -> set[str]:
+    """IPv4 addresses with a listening TCP socket on ``port`` (from /proc/net/tcp)."""
+    import socket
+    import struct
+
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        ip_hex, port_hex = local.split(":")
+        if state == "0A" and int(port_hex, 16) == port:
+            found.add(socket.inet_ntoa(struct.pack("<I", int(ip_hex, 16))))
+    return found
+
+
 def test_live_connect_and_serve_reach_a_real_viewer(run, viewer):
     frames = run["frames"][:9]
     # connect: the sink streams into the running viewer.
@@ -402,10 +416,14 @@ def test_live_connect_and_serve_reach_a_real_viewer(run, viewer):
     spans = _timelines(viewer, "live-connect")
     assert spans["frame"] == (0, 8) and "video_time" in spans
     # serve: the sink hosts the data; the viewer connects afterwards and still gets all of it.
+    port = _free_port()
     served = make_rerun_sink(
-        "serve", RerunConfig(recording_id="live-serve", grpc_port=_free_port(), web_viewer=False)
+        "serve", RerunConfig(recording_id="live-serve", grpc_port=port, web_viewer=False)
     )
     try:
+        # Our server listens on the loopback address only (no authentication: not exposed
+        # unless asked with RerunConfig.bind).
+        assert _listening_addresses(port) == {"127.0.0.1"}
         for f in frames:
             served.on_frame(f)
         served.close()

@@ -18,7 +18,10 @@ class RerunConfig:
     server_memory_limit: str = "1GiB"
     """Memory limit of the gRPC server of ``serve`` mode (same dropping policy)."""
     grpc_port: int | None = None
-    """Port of the gRPC server in ``serve`` mode (Rerun's default when None)."""
+    """Port of the gRPC server in ``serve`` mode (Rerun's default, 9876, when None)."""
+    bind: str = "127.0.0.1"
+    """Address the gRPC server of ``serve`` mode listens on; "0.0.0.0" exposes the recording to
+    the network (only when asked: it has no authentication)."""
     spawn_port: int = 9876
     """Port of the viewer started by ``spawn``."""
     web_viewer: bool = True

@@ -135,11 +135,14 @@ class RerunSink:
                     default_blueprint=blueprint,
                 )
             elif t.mode == "serve":
-                self.url = self.rec.serve_grpc(
-                    grpc_port=cfg.grpc_port,
-                    default_blueprint=blueprint,
+                # A server sink rather than ``serve_grpc``, which always listens on 0.0.0.0.
+                server = rr.GrpcServerSink(
+                    bind_ip=cfg.bind,
+                    port=cfg.grpc_port or 9876,
                     server_memory_limit=cfg.server_memory_limit,
                 )
+                self.rec.set_sinks(server, default_blueprint=blueprint)
+                self.url = server.uri
                 print(f"rerun: serving at {self.url} (rerun --connect {self.url})", file=sys.stderr)
                 if cfg.web_viewer:
                     rr.serve_web_viewer(
