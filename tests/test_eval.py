@@ -378,3 +378,22 @@ def test_cli_scores_a_saved_run_like_the_live_frames(tmp_path: Path, capsys) -> 
     with pytest.raises(SystemExit) as exc:
         run_cli([*args[:5], "12", *args[6:]])
     assert exc.value.code == 2 and "the sequence has 12 frames" in capsys.readouterr().err
+
+
+def test_eval_scores_what_laser_run_does_by_default():
+    """Issue 22: `laser eval` and `laser run` share their defaults; the ablation sweep keeps the
+    convention under which its "w/o E_intra" row differs from Sim(3) only."""
+    import tyro
+
+    from laser_plugin import LaserConfig
+    from laser_plugin.cli.eval import Eval
+    from laser_plugin.cli.run import Run
+
+    base = ["--dataset", "synthetic", "lateral"]
+    plain = tyro.cli(Eval, args=base)
+    assert plain.resolved_overlap_estimate == LaserConfig().overlap_estimate == "earlier"
+    run_default = tyro.cli(Run, args=["clip.mp4"]).laser.overlap_estimate
+    assert plain.resolved_overlap_estimate == run_default
+    assert tyro.cli(Eval, args=[*base, "--sweep"]).resolved_overlap_estimate == "later"
+    explicit = tyro.cli(Eval, args=[*base, "--sweep", "--overlap-estimate", "earlier"])
+    assert explicit.resolved_overlap_estimate == "earlier"

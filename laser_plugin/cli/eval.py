@@ -55,10 +55,11 @@ class Eval:
     """Layer-wise scale alignment; --no-layer-alignment is plain Sim(3) stitching."""
     intra_edges: bool = True
     """Intra-window layer edges; --no-intra-edges is the paper's 'w/o E_intra' ablation."""
-    overlap_estimate: Literal["earlier", "later"] = "later"
-    """Which window's estimate an overlap frame keeps. Evaluation defaults to "later" (each overlap
-    frame re-emitted with the next window's layer-aligned estimate), the convention under which
-    the paper's "w/o E_intra" row differs from plain Sim(3); "earlier" is `laser run`'s default."""
+    overlap_estimate: Literal["earlier", "later"] | None = None
+    """Which window's estimate an overlap frame keeps. Default: "earlier", as `laser run` (the
+    scores are those of what a user runs); with --sweep "later" (each overlap frame re-emitted
+    with the next window's layer-aligned estimate), the convention under which the paper's
+    "w/o E_intra" row differs from plain Sim(3)."""
     depth_align: Literal["scale", "median", "scale_shift", "lstsq", "none"] = "scale"
     """Per-sequence depth alignment before AbsRel/δ (the published numbers use 'scale')."""
     sweep: bool = False
@@ -75,6 +76,15 @@ class Eval:
     """Write the results as JSON to this file."""
     json: bool = False
     """Print the JSON to stdout instead of the table."""
+
+    @property
+    def resolved_overlap_estimate(self) -> str:
+        """--overlap-estimate, else `laser run`'s default, else "later" under --sweep."""
+        from laser_plugin.config import LaserConfig
+
+        if self.overlap_estimate is not None:
+            return self.overlap_estimate
+        return "later" if self.sweep else LaserConfig.overlap_estimate
 
     def main(self) -> int:
         import warnings
@@ -149,7 +159,7 @@ class Eval:
             iou_threshold=self.iou_threshold,
             layer_alignment=self.layer_alignment,
             intra_edges=self.intra_edges,
-            overlap_estimate=self.overlap_estimate,
+            overlap_estimate=self.resolved_overlap_estimate,
             device=align_device,
         ).validate()
         configs = (
