@@ -58,8 +58,8 @@ class LaserConfig:
     short side, else 2 (keeps 518x294 fast while small images keep their detail)."""
     scale_fill_radius: int = 4
     """Pixels without a layer (surface rims the crease test drops, thin slivers) take the mean
-    log-scale of the labelled pixels within this radius on the segmentation grid; 0 = their
-    frame's mean scale."""
+    log-scale of the labelled pixels within this radius on the segmentation grid (those far in
+    depth from them, or with none around, keep the Sim(3) scale); 0 = their frame's mean scale."""
     min_layer_pixels: int = 32
     """Shared pixels an inter-window edge needs before its scale is trusted."""
     layer_fusion: Literal["previous", "confidence", "accumulated"] = "previous"

@@ -231,7 +231,8 @@ def align_layers(
     warped directly, so one frame where segmentation glitched or one weak IoU does not end the
     chain for the rest of the window. ``fill_radius`` > 0: unlabelled pixels take the mean
     log-scale of the labelled pixels within that radius instead of their frame's mean, unless
-    their depth is far from those pixels' (:data:`FILL_DEPTH_TOL`): then they keep scale 1.
+    their depth is far from those pixels' (:data:`FILL_DEPTH_TOL`) or no labelled pixel is
+    within the radius: then they keep scale 1 (the Sim(3) scale).
 
     ``dense_warp`` (default: on a GPU) warps the skip links through one landing map per hop for
     the whole window instead of projecting the orphaned pixels per link (same result).
@@ -314,8 +315,9 @@ def align_layers(
         # The propagation is a chain of (M,)-vector steps that decide as they go which skip links
         # to try. On a GPU each step costs a dozen kernel launches and a host sync, and the
         # aligning thread is launch-bound (benchmarks/DECISIONS.md, "layer graph's propagation
-        # chain on the host"): the chain runs on the host (one copy of the (L-1, M, M) links there, one of the accumulators back); only
-        # the skip links' warps and IoUs stay on the device.
+        # chain on the host"): the chain runs on the host (one copy of the (L-1, M, M) links
+        # there, one of the accumulators back); only the skip links' warps and IoUs stay on the
+        # device.
         cpu = torch.device("cpu")
         acc_dev = (acc_sum, acc_w, acc_prior)
         link_all, present = link_all.to(cpu), present[:, :m].to(cpu)
@@ -419,8 +421,9 @@ def align_layers(
         if FILL_DEPTH_TOL > 0:
             # A pixel whose depth is far from the labelled pixels around it is no rim of theirs
             # but something else (a small object no layer kept): it keeps the Sim(3) scale, as
-            # an unreached layer does, instead of taking a surface's correction.
-            off = (ld - nd / den.clamp_min(1e-12)).abs() > FILL_DEPTH_TOL
+            # an unreached layer does, instead of taking a surface's correction. So does one
+            # with no labelled pixel around at all (nothing says it shares a layer's error).
+            off = (den <= 0.5) | ((ld - nd / den.clamp_min(1e-12)).abs() > FILL_DEPTH_TOL)
             pixel_scale = torch.where(~labelled & off, torch.ones_like(pix), pixel_scale)
     node_prior = None
     if fuse:
