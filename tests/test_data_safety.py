@@ -364,7 +364,7 @@ def test_bookkeeping_files_replaced_by_symlinks_are_not_followed(tmp_path, demo_
     assert laser(capsys, "export", "nerfstudio", str(demo_run), str(ns))[0] == 0
     (ns / ownership.EXPORT_JOURNAL).unlink()
     (ns / ownership.EXPORT_JOURNAL).symlink_to(precious)
-    code, err = laser(capsys, "export", "nerfstudio", str(demo_run), str(ns), "--export.overwrite")
+    code, err = laser(capsys, "export", "nerfstudio", str(demo_run), str(ns), "--overwrite")
     assert_user_error(code, err, "holds no laser export")
     assert precious.read_text() == "keep"
     assert (ns / "transforms.json").exists()
@@ -439,7 +439,7 @@ def test_export_into_the_run_itself_is_refused(run_copy, capsys):
     for target in (run_copy, run_copy / "export"):
         for kind in ("nerfstudio", "colmap"):
             code, err = laser(
-                capsys, "export", kind, str(run_copy), str(target), "--export.overwrite"
+                capsys, "export", kind, str(run_copy), str(target), "--overwrite"
             )
             assert_user_error(code, err, "outside the run directory")
     assert sorted(p.relative_to(run_copy) for p in run_copy.rglob("*")) == before

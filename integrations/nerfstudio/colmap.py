@@ -19,9 +19,10 @@ import io
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
+import tyro
 
 from laser_plugin.errors import ConfigError
 from laser_plugin.geometry.camera import rotmat_to_quat_xyzw
@@ -54,12 +55,12 @@ class ColmapExportConfig:
     """Confidence (in [0, 1]) a pixel needs to enter points3D."""
     point_stride: int = 2
     """Take every n-th pixel per axis for points3D."""
-    voxel_size: float | None = None
+    voxel_size: Annotated[float | None, tyro.conf.arg(metavar="SIZE")] = None
     """Voxel edge for downsampling points3D (scene units); None: one strided pixel at the first
     frame's median depth."""
     max_points: int = 1_000_000
     """Most points in points3D (beyond it the voxel size doubles)."""
-    overwrite: bool = False
+    overwrite: tyro.conf.Suppress[bool] = False
     """Replace an existing sparse model in the output directory."""
 
 

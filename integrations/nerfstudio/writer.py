@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import tyro
 
 from laser_plugin.errors import OutputError
 from laser_plugin.geometry.conventions import opencv_to_opengl_c2w
@@ -63,14 +64,14 @@ class NerfstudioExportConfig:
     """Confidence (in [0, 1]) a pixel needs to enter sparse_pc.ply."""
     point_stride: int = 2
     """Take every n-th pixel per axis for sparse_pc.ply."""
-    voxel_size: float | None = None
+    voxel_size: Annotated[float | None, tyro.conf.arg(metavar="SIZE")] = None
     """Voxel edge for downsampling sparse_pc.ply, in scene units. None: the footprint of one
     strided pixel at the first frame's median depth."""
     max_points: int = 1_000_000
     """Most points in sparse_pc.ply (beyond it the voxel size doubles)."""
     val_every: int = 8
     """Hold out every n-th frame (the middle one of each block) as val/test; 0: none."""
-    overwrite: bool = False
+    overwrite: tyro.conf.Suppress[bool] = False
     """Replace an existing LASER dataset in the output directory."""
 
     def validate(self) -> NerfstudioExportConfig:

@@ -40,7 +40,7 @@ class ExportNerfstudio:
     def main(self) -> int:
         from laser_plugin.integrations.nerfstudio.export import export_run_nerfstudio
 
-        # --overwrite as in `laser run`; --export.overwrite (the config's own field) still works.
+        # --overwrite as in `laser run` (the config's own field is hidden from the command line).
         self.export.overwrite = self.export.overwrite or self.overwrite
         summary = export_run_nerfstudio(self.run_dir, self.output_dir, self.export)
         _report("nerfstudio dataset", summary)
