@@ -36,6 +36,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from speed import make_canvas, rel  # benchmarks/ is on the path when this script runs
 from torch import Tensor, nn
 
 from laser_plugin.models import pi3
@@ -46,16 +47,6 @@ PATCH = pi3.PATCH
 
 
 # -- inputs (the benchmark video of speed.py: a smooth texture panned by 2 px per frame) ----
-def make_canvas(height: int, width: int, frames: int, seed: int = 0) -> np.ndarray:
-    """Same as ``benchmarks/speed.py``'s canvas."""
-    rng = np.random.default_rng(seed)
-    w = width + 2 * frames + 8
-    coarse = rng.random((height // 8 + 2, w // 8 + 2, 3)).astype(np.float32)
-    fine = rng.random((height, w, 3)).astype(np.float32)
-    up = np.repeat(np.repeat(coarse, 8, 0), 8, 1)[:height, :w]
-    return ((0.7 * up + 0.3 * fine) * 255).astype(np.uint8)
-
-
 def make_windows(
     size: tuple[int, int], window: int, overlap: int, src_hw: tuple[int, int] = (360, 640)
 ) -> list[Tensor]:
@@ -138,11 +129,6 @@ def plant_pinhole(net, focal: tuple[float, float]) -> None:
 
 
 # -- measures ----------------------------------------------------------------------------------
-def rel(a: Tensor, b: Tensor) -> float:
-    a, b = a.double().cpu(), b.double().cpu()
-    return float((a - b).norm() / b.norm())
-
-
 def fit_sensitivity(pts: Tensor, conf: Tensor, eps: float, trials: int = 4, seed: int = 0) -> dict:
     """‖ΔK‖/‖K‖ and the largest per-frame |Δfx|/fx of the fit when every coordinate of ``pts`` gets
     an independent relative perturbation of size ``eps`` (the confidence is kept)."""

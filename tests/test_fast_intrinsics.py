@@ -13,6 +13,7 @@ and the second (overlap tokens from the cache).
 
 import copy
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from laser_plugin.models.fast import accelerate
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "fast_intrinsics.py"
 _spec = importlib.util.spec_from_file_location("fast_intrinsics_bench", _PATH)
 bench = importlib.util.module_from_spec(_spec)
+sys.path.insert(0, str(_PATH.parent))  # the benchmark imports speed.py beside it
 _spec.loader.exec_module(bench)
 
 SIZE, WINDOW, OVERLAP = (56, 98), 6, 2
