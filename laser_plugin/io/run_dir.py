@@ -856,7 +856,7 @@ class RunWriter:
             if getattr(self, "_map_stale", False):  # loop corrections moved saved frames
                 self.map = VoxelMap(max_points=self.map.max_points)
                 self._group = (None, [], [])
-                self._rebuild_map()
+                self._rebuild_map(load_run(self.dir))
                 self._group_flush()
             if "points" in self.outputs:
                 self.write_points()
@@ -894,10 +894,9 @@ class RunWriter:
                 keep = b"".join(line + b"\n" for line in lines[:n])
                 write_bytes_atomic(path, keep)
 
-    def _rebuild_map(self) -> int:
-        """Add every saved frame to the map (as saved, grouped as the live run grouped them;
-        the last group stays open for the frames that follow); return their number."""
-        run = load_run(self.dir)
+    def _rebuild_map(self, run: RunData) -> int:
+        """Add every saved frame of ``run`` to the map (as saved, grouped as the live run grouped
+        them; the last group stays open for the frames that follow); return their number."""
         if "points" in self.outputs:
             for i in range(len(run.frames)):
                 f = run.load_frame(i, source=False)
@@ -905,12 +904,8 @@ class RunWriter:
         return len(run.frames)
 
     def _resume(self, n: int) -> None:
-        try:
-            old = json.loads((self.dir / "summary.json").read_text())
-        except (OSError, ValueError):
-            old = {}
-        if not isinstance(old, dict):
-            old = {}
+        # A damaged summary.json or frames.jsonl is refused before anything is cut off.
+        old = load_run(self.dir).summary
         version = old.get("format_version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
             raise OutputError(
@@ -922,13 +917,12 @@ class RunWriter:
             raise OutputError(
                 f"cannot resume {self.dir}: frames.jsonl holds {have} frames, the saved state {n}"
             )
-        load_run(self.dir)  # a damaged frames.jsonl is refused before anything is cut off
         self._reconcile(n)
         self.window_stats = list(old.get("window_stats", []))
         self.timings = dict(old.get("timings_s", {}))
         self.extra["resumed"] = int(old.get("resumed", 0)) + 1
-        self.num_frames = self._rebuild_map()
         run = load_run(self.dir)
+        self.num_frames = self._rebuild_map(run)
         self.num_windows = len({f.window for f in run.frames})
 
     # -- helpers ---------------------------------------------------------------------------
