@@ -67,6 +67,57 @@ def report():
         json.dump(out, fh)
 
 atexit.register(report)
+if os.environ.get("LASER_BENCH_SWITCH"):  # GIL switch interval, s (an A/B knob of this benchmark)
+    sys.setswitchinterval(float(os.environ["LASER_BENCH_SWITCH"]))
+if os.environ.get("LASER_BENCH_WRITER_THREADS"):  # A/B knob: the run writer's encoder threads
+    from laser_plugin.io import run_dir as _rd
+
+    _rd.default_threads = lambda: int(os.environ["LASER_BENCH_WRITER_THREADS"])
+if os.environ.get("LASER_BENCH_NOENCODE"):
+    # A/B only: the writer commits records but encodes and writes no frame files, to tell the
+    # cost of encoding from the rest of the run (the run directory is not loadable).
+    import numpy as np
+    from laser_plugin.io import run_dir as _rd
+
+    def _encode(self, frame):
+        name = f"{frame.index:06d}"
+        paths = {k: f"{k}/{name}.x" for k in ("image", "depth", "conf")}
+        empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8))
+        return {"paths": paths, "fields": {}, "bytes": 0, "seconds": 0.0, "points": empty}
+
+    _rd.RunWriter._encode = _encode
+if os.environ.get("LASER_BENCH_SAMPLE"):
+    # Where each thread spends its wall time: the innermost frame every N ms, by thread name.
+    import collections, threading, time, traceback
+    counts = collections.defaultdict(collections.Counter)
+    period = float(os.environ["LASER_BENCH_SAMPLE"]) / 1000
+
+    stop = threading.Event()
+
+    def sample():
+        names = {}
+        while not stop.wait(period):
+            for t in threading.enumerate():
+                names[t.ident] = t.name
+            me = threading.get_ident()
+            for ident, frame in sys._current_frames().items():
+                if ident == me:
+                    continue
+                st = traceback.extract_stack(frame, limit=None)[-3:]
+                key = " < ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(st))
+                counts[names.get(ident, str(ident))][key] += 1
+
+    sampler = threading.Thread(target=sample, daemon=True, name="bench-sampler")
+    sampler.start()
+
+    def dump_samples():
+        stop.set()  # joined before the interpreter tears down (a live daemon thread aborts it)
+        sampler.join()
+        out = {k: dict(v.most_common(12)) | {"_total": sum(v.values())} for k, v in counts.items()}
+        with open(os.environ["LASER_BENCH_STATS"] + ".samples.json", "w") as fh:
+            json.dump(out, fh, indent=1)
+
+    atexit.register(dump_samples)
 from laser_plugin.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -150,7 +201,9 @@ def dir_bytes(path: Path) -> dict[str, int]:
     return out
 
 
-def run_cli(video: Path, out_dir: Path, args, weights: Path, workdir: Path) -> dict:
+def run_cli(
+    video: Path, out_dir: Path, args, weights: Path, workdir: Path, extra_env: dict | None = None
+) -> dict:
     import dataclasses
 
     from laser_plugin.cli.run import Run
@@ -168,6 +221,7 @@ def run_cli(video: Path, out_dir: Path, args, weights: Path, workdir: Path) -> d
     cmd += args.cli_args
     stats_path = workdir / f"stats_{out_dir.name}.json"
     env = dict(os.environ, LASER_BENCH_STATS=str(stats_path), LASER_BENCH_PI3_SIZE=args.size)
+    env.update(extra_env or {})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     log("running: laser " + " ".join(cmd[3:]))
     t0 = time.time()
@@ -198,6 +252,9 @@ def run_cli(video: Path, out_dir: Path, args, weights: Path, workdir: Path) -> d
         "startup_s": started - t0,  # interpreter, imports, weights, first decode
         "frames_per_s_whole_run": frames / wall,
     }
+    samples = Path(str(stats_path) + ".samples.json")
+    if samples.exists():
+        res["thread_samples"] = json.loads(samples.read_text())
     if windows:
         first, last = windows[0], windows[-1]
         res["warmup_s"] = first["t_s"]  # writer start -> first window finalised
@@ -205,6 +262,13 @@ def run_cli(video: Path, out_dir: Path, args, weights: Path, workdir: Path) -> d
         span = last["t_s"] - first["t_s"]
         res["frames_per_s"] = steady_frames / span if span > 0 else None
         res["tail_s"] = summary["elapsed_s"] - last["t_s"]  # last window -> run directory closed
+        # The slowest steps between finalised windows (a compile of a new shape shows here).
+        gaps = sorted(
+            ((b["t_s"] - a["t_s"], i + 1) for i, (a, b) in enumerate(zip(windows, windows[1:]))),
+            reverse=True,
+        )
+        res["slowest_windows"] = [{"window": i, "s": round(g, 3)} for g, i in gaps[:3]]
+        res["median_window_s"] = round(float(np.median([g for g, _ in gaps])), 4) if gaps else None
     engine = summary.get("engine_timings_s", {})
     res["ms_per_frame"] = {
         k: round(1000 * v / max(frames, 1), 3) for k, v in sorted(engine.items())
@@ -277,6 +341,13 @@ def main(argv: list[str] | None = None) -> dict:
         "fast_e2e_pipelined_align_cpu align_profile",
         help="speed.py arguments beyond model/size/device/frames/source size",
     )
+    ap.add_argument(
+        "--variants", nargs="*", default=[],
+        help="further runs of each video with environment settings, NAME:KEY=VAL[,KEY=VAL] "
+        "(e.g. gil:LASER_BENCH_SWITCH=0.0005); the first run of a video also warms the compile cache",
+    )  # fmt: skip
+    ap.add_argument("--sample-ms", type=float, default=0,
+                    help="sample every thread's stack this often (ms) in the laser process")  # fmt: skip
     ap.add_argument("--workdir", default=None, help="keep videos, weights and runs here")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -319,12 +390,26 @@ def main(argv: list[str] | None = None) -> dict:
                 t = time.perf_counter()
                 make_video(video, h, w, args.frames)
                 log(f"made {video.name} in {time.perf_counter() - t:.1f} s")
+            base_env = {"LASER_BENCH_SAMPLE": str(args.sample_ms)} if args.sample_ms else {}
+            for spec in args.variants:
+                vname, _, kv = spec.partition(":")
+                env = dict(base_env, **dict(p.split("=", 1) for p in kv.split(",") if p))
+                vdir = workdir / f"run_{name}_{vname}"
+                if vdir.exists():
+                    import shutil
+
+                    shutil.rmtree(vdir)
+                res["runs"][f"{name}_{vname}"] = run_cli(video, vdir, args, weights, workdir, env)
+                log(f"{name}_{vname}: {json.dumps(res['runs'][f'{name}_{vname}'])}")
+                if args.out:
+                    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                    Path(args.out).write_text(json.dumps(res, indent=2))
             out_dir = workdir / f"run_{name}"
             if out_dir.exists():
                 import shutil
 
                 shutil.rmtree(out_dir)
-            run = run_cli(video, out_dir, args, weights, workdir)
+            run = run_cli(video, out_dir, args, weights, workdir, base_env)
             run["video_mb"] = video.stat().st_size / 2**20
             if args.device.startswith("cuda") and not args.no_speed:
                 run["speed_py"] = run_speed_py(h, w, args, workdir)

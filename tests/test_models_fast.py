@@ -113,3 +113,27 @@ def test_fused_gelu_fast_path_equals_reference(name):
     a, b = ref(w.clone()), fast(w.clone())
     for key in ("depth", "conf", "cam_to_world", "intrinsics"):
         torch.testing.assert_close(getattr(b, key), getattr(a, key), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["pi3", "vggt"])
+def test_encode_batch_runs_one_encoder_shape_and_changes_no_output(name):
+    """With compiled blocks a runner fixes the encoder's batch (issue 23: a window with a new
+    count of new frames compiled again mid-run). Chunking and padding must give the tokens of
+    one unchunked call: windows of 6 overlapping by 2 bring 6, 4, 4 and (a tail) 1 new frames."""
+    ref, fast = _pair(name, dtype=torch.float32)
+    # compile=True switches the chunking on; the blocks were built eager (no compile on the CPU
+    # here), so what this checks is the chunking, not Inductor.
+    fast.options.compile, fast.options.encode_batch = True, 4
+    encoder = fast.net.encoder if name == "pi3" else fast.net.aggregator.patch_embed
+    sizes = []
+    hook = encoder.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    frames = torch.rand(13, 3, 42, 70, generator=torch.Generator().manual_seed(5))
+    try:
+        for start in (0, 4, 7):  # the last window re-uses 5 frames, as the scheduler's tail does
+            w = frames[start : start + 6]
+            a, b = ref(w.clone()), fast(w.clone())
+            for key in ("depth", "conf", "cam_to_world", "intrinsics"):
+                torch.testing.assert_close(getattr(b, key), getattr(a, key), rtol=1e-5, atol=1e-6)
+    finally:
+        hook.remove()
+    assert sizes and set(sizes) == {4}, sizes  # 6 -> 4 + (2 padded to 4), 4, 1 padded to 4

@@ -534,7 +534,11 @@ class Run:
 
             devices = parse_devices(self.devices) if self.devices is not None else [device]
             device = ",".join(devices)
-            kw = {"fast": True} if self.model in ("pi3", "vggt") else {}
+            kw = {}
+            if self.model in ("pi3", "vggt"):
+                # One encoder shape (the window stride): no compile in the middle of the run.
+                stride = self.laser.window_size - self.laser.overlap
+                kw = {"fast": True, "fast_options": {"encode_batch": stride}}
             # The first GPU in this process: alignment and network then share one CUDA context
             # instead of time-slicing two, faster on one GPU and on two (benchmarks/DECISIONS.md,
             # "the first GPU's network as a thread of the aligning process").
@@ -544,6 +548,13 @@ class Run:
                 in_process_first=devices[0].startswith("cuda"),
             )
 
+            if devices[0].startswith("cuda"):
+                # The network's thread, the aligning thread and the run writer's encoders share
+                # the GIL: a thread coming back from C code (deflate, JPEG, a CUDA sync) waits up
+                # to the switch interval (5 ms by default) for it, and the network's next window
+                # is launched that much later. 0.5 ms: 52.3 -> 55.2 frames/s at 720p on one
+                # H200 (benchmarks/cli_speed.py --variants, benchmarks/DECISIONS.md).
+                sys.setswitchinterval(5e-4)
             if not self.quiet and devices[0].startswith("cuda"):
                 # Otherwise the progress bar sits at zero with no explanation while it compiles.
                 print(

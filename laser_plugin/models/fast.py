@@ -55,6 +55,13 @@ class FastOptions:
     """``torch.compile`` mode of the blocks: None (Inductor's default) or e.g.
     ``"max-autotune-no-cudagraphs"`` (Triton matrix products with fused epilogues; minutes of
     autotuning on the first run, cached on disk by Inductor afterwards)."""
+    encode_batch: int | None = None
+    """Frames per encoder call with ``compile`` (None: as many as a window brings). Every
+    new batch size is a compile (seconds, tens cold) in the middle of the run: a stream's first
+    window brings L new frames, the others L - O, the last fewer. A runner sets this to the
+    window stride L - O, so the encoder compiles one shape; frames are encoded in chunks of
+    that many, the last padded with copies of its last frame (frames are encoded independently:
+    the padding changes no real frame's tokens)."""
     cuda_graph: bool = False
     """Capture the trunk and decoders in one CUDA graph per input shape (CUDA only)."""
     graph_heads: bool = False
@@ -331,7 +338,7 @@ class _FastBase:
             sub = images if len(new) == images.shape[0] else images[new]
             x = sub.to(self.device, non_blocking=True)
             x = ((x - self.mean) / self.std).to(self.options.dtype)
-            enc = encode(x)
+            enc = self._encode_in_batches(encode, x)
             for k, j in enumerate(new):
                 found[j] = enc[k]
         tokens = torch.stack(found) if len(new) != len(found) else enc
@@ -340,6 +347,17 @@ class _FastBase:
         elif by_key:
             self.cache.store_keys(frame_keys, tokens)
         return tokens
+
+    def _encode_in_batches(self, encode: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """x (n, 3, H, W) -> (n, h*w, C): in chunks of ``options.encode_batch`` frames."""
+        b = self.options.encode_batch
+        n = x.shape[0]
+        if not b or n == b or not self.options.compile:  # eager: any batch size costs nothing
+            return encode(x)
+        pad = (-n) % b
+        if pad:
+            x = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])])
+        return torch.cat([encode(chunk) for chunk in x.split(b)])[:n]
 
     def _trunk(self, tokens: Tensor):
         raise NotImplementedError
