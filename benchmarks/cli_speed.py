@@ -31,6 +31,7 @@ its tiny configuration (a CPU smoke test: ``tests/test_cli_speed_smoke.py``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -264,7 +265,7 @@ def run_cli(
         res["tail_s"] = summary["elapsed_s"] - last["t_s"]  # last window -> run directory closed
         # The slowest steps between finalised windows (a compile of a new shape shows here).
         gaps = sorted(
-            ((b["t_s"] - a["t_s"], i + 1) for i, (a, b) in enumerate(zip(windows, windows[1:]))),
+            ((b["t_s"] - a["t_s"], i + 1) for i, (a, b) in enumerate(itertools.pairwise(windows))),
             reverse=True,
         )
         res["slowest_windows"] = [{"window": i, "s": round(g, 3)} for g, i in gaps[:3]]

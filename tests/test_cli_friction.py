@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,23 @@ def test_ci_script_runs_every_phase_and_waits_for_apt():
     if shutil.which("shellcheck"):
         res = subprocess.run(["shellcheck", str(ROOT / ".ci" / "test.sh")], capture_output=True)
         assert res.returncode == 0, res.stdout.decode()
+
+
+def test_help_does_not_import_torch():
+    """`laser --help` took 2-3 s importing torch (issue 21): help of every command, and the
+    package itself, import no heavy module."""
+    code = (
+        "import sys, contextlib, io\n"
+        "import laser_plugin\n"
+        "from laser_plugin.cli.main import main\n"
+        "for argv in ([], ['run'], ['demo'], ['export', 'nerfstudio'], ['export', 'colmap'],"
+        " ['eval'], ['view'], ['batch']):\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        main([*argv, '--help'])\n"
+        "heavy = sorted(m for m in ('torch', 'PIL', 'av', 'scipy', 'rerun', 'viser', 'ray')"
+        " if m in sys.modules)\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

@@ -19,19 +19,16 @@ import io
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
 
 import numpy as np
-import tyro
 
 from laser_plugin.errors import ConfigError
 from laser_plugin.geometry.camera import rotmat_to_quat_xyzw
 from laser_plugin.integrations.nerfstudio.files import (
-    ImageFormat,
-    ImageResolution,
     encode_image,
     frame_image,
 )
+from laser_plugin.integrations.nerfstudio.options import ColmapExportConfig as ColmapExportConfig
 from laser_plugin.integrations.nerfstudio.schema import PinholeIntrinsics
 from laser_plugin.io.atomic import write_bytes_atomic
 from laser_plugin.io.ownership import ExportJournal
@@ -39,29 +36,6 @@ from laser_plugin.mapping import VoxelMap
 from laser_plugin.types import ReconstructedFrame
 
 PINHOLE_MODEL_ID = 1  # COLMAP's CameraModelId for PINHOLE (fx, fy, cx, cy)
-
-
-@dataclass
-class ColmapExportConfig:
-    """How a LASER reconstruction becomes a COLMAP sparse model."""
-
-    image_resolution: ImageResolution = "source"
-    """Images at the input's original resolution ("source") or the model's ("model")."""
-    image_format: ImageFormat = "png"
-    """Image file format."""
-    model_format: Literal["bin", "txt"] = "bin"
-    """COLMAP binary or text model files."""
-    point_min_conf: float = 0.5
-    """Confidence (in [0, 1]) a pixel needs to enter points3D."""
-    point_stride: int = 2
-    """Take every n-th pixel per axis for points3D."""
-    voxel_size: Annotated[float | None, tyro.conf.arg(metavar="SIZE")] = None
-    """Voxel edge for downsampling points3D (scene units); None: one strided pixel at the first
-    frame's median depth."""
-    max_points: int = 1_000_000
-    """Most points in points3D (beyond it the voxel size doubles)."""
-    overwrite: tyro.conf.Suppress[bool] = False
-    """Replace an existing sparse model in the output directory."""
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,13 @@ from typing import Literal
 
 import numpy as np
 
+from laser_plugin.integrations.nerfstudio.options import ImageFormat as ImageFormat
+from laser_plugin.integrations.nerfstudio.options import ImageResolution as ImageResolution
 from laser_plugin.integrations.nerfstudio.schema import PinholeIntrinsics
 from laser_plugin.types import ReconstructedFrame
 
-ImageResolution = Literal["source", "model"]
-
 MAX_ASPECT_CHANGE = 0.05
 """Largest |log| change of aspect ratio between source and model images treated as a resize."""
-ImageFormat = Literal["png", "jpg"]
 
 
 def encode_image(rgb: np.ndarray, fmt: ImageFormat, jpeg_quality: int = 95) -> bytes:

@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+from laser_plugin.integrations.nerfstudio.options import DepthFormat as DepthFormat
 
-DepthFormat = Literal["npy", "png16"]
+SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)

@@ -17,25 +17,25 @@ camera) and the scale are kept as they are.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-import tyro
 
 from laser_plugin.errors import OutputError
 from laser_plugin.geometry.conventions import opencv_to_opengl_c2w
 from laser_plugin.integrations.nerfstudio.files import (
-    ImageFormat,
-    ImageResolution,
     encode_depth,
     encode_image,
     frame_image,
     resize_depth_nearest,
     resize_image,
 )
-from laser_plugin.integrations.nerfstudio.schema import DepthFormat, FrameEntry, TransformsFile
+from laser_plugin.integrations.nerfstudio.options import (
+    NerfstudioExportConfig as NerfstudioExportConfig,
+)
+from laser_plugin.integrations.nerfstudio.schema import FrameEntry, TransformsFile
 from laser_plugin.io.atomic import write_bytes_atomic
 from laser_plugin.io.ownership import ExportJournal
 from laser_plugin.io.ply import write_ply
@@ -43,51 +43,6 @@ from laser_plugin.mapping import VoxelMap
 from laser_plugin.types import ReconstructedFrame
 
 PLY_NAME = "sparse_pc.ply"
-
-
-@dataclass
-class NerfstudioExportConfig:
-    """How a LASER reconstruction becomes a nerfstudio dataset."""
-
-    image_resolution: ImageResolution = "source"
-    """Write images at the input's original resolution ("source", when the frames carry it) or
-    at the model's resolution ("model")."""
-    image_format: ImageFormat = "png"
-    """Image file format."""
-    jpeg_quality: int = 95
-    """JPEG quality when image_format is jpg."""
-    num_downscales: int = 0
-    """Also write images_2, images_4, ... (2**num_downscales) with matching depths_N."""
-    depth_format: DepthFormat = "npy"
-    """float32 .npy in scene units, or 16-bit PNG in thousandths of a scene unit."""
-    point_min_conf: float = 0.5
-    """Confidence (in [0, 1]) a pixel needs to enter sparse_pc.ply."""
-    point_stride: int = 2
-    """Take every n-th pixel per axis for sparse_pc.ply."""
-    voxel_size: Annotated[float | None, tyro.conf.arg(metavar="SIZE")] = None
-    """Voxel edge for downsampling sparse_pc.ply, in scene units. None: the footprint of one
-    strided pixel at the first frame's median depth."""
-    max_points: int = 1_000_000
-    """Most points in sparse_pc.ply (beyond it the voxel size doubles)."""
-    val_every: int = 8
-    """Hold out every n-th frame (the middle one of each block) as val/test; 0: none."""
-    overwrite: tyro.conf.Suppress[bool] = False
-    """Replace an existing LASER dataset in the output directory."""
-
-    def validate(self) -> NerfstudioExportConfig:
-        from laser_plugin.errors import ConfigError
-
-        if not 0 <= self.num_downscales <= 4:
-            raise ConfigError(f"num_downscales must be in [0, 4], got {self.num_downscales}")
-        if self.point_stride < 1:
-            raise ConfigError(f"point_stride must be at least 1, got {self.point_stride}")
-        if self.voxel_size is not None and not self.voxel_size > 0:
-            raise ConfigError(f"voxel_size must be positive, got {self.voxel_size}")
-        if self.max_points < 1 or self.val_every < 0:
-            raise ConfigError("max_points must be >= 1 and val_every >= 0")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ConfigError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
-        return self
 
 
 def held_out_indices(num_frames: int, every: int) -> list[int]:

@@ -9,8 +9,10 @@ from typing import Annotated, Union
 import tyro
 from tyro.conf import Positional
 
-from laser_plugin.integrations.nerfstudio.colmap import ColmapExportConfig
-from laser_plugin.integrations.nerfstudio.writer import NerfstudioExportConfig
+from laser_plugin.integrations.nerfstudio.options import (
+    ColmapExportConfig,
+    NerfstudioExportConfig,
+)
 
 
 def _report(kind: str, summary) -> None:

@@ -17,9 +17,6 @@ import tyro
 
 from laser_plugin.config import LaserConfig
 from laser_plugin.errors import ConfigError, InputError
-from laser_plugin.io.lock import release as release_output_dir
-from laser_plugin.io.run_dir import format_outputs, parse_outputs, prepare_output_dir
-from laser_plugin.sources import open_source
 
 FlatLaser = Annotated[LaserConfig, tyro.conf.OmitArgPrefixes]
 
@@ -151,6 +148,7 @@ def execute(
         TimeRemainingColumn,
     )
 
+    from laser_plugin.io.run_dir import prepare_output_dir
     from laser_plugin.resume import check_settings, load_state, read_settings
     from laser_plugin.session import open_session
 
@@ -472,8 +470,11 @@ class Run:
     def main(self) -> int:
         import torch
 
+        from laser_plugin.io.lock import release as release_output_dir
+        from laser_plugin.io.run_dir import format_outputs, parse_outputs
         from laser_plugin.models import load_model
         from laser_plugin.resume import input_fingerprint
+        from laser_plugin.sources import open_source
 
         device = self.device
         check_device(device, "--device")
@@ -688,6 +689,8 @@ class Demo:
         import numpy as np
 
         from laser_plugin.io import ownership
+        from laser_plugin.io.lock import release as release_output_dir
+        from laser_plugin.io.run_dir import format_outputs, parse_outputs
         from laser_plugin.models.synthetic import make_model, make_scene
         from laser_plugin.models.synthetic.evaluate import evaluate_depths_poses
 
