@@ -549,13 +549,6 @@ class Run:
                 in_process_first=devices[0].startswith("cuda"),
             )
 
-            if devices[0].startswith("cuda"):
-                # The network's thread, the aligning thread and the run writer's encoders share
-                # the GIL: a thread coming back from C code (deflate, JPEG, a CUDA sync) waits up
-                # to the switch interval (5 ms by default) for it, and the network's next window
-                # is launched that much later. 0.5 ms: 52.3 -> 55.2 frames/s at 720p on one
-                # H200 (benchmarks/cli_speed.py --variants, benchmarks/DECISIONS.md).
-                sys.setswitchinterval(5e-4)
             if not self.quiet and devices[0].startswith("cuda"):
                 # Otherwise the progress bar sits at zero with no explanation while it compiles.
                 print(
