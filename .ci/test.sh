@@ -86,10 +86,16 @@ fi
 
 if [ "$venv_ok" = 1 ]; then
   phase "ruff" .venv/bin/ruff check laser_plugin integrations tests benchmarks examples
+  phase "ruff format" .venv/bin/ruff format --check laser_plugin integrations tests benchmarks examples
+  # basic mode on laser_plugin/ (pyproject.toml [tool.basedpyright]); only findings beyond
+  # .basedpyright/baseline.json fail.
+  phase "pyright" .venv/bin/basedpyright --pythonpath .venv/bin/python
   phase "pytest (.venv): not nerfstudio, not triton" \
     .venv/bin/python -m pytest -m "not nerfstudio and not triton" tests
 else
   skip "ruff" "setup .venv"
+  skip "ruff format" "setup .venv"
+  skip "pyright" "setup .venv"
   skip "pytest (.venv): not nerfstudio, not triton" "setup .venv"
 fi
 if [ "$ns_ok" = 1 ]; then

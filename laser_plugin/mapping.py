@@ -52,7 +52,9 @@ class VoxelMap:
     def _merge(self, keys, sums, cnts, cols) -> None:
         uniq, inv = np.unique(keys, return_inverse=True)
         inv = inv.reshape(-1)
-        s = np.stack([np.bincount(inv, weights=sums[:, k], minlength=len(uniq)) for k in range(3)], 1)
+        s = np.stack(
+            [np.bincount(inv, weights=sums[:, k], minlength=len(uniq)) for k in range(3)], 1
+        )
         c = np.bincount(inv, weights=cnts, minlength=len(uniq)).astype(np.int64)
         col = np.zeros((len(uniq), 3), dtype=np.uint8)
         col[inv] = cols  # last writer wins: the newest colour

@@ -38,7 +38,6 @@ SMALL_DEMO = ("--frames", "12", "--height", "32", "--width", "48", "--quiet")
 WINDOW = ("--window-size", "8", "--overlap", "3", "--no-loop-closure")
 
 
-
 def demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*LASER, "demo", *SMALL_DEMO, "--output-dir", str(out), *extra],
@@ -438,9 +437,7 @@ def test_export_into_the_run_itself_is_refused(run_copy, capsys):
     before = sorted(p.relative_to(run_copy) for p in run_copy.rglob("*"))
     for target in (run_copy, run_copy / "export"):
         for kind in ("nerfstudio", "colmap"):
-            code, err = laser(
-                capsys, "export", kind, str(run_copy), str(target), "--overwrite"
-            )
+            code, err = laser(capsys, "export", kind, str(run_copy), str(target), "--overwrite")
             assert_user_error(code, err, "outside the run directory")
     assert sorted(p.relative_to(run_copy) for p in run_copy.rglob("*")) == before
 

@@ -16,8 +16,21 @@ LASER = [sys.executable, "-m", "laser_plugin.cli.main"]
 def test_demo_writes_a_complete_scored_run(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [*LASER, "demo", "--frames", "30", "--height", "48", "--width", "80", "--output-dir", str(out)],
-        capture_output=True, text=True, timeout=600,
+        [
+            *LASER,
+            "demo",
+            "--frames",
+            "30",
+            "--height",
+            "48",
+            "--width",
+            "80",
+            "--output-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "depth AbsRel" in proc.stderr and "Traceback" not in proc.stderr
@@ -54,7 +67,9 @@ def test_run_on_an_image_folder_with_the_synthetic_model(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
         [*LASER, "run", str(folder), "--model", "synthetic", "--output-dir", str(out), "--quiet"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = load_run(out)
@@ -71,7 +86,12 @@ def test_existing_output_is_refused_without_overwrite(tmp_path):
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    proc = subprocess.run([*LASER, "demo", "--frames", "5", "--output-dir", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*LASER, "demo", "--frames", "5", "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
     assert (out / "keep.txt").read_text() == "mine"

@@ -26,11 +26,19 @@ def test_every_frame_is_finalised_exactly_once(n, window, overlap):
         if k == 0:
             assert w.num_overlap == 0
         else:
-            assert w.num_overlap >= overlap and set(w.items[: w.num_overlap]) <= set(range(w.items[0], new.index(w.new_items[0])))
+            assert w.num_overlap >= overlap and set(w.items[: w.num_overlap]) <= set(
+                range(w.items[0], new.index(w.new_items[0]))
+            )
 
 
 def test_config_validation():
-    for bad in [dict(overlap=20), dict(window_size=1), dict(overlap=0), dict(iou_threshold=0), dict(huber_delta=-1)]:
+    for bad in [
+        dict(overlap=20),
+        dict(window_size=1),
+        dict(overlap=0),
+        dict(iou_threshold=0),
+        dict(huber_delta=-1),
+    ]:
         with pytest.raises(ConfigError):
             LaserConfig(**bad).validate()
 
@@ -64,7 +72,7 @@ def test_end_to_end_accuracy_against_ground_truth(small_scene):
     est = np.stack([f.cam_to_world[:3, 3] for f in frames])
     sim = umeyama_alignment(est, small_scene.cam_to_world[:, :3, 3])
     pts, _ = frames[40].points_world(min_conf=0.5)
-    pts_gt_frame = (sim.scale * pts @ sim.rotation.T + sim.translation)
+    pts_gt_frame = sim.scale * pts @ sim.rotation.T + sim.translation
     r = small_scene.render(40)
     c2w = small_scene.cam_to_world[40]
     cam = (pts_gt_frame - c2w[:3, 3]) @ c2w[:3, :3]
@@ -79,7 +87,9 @@ def test_end_to_end_accuracy_against_ground_truth(small_scene):
 def test_layer_alignment_makes_objects_consistent(small_scene):
     """Full LASER lowers the spread of objects' depth scale (vs the room) compared with Sim(3)."""
     full = evaluate_frames(run(small_scene, overlap_estimate="later"), small_scene)
-    sim3 = evaluate_frames(run(small_scene, overlap_estimate="later", layer_alignment=False), small_scene)
+    sim3 = evaluate_frames(
+        run(small_scene, overlap_estimate="later", layer_alignment=False), small_scene
+    )
     assert full["consistency"] < 0.9 * sim3["consistency"], (full, sim3)
     assert full["abs_rel"] < sim3["abs_rel"], (full, sim3)
 
@@ -126,7 +136,9 @@ def test_failing_sink_is_detached_and_others_continue(small_scene):
     good, bad = _Recorder(), _Broken()
     model = make_model(scene=small_scene)
     with pytest.warns(RuntimeWarning, match="detached"):
-        out = StreamingReconstructor(model, LaserConfig()).reconstruct(small_scene.frames(), [bad, good])
+        out = StreamingReconstructor(model, LaserConfig()).reconstruct(
+            small_scene.frames(), [bad, good]
+        )
     assert good.frames == list(range(small_scene.num_frames)) == [f.index for f in out]
     assert good.closed and bad.closed
     assert len(good.windows) == 5 and all(np.isfinite(w.scale) for w in good.windows)
@@ -144,7 +156,9 @@ def test_bare_callable_model():
         return WindowPrediction(torch.full((n, h, w), 2.0), torch.ones(n, h, w), pose, k)
 
     imgs = [np.full((h, w, 3), i, np.uint8) for i in range(30)]
-    frames = StreamingReconstructor(flat_wall, LaserConfig(window_size=8, overlap=2)).reconstruct(imgs)
+    frames = StreamingReconstructor(flat_wall, LaserConfig(window_size=8, overlap=2)).reconstruct(
+        imgs
+    )
     assert len(frames) == 30
     xs = np.array([f.cam_to_world[0, 3] for f in frames])
     np.testing.assert_allclose(xs, np.arange(30) * 0.1, atol=1e-4)  # windows chain without drift

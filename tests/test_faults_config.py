@@ -27,7 +27,6 @@ def frames(tmp_path):
     return tmp_path / "frames"
 
 
-
 CONFIG_FAULTS = [
     (["--window-size", "6", "--overlap", "6"], "overlap must be in [1, window_size)"),
     (["--window-size", "6", "--overlap", "9"], "overlap must be in [1, window_size)"),

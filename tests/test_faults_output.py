@@ -36,7 +36,6 @@ from laser_plugin.resume import load_state
 WINDOW = ("--window-size", "8", "--overlap", "3")
 
 
-
 @pytest.fixture(scope="module")
 def scene_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("scene") / "frames"

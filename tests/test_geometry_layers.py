@@ -43,7 +43,9 @@ def test_planes_are_not_cut_however_steep():
     assert int(layers.num_layers[0]) == 2
 
 
-@pytest.mark.parametrize("name,frames", [("lateral", [0, 40]), ("demo", [60, 100]), ("forward", [50])])
+@pytest.mark.parametrize(
+    "name,frames", [("lateral", [0, 40]), ("demo", [60, 100]), ("forward", [50])]
+)
 def test_objects_get_their_own_layers(name, frames):
     """Objects are covered by layers that belong to them (an object may be several layers, one per
     face; it must not share a layer with the floor it stands on). Scored over every sizeable
@@ -58,7 +60,9 @@ def test_objects_get_their_own_layers(name, frames):
             if o < NUM_ROOM_IDS or m.sum() < 400:
                 continue
             pure = [
-                lbl for lbl in np.unique(lab[m]) if lbl >= 0 and (r.object_id[lab == lbl] == o).mean() > 0.85
+                lbl
+                for lbl in np.unique(lab[m])
+                if lbl >= 0 and (r.object_id[lab == lbl] == o).mean() > 0.85
             ]
             separated.append(np.isin(lab[m], pure).mean())
     assert len(separated) >= 3
@@ -80,7 +84,9 @@ def _two_layer_window(n_frames=4, n_overlap=2, h=30, w=40):
     depth = torch.full((n_frames, h, w), 5.0, dtype=torch.float64)
     depth[labels == 1] = 2.0
     poses = torch.eye(4, dtype=torch.float64).repeat(n_frames, 1, 1)
-    k = torch.tensor([[40.0, 0, (w - 1) / 2], [0, 40.0, (h - 1) / 2], [0, 0, 1]], dtype=torch.float64)
+    k = torch.tensor(
+        [[40.0, 0, (w - 1) / 2], [0, 40.0, (h - 1) / 2], [0, 0, 1]], dtype=torch.float64
+    )
     return labels, depth, poses, k.expand(n_frames, 3, 3).clone(), n_overlap
 
 
@@ -99,7 +105,15 @@ def test_planted_layer_scales_are_recovered_and_propagated(warp):
 def test_without_intra_edges_scales_stay_on_the_overlap():
     labels, depth_true, poses, k, n_o = _two_layer_window()
     planted = torch.tensor([1.0, 1.3], dtype=torch.float64)
-    la = align_layers(labels, depth_true / planted[labels], labels[:n_o], depth_true[:n_o], poses, k, intra_edges=False)
+    la = align_layers(
+        labels,
+        depth_true / planted[labels],
+        labels[:n_o],
+        depth_true[:n_o],
+        poses,
+        k,
+        intra_edges=False,
+    )
     assert la.reached[:n_o, :2].all() and not la.reached[n_o:].any()
     torch.testing.assert_close(la.node_scale[n_o:], torch.ones_like(la.node_scale[n_o:]))
 

@@ -46,7 +46,9 @@ def test_procrustes_never_returns_a_reflection():
     "src",
     [
         torch.zeros(10, 3, dtype=torch.float64),  # all coincident
-        torch.tensor([[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0]], dtype=torch.float64),  # collinear
+        torch.tensor(
+            [[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0]], dtype=torch.float64
+        ),  # collinear
     ],
 )
 def test_procrustes_degenerate_inputs_stay_finite(src):
@@ -78,7 +80,9 @@ def test_robust_scale_with_20_percent_outliers():
     den = torch.rand(5000, generator=gen, dtype=torch.float64) * 10 + 0.5
     num = 1.7 * den * torch.exp(0.01 * torch.randn(5000, generator=gen, dtype=torch.float64))
     bad = torch.rand(5000, generator=gen) < 0.2
-    num[bad] = num[bad] * torch.exp(torch.randn(int(bad.sum()), generator=gen, dtype=torch.float64) * 1.5 + 0.7)
+    num[bad] = num[bad] * torch.exp(
+        torch.randn(int(bad.sum()), generator=gen, dtype=torch.float64) * 1.5 + 0.7
+    )
     fit = robust_scale(num, den)
     assert fit.scale[0] == pytest.approx(1.7, rel=0.005)
     plain_ls = (num * den).sum() / (den * den).sum()
@@ -98,7 +102,9 @@ def test_robust_scale_per_group():
 
 def _overlap_window(gen, n=4, h=24, w=32):
     """Cameras looking at a box-shaped room; returns depth, poses, intrinsics in the global gauge."""
-    k = torch.tensor([[30.0, 0, (w - 1) / 2], [0, 30.0, (h - 1) / 2], [0, 0, 1]], dtype=torch.float64)
+    k = torch.tensor(
+        [[30.0, 0, (w - 1) / 2], [0, 30.0, (h - 1) / 2], [0, 0, 1]], dtype=torch.float64
+    )
     k = k.expand(n, 3, 3).clone()
     poses = torch.eye(4, dtype=torch.float64).repeat(n, 1, 1)
     poses[:, 0, 3] = torch.linspace(0, 0.6, n, dtype=torch.float64)
@@ -111,7 +117,11 @@ def test_register_overlap_recovers_planted_gauge_with_outliers(method):
     gen = torch.Generator().manual_seed(5)
     depth, poses, k = _overlap_window(gen)
     rot = random_rotation(gen)
-    gauge = Sim3(torch.tensor(0.4, dtype=torch.float64), rot, torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+    gauge = Sim3(
+        torch.tensor(0.4, dtype=torch.float64),
+        rot,
+        torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64),
+    )
     # The new window sees the same scene in its own gauge: X_new = gauge^-1(X_global).
     inv_s = 1 / gauge.scale
     poses_new = poses.clone()
@@ -158,4 +168,6 @@ def test_invert_rigid():
     for i in range(3):
         t[i, :3, :3] = random_rotation(gen)
         t[i, :3, 3] = torch.randn(3, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(invert_rigid(t) @ t, torch.eye(4, dtype=torch.float64).expand(3, 4, 4))
+    torch.testing.assert_close(
+        invert_rigid(t) @ t, torch.eye(4, dtype=torch.float64).expand(3, 4, 4)
+    )

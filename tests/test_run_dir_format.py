@@ -31,7 +31,6 @@ from laser_plugin.types import ReconstructedFrame
 WINDOW = ("--window-size", "8", "--overlap", "3", "--no-loop-closure", "--quiet")
 
 
-
 @pytest.fixture
 def plane(monkeypatch):
     monkeypatch.setattr(

@@ -62,7 +62,6 @@ class NerfstudioExportConfig:
         return self
 
 
-
 @dataclass
 class ColmapExportConfig:
     """How a LASER reconstruction becomes a COLMAP sparse model."""

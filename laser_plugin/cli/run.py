@@ -720,7 +720,9 @@ class Demo:
         if not overwrite and ownership.run_command(self.output_dir) == "demo":
             overwrite = True
             if not self.quiet:
-                print(f"laser: replacing the earlier demo run in {self.output_dir}", file=sys.stderr)
+                print(
+                    f"laser: replacing the earlier demo run in {self.output_dir}", file=sys.stderr
+                )
 
         def go():
             engine, writer = execute(

@@ -7,6 +7,8 @@ editable install this file adds the folder to the package path.
 
 import os as _os
 
-_src = _os.path.join(_os.path.dirname(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))), "integrations")
+_src = _os.path.join(
+    _os.path.dirname(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))), "integrations"
+)
 if _os.path.isfile(_os.path.join(_src, "__init__.py")):
     __path__.append(_src)

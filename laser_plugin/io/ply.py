@@ -8,7 +8,9 @@ import numpy as np
 
 from laser_plugin.io.atomic import write_bytes_atomic
 
-_VERTEX = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+_VERTEX = np.dtype(
+    [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+)
 
 
 def ply_bytes(points: np.ndarray, colors: np.ndarray) -> bytes:

@@ -459,7 +459,9 @@ class RunWriter:
         self.dir = Path(out_dir)
         # "fs": one syncfs of the run's filesystem per window makes its files durable (Linux);
         # "file": each file is fsynced by its encoder (elsewhere, or LASER_WRITER_SYNC=file).
-        self.sync = sync or os.environ.get("LASER_WRITER_SYNC") or ("fs" if have_syncfs() else "file")
+        self.sync = (
+            sync or os.environ.get("LASER_WRITER_SYNC") or ("fs" if have_syncfs() else "file")
+        )
         if self.sync not in ("fs", "file") or (self.sync == "fs" and not have_syncfs()):
             raise ValueError(f"RunWriter sync must be 'file' or 'fs' (Linux), got {self.sync!r}")
         self.ply_interval_s = ply_interval_s
@@ -900,7 +902,9 @@ class RunWriter:
         if "points" in self.outputs:
             for i in range(len(run.frames)):
                 f = run.load_frame(i, source=False)
-                self._group_add(f.window, *f.points_world(min_conf=self.map_conf, stride=self.map_stride))
+                self._group_add(
+                    f.window, *f.points_world(min_conf=self.map_conf, stride=self.map_stride)
+                )
         return len(run.frames)
 
     def _resume(self, n: int) -> None:
@@ -1193,7 +1197,9 @@ def _inside(run_dir: Path, rel: Any) -> Path:
         resolved = p.resolve()
         if root in resolved.parents:
             return p
-    raise InputError(f"{run_dir} is not a valid run: frames.jsonl names {rel!r}, outside the run directory")
+    raise InputError(
+        f"{run_dir} is not a valid run: frames.jsonl names {rel!r}, outside the run directory"
+    )
 
 
 def _invalid(path: Path, what: str) -> InputError:

@@ -39,7 +39,9 @@ def load_model(name: str, weights: str | None = None, device: str = "cpu", **kwa
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"model {name!r} is registered as {models[name]} but cannot be imported: {exc}") from None
+        raise ConfigError(
+            f"model {name!r} is registered as {models[name]} but cannot be imported: {exc}"
+        ) from None
     return factory(weights=weights, device=device, **kwargs)
 
 

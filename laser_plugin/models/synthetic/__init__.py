@@ -32,4 +32,11 @@ def make_model(
     return EmulatedModel(scene, EmulatorConfig(**kw))
 
 
-__all__ = ["SCENES", "EmulatedModel", "EmulatorConfig", "SyntheticScene", "make_model", "make_scene"]
+__all__ = [
+    "SCENES",
+    "EmulatedModel",
+    "EmulatorConfig",
+    "SyntheticScene",
+    "make_model",
+    "make_scene",
+]

@@ -37,7 +37,9 @@ def _speed_profile(n: int, segments: list[tuple[float, float]]) -> np.ndarray:
     for (_, s), a, b in zip(segments, edges[:-1], edges[1:]):
         speed[int(a) : int(np.ceil(b))] = s
     k = max(1, n // 25)
-    return np.convolve(np.pad(speed, k, mode="edge"), np.ones(2 * k + 1) / (2 * k + 1), mode="same")[k:-k]
+    return np.convolve(
+        np.pad(speed, k, mode="edge"), np.ones(2 * k + 1) / (2 * k + 1), mode="same"
+    )[k:-k]
 
 
 def lateral(n: int) -> np.ndarray:
@@ -88,7 +90,9 @@ def demo(n: int) -> np.ndarray:
     The pauses are where feed-forward models misjudge relative depth; the sideways start gives the
     first windows good parallax.
     """
-    speed = _speed_profile(n, [(0.25, 0.09), (0.15, 0.006), (0.2, 0.07), (0.15, 0.004), (0.25, 0.06)])
+    speed = _speed_profile(
+        n, [(0.25, 0.09), (0.15, 0.006), (0.2, 0.07), (0.15, 0.004), (0.25, 0.06)]
+    )
     s = np.linspace(0, 1, n)
     heading = np.where(s < 0.25, np.pi / 2, 0.25 * np.sin(2 * np.pi * (s - 0.25) * 1.3))
     pos = np.zeros((n, 3))
@@ -101,7 +105,9 @@ def demo(n: int) -> np.ndarray:
 
 def stop_and_go(n: int) -> np.ndarray:
     """Walk down the corridor with two stops (low-parallax windows) and a slow pan while stopped."""
-    speed = _speed_profile(n, [(0.15, 0.09), (0.3, 0.003), (0.15, 0.08), (0.25, 0.003), (0.15, 0.08)])
+    speed = _speed_profile(
+        n, [(0.15, 0.09), (0.3, 0.003), (0.15, 0.08), (0.25, 0.003), (0.15, 0.08)]
+    )
     s = np.linspace(0, 1, n)
     pos = np.zeros((n, 3))
     pos[0] = [-0.6, 0.0, 0.3]
