@@ -391,6 +391,10 @@ def main(argv: list[str] | None = None) -> dict:
                 t = time.perf_counter()
                 make_video(video, h, w, args.frames)
                 log(f"made {video.name} in {time.perf_counter() - t:.1f} s")
+            # The weights (1.2 GB for π³) and the video were just written: flushed here, so that
+            # the run's own syncfs (one per window) does not pay for this benchmark's set-up (on a
+            # fresh machine the first window-to-window step took 2.6 s instead of 0.4 s).
+            os.sync()
             base_env = {"LASER_BENCH_SAMPLE": str(args.sample_ms)} if args.sample_ms else {}
             for spec in args.variants:
                 vname, _, kv = spec.partition(":")
