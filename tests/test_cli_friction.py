@@ -198,3 +198,24 @@ def test_help_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def test_run_help_leads_with_everyday_flags_and_prefixes_research_knobs(capsys, monkeypatch):
+    """Issue 22: the engine's research knobs are one --laser.* group; the flags a user sets
+    (input, output, model, device, resume, outputs, viewers, window size) stay short."""
+    import dataclasses
+
+    from laser_plugin.cli.run import RunLaserConfig
+
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    flags = set(re.findall(r"(--[a-z][a-z0-9.-]*)", capsys.readouterr().out))
+    top = {f for f in flags if not f.startswith("--laser.") and not f.startswith("--no-")}
+    assert {"--window-size", "--overlap", "--align-device", "--device", "--resume"} <= top
+    knobs = {f.name.replace("_", "-") for f in dataclasses.fields(RunLaserConfig)} - {
+        "window-size", "overlap", "device",
+    }  # fmt: skip
+    assert knobs and all(f"--laser.{k}" in flags for k in knobs), sorted(knobs)
+    assert not any(f"--{k}" in top for k in knobs)
+    assert len(top) <= 24, sorted(top)

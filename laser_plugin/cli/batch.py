@@ -14,7 +14,6 @@ from laser_plugin.batch.fleet import FleetOptions
 from laser_plugin.cli.run import (
     DEVICE_NOTE,
     AlignLaserConfig,
-    FlatAlignLaser,
     check_device,
     check_rate,
 )
@@ -56,7 +55,7 @@ class Batch:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where each task's network runs: auto (the GPU Ray assigns when the cluster has GPUs, else
     cpu), cpu, or cuda. The alignment's device is --align-device."""
-    laser: FlatAlignLaser = field(default_factory=AlignLaserConfig)
+    laser: AlignLaserConfig = field(default_factory=AlignLaserConfig)
     fleet: Annotated[FleetOptions, tyro.conf.OmitArgPrefixes] = field(default_factory=FleetOptions)
     stride: int = 1
     """Keep every n-th frame of each input."""

@@ -18,31 +18,43 @@ import tyro
 from laser_plugin.config import LaserConfig
 from laser_plugin.errors import ConfigError, InputError
 
-FlatLaser = Annotated[LaserConfig, tyro.conf.OmitArgPrefixes]
+# The everyday engine options keep short flags (--window-size, --overlap, --align-device); the
+# research knobs of LaserConfig (segmentation thresholds, fits, fusion) are --laser.NAME, so that
+# `laser run --help` leads with what a user sets (issue 22). Defaults come from LaserConfig.
+_TOP = tyro.conf.arg(prefix_name=False)
 
 
 @dataclass
 class RunLaserConfig(LaserConfig):
-    """Windows, layers and alignment. The network's device is --device (above)."""
+    """Windows, layers and alignment (--window-size, --overlap and --align-device; the rest are
+    research knobs). The network's device is --device (above)."""
 
-    device: Annotated[str, tyro.conf.arg(name="align-device", metavar="DEVICE")] = "auto"
+    window_size: Annotated[int, _TOP] = LaserConfig.window_size
+    """Frames per window (L). The paper's best is 20; smaller needs less GPU memory."""
+    overlap: Annotated[int, _TOP] = LaserConfig.overlap
+    """Frames shared by consecutive windows (O); must be in [1, window_size)."""
+    device: Annotated[
+        str, tyro.conf.arg(name="align-device", metavar="DEVICE", prefix_name=False)
+    ] = "auto"
     """Device for the alignment: auto (the network's first device when it is a GPU, else cpu),
     cpu, cuda or cuda:N. On a GPU the CPU alignment is the bottleneck (benchmarks/DECISIONS.md,
     "alignment on the GPU instead of the CPU"), so auto keeps the alignment beside the network."""
 
 
-FlatRunLaser = Annotated[RunLaserConfig, tyro.conf.OmitArgPrefixes]
-
-
 @dataclass
 class AlignLaserConfig(LaserConfig):
-    """Windows, layers and alignment. The network's device is --device (above)."""
+    """Windows, layers and alignment (--window-size, --overlap and --align-device; the rest are
+    research knobs). The network's device is --device (above)."""
 
-    device: Annotated[str, tyro.conf.arg(name="align-device", metavar="DEVICE")] = "cpu"
+    window_size: Annotated[int, _TOP] = LaserConfig.window_size
+    """Frames per window (L). The paper's best is 20; smaller needs less GPU memory."""
+    overlap: Annotated[int, _TOP] = LaserConfig.overlap
+    """Frames shared by consecutive windows (O); must be in [1, window_size)."""
+    device: Annotated[
+        str, tyro.conf.arg(name="align-device", metavar="DEVICE", prefix_name=False)
+    ] = "cpu"
     """Device for the alignment: cpu, cuda or cuda:N."""
 
-
-FlatAlignLaser = Annotated[AlignLaserConfig, tyro.conf.OmitArgPrefixes]
 
 # `laser demo` and `laser batch` used to take --device for the alignment.
 DEVICE_NOTE = (
@@ -439,7 +451,7 @@ class Run:
     no_fast: Annotated[bool, tyro.conf.FlagCreatePairsOff] = False
     """The plain path on a GPU (fp32 under autocast, eager, no worker thread): what the fast
     path's numerics are checked against."""
-    laser: FlatRunLaser = field(default_factory=RunLaserConfig)
+    laser: RunLaserConfig = field(default_factory=RunLaserConfig)
     viewers: Annotated[Viewers, tyro.conf.OmitArgPrefixes] = field(default_factory=Viewers)
     overwrite: bool = False
     """Replace an existing run in output_dir (only the run's own files are removed; anything
@@ -671,7 +683,7 @@ class Demo:
     device: Annotated[str, tyro.conf.arg(metavar="DEVICE")] = "auto"
     """Where the network runs: auto, cpu, cuda or cuda:N (the synthetic model computes on the
     CPU whatever this says). The alignment's device is --align-device."""
-    laser: FlatAlignLaser = field(default_factory=AlignLaserConfig)
+    laser: AlignLaserConfig = field(default_factory=AlignLaserConfig)
     viewers: Annotated[Viewers, tyro.conf.OmitArgPrefixes] = field(default_factory=Viewers)
     quiet: bool = False
     """No progress bar or summary table."""
