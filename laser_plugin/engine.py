@@ -32,7 +32,14 @@ from laser_plugin.geometry.sim3 import (
     register_overlap,
     weighted_procrustes,
 )
-from laser_plugin.prepare import UNUSABLE, ModelOutputError, PreparedWindow, prepare_window
+from laser_plugin.prepare import (
+    UNUSABLE,
+    UNUSABLE_HINT,
+    ModelOutputError,
+    PreparedWindow,
+    non_finite_model_error,
+    prepare_window,
+)
 from laser_plugin.sources import SourceFrame, open_source
 from laser_plugin.stream_threads import SinkCaller
 from laser_plugin.types import (
@@ -72,12 +79,6 @@ class _Final:
     conf_strided: Tensor | None = None  # (h, w) the model's own confidence (layer_fusion)
 
 
-_UNUSABLE_HINT = (
-    "the weights or the numerics are broken (check --weights; on a GPU try --no-fast); the "
-    "frames finalised before this window were kept"
-)
-
-
 def _frame_span(window) -> str:
     first, last = window.items[0].index, window.items[-1].index
     return f"frames {first}-{last}"
@@ -90,7 +91,7 @@ def _stop_on_unusable(window, messages) -> None:
         if m.startswith(UNUSABLE):
             raise ModelOutputError(
                 f"window {window.index} ({_frame_span(window)}): the model's output is not "
-                f"finite ({m[len(UNUSABLE) :]}): {_UNUSABLE_HINT}"
+                f"finite ({m[len(UNUSABLE) :]}): {UNUSABLE_HINT}"
             )
 
 
@@ -335,13 +336,10 @@ class StreamingReconstructor:
             try:
                 pred = (model or self.model)(images)
             except torch.linalg.LinAlgError as exc:
-                # e.g. π³'s rotation SVD on the NaN output of broken weights (CPU raises there)
-                if "non-finite" not in str(exc):
+                err = non_finite_model_error(exc, f"window {window.index} ({_frame_span(window)})")
+                if err is None:
                     raise
-                raise ModelOutputError(
-                    f"window {window.index} ({_frame_span(window)}): the model's computation "
-                    f"met non-finite values ({str(exc).strip().splitlines()[0]}): {_UNUSABLE_HINT}"
-                ) from None
+                raise err from None
         if not isinstance(pred, WindowPrediction):
             raise TypeError(f"model returned {type(pred).__name__}, expected WindowPrediction")
         pred.validate(len(window.items))

@@ -37,6 +37,25 @@ class ModelOutputError(LaserError):
     numerics. Stopping at once, naming the window, beats an error in the alignment much later."""
 
 
+UNUSABLE_HINT = (
+    "the weights or the numerics are broken (check --weights; on a GPU try --no-fast); the "
+    "frames finalised before this window were kept"
+)
+
+
+def non_finite_model_error(exc: BaseException, where: str) -> ModelOutputError | None:
+    """The one-line error for a network whose own computation met non-finite values (π³'s
+    rotation SVD raises on the NaN output of broken weights on the CPU), or None for any other
+    exception. Used where a window is predicted: the engine, and a worker process (whose other
+    errors come back as tracebacks)."""
+    if isinstance(exc, torch.linalg.LinAlgError) and "non-finite" in str(exc):
+        first = str(exc).strip().splitlines()[0]
+        return ModelOutputError(
+            f"{where}: the model's computation met non-finite values ({first}): {UNUSABLE_HINT}"
+        )
+    return None
+
+
 def unusable_output(pred: WindowPrediction, fixes: list[str]) -> str | None:
     """Why ``pred`` cannot be aligned at all, or None. ``fixes``: what sanitising reported.
 

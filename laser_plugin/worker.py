@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from laser_plugin.errors import ConfigError, LaserError
-from laser_plugin.prepare import PreparedWindow
+from laser_plugin.prepare import PreparedWindow, non_finite_model_error
 from laser_plugin.types import WindowPrediction
 
 _FIELDS = ("depth", "conf", "cam_to_world", "intrinsics", "descriptors")
@@ -237,6 +237,9 @@ def _serve(
                 else:
                     raise ValueError(f"unknown request {kind!r}")
             except BaseException as exc:
+                # Broken weights (NaN) make π³'s SVD raise on the CPU: one line, as in the
+                # engine, not a worker traceback.
+                exc = non_finite_model_error(exc, f"window {wid}") or exc
                 outbox.put(("error", rank, wid, _error_payload(exc)))
     finally:
         if post is not None:

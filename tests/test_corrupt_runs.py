@@ -502,3 +502,36 @@ def test_a_window_prepared_by_a_worker_stops_the_same_way():
         with pytest.raises(ModelOutputError, match=r"window 1 .*every camera pose"):
             rec.reconstruct(textured_images(FRAMES))
         assert rec.timings.get("worker_prepare", 0.0) > 0  # prepared in the worker
+
+
+class SvdOnNanModel(NanModel):
+    """From window ``first_bad`` on, the network's own computation raises as π³'s rotation SVD
+    does on the CPU for broken (NaN) weights."""
+
+    def __call__(self, images):
+        if self.calls >= self.first_bad:
+            self.calls += 1
+            torch.linalg.svd(torch.full((1, 3, 3), float("nan")))
+        return super().__call__(images)
+
+
+@pytest.mark.parametrize("runner", ["engine", "worker"])
+def test_a_network_raising_on_nan_stops_in_one_line_on_every_runner(runner):
+    """Issue 21: in a worker this came back as a WorkerError carrying a traceback."""
+    from laser_plugin import LaserConfig, StreamingReconstructor
+    from laser_plugin.prepare import ModelOutputError
+    from laser_plugin.worker import WorkerPool
+    from laser_plugin.worker_runner import ProcessReconstructor
+
+    cfg = LaserConfig(window_size=8, overlap=3)
+    match = r"window 1\b.*non-finite values"
+    if runner == "engine":
+        with pytest.raises(ModelOutputError, match=match):
+            StreamingReconstructor(SvdOnNanModel(1), cfg).reconstruct(textured_images(FRAMES))
+        return
+    with WorkerPool(
+        lambda **kw: SvdOnNanModel(1), ["cpu"], threads=1, in_process_first=True
+    ) as pool:
+        with pytest.raises(ModelOutputError, match=match) as info:
+            ProcessReconstructor(pool, cfg).reconstruct(textured_images(FRAMES))
+        assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
