@@ -535,3 +535,23 @@ def test_a_network_raising_on_nan_stops_in_one_line_on_every_runner(runner):
         with pytest.raises(ModelOutputError, match=match) as info:
             ProcessReconstructor(pool, cfg).reconstruct(textured_images(FRAMES))
         assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
+
+
+@pytest.mark.parametrize("command", ["run", "demo"])
+def test_run_with_a_viewer_that_can_show_nothing_is_refused_at_start(
+    made, tmp_path, capsys, monkeypatch, command
+):
+    """`laser run --rerun spawn` without a display used to warn and run on (issue 21)."""
+    pytest.importorskip("rerun")
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "WAYLAND_SOCKET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("sys.platform", "linux")
+    out = tmp_path / "out"
+    args = [*run_args(made[0], out)] if command == "run" else ["demo", "--output-dir", str(out)]
+    code, err = laser(capsys, *args, "--rerun", "spawn")
+    assert_user_error(code, err, "nothing was shown", "no display")
+    assert not out.exists()  # refused before the run directory was made
+    port = _closed_port()
+    code, err = laser(capsys, *args, "--rerun", f"connect:rerun+http://127.0.0.1:{port}/proxy")
+    assert_user_error(code, err, "no Rerun viewer listens", str(port))
+    assert not out.exists()

@@ -76,6 +76,23 @@ class Viewers:
     port: int = 8080
     """Port of the viser viewer."""
 
+    def check(self) -> None:
+        """Refuse, before any work, a viewer that could show nothing: ``--rerun spawn`` without
+        a display, ``--rerun connect:URL`` with nothing listening (as ``laser view`` does)."""
+        if not self.rerun:
+            return
+        try:
+            from laser_plugin.integrations.rerun import parse_rerun_spec
+        except ImportError:
+            return  # sinks() says which extra is missing
+        target = parse_rerun_spec(self.rerun)
+        from laser_plugin.cli.view import _require_display, _require_listener
+
+        if target.mode == "spawn":
+            _require_display()
+        elif target.mode == "connect":
+            _require_listener(target.path_or_url, "connect")
+
     def sinks(self) -> list:
         out = []
         if self.rerun:
@@ -491,6 +508,7 @@ class Run:
         device = self.device
         check_device(device, "--device")
         check_device(self.laser.device, "--align-device")
+        self.viewers.check()
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.fast and self.no_fast:
@@ -702,6 +720,7 @@ class Demo:
         self.laser.validate()
         check_device(self.device, "--device")
         check_device(self.laser.device, "--align-device", auto=False)
+        self.viewers.check()
         if self.device != "auto" and not self.quiet:
             print(DEVICE_NOTE, file=sys.stderr)
         scene = make_scene(self.scene, self.frames, self.height, self.width, seed=self.seed)
