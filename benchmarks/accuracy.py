@@ -6,7 +6,8 @@ Prints a table and writes JSON. Metrics: depth AbsRel and δ<1.25 with one scale
 (the video-depth protocol), ATE RMSE after Sim(3) Umeyama, RPE, and layer consistency (per
 object, the spread over frames of its log depth scale relative to the room; 0 = consistent).
 
-The ablation uses ``overlap_estimate="later"`` for every variant (each overlap frame keeps the
+"default (laser run)" is what the command runs (LaserConfig's defaults), beside plain Sim(3)
+stitching with the same defaults. The ablation uses ``overlap_estimate="later"`` for every variant (each overlap frame keeps the
 later window's estimate), the convention under which "w/o E_intra" differs from Sim(3) only.
 "full" uses confidence-weighted layer fusion (``layer_fusion="confidence"``); the paper's rule
 (the earlier estimate imposed) is reported as "full, paper fusion", and the blend whose earlier
@@ -14,7 +15,8 @@ estimate weighs with its accumulated confidence as "full, accumulated fusion".
 
     python benchmarks/accuracy.py --out benchmarks/results/accuracy.json
 
-``--sweep noise`` runs the robustness sweep of issue 20 instead: full LASER against Sim(3)
+``--sweep noise`` runs the robustness sweep of issue 20 instead: LASER as `laser run` runs it
+(and the ablation's "full") against Sim(3)
 stitching as the emulated depth gets worse (per-pixel noise 0-2%, outliers, flying pixels at
 occlusions, a per-window depth^gamma distortion, a deep hall with small objects), at a smaller
 size and length so that it takes a few minutes on one CPU core. Writes
@@ -38,7 +40,13 @@ from laser_plugin import LaserConfig, StreamingReconstructor
 from laser_plugin.models.synthetic import EmulatedModel, EmulatorConfig, make_scene
 from laser_plugin.models.synthetic.evaluate import evaluate_depths_poses, evaluate_frames
 
+#: What `laser run` uses (LaserConfig's defaults: each overlap frame keeps the earlier window's
+#: estimate, the paper's fusion rule), and its Sim(3)-only counterpart: the figures a user gets.
+DEFAULT = "default (laser run)"
+DEFAULT_SIM3 = "default, Sim(3) only"
 VARIANTS = {
+    DEFAULT: {},
+    DEFAULT_SIM3: dict(layer_alignment=False),
     "full": dict(overlap_estimate="later", layer_fusion="confidence"),
     "w/o E_intra": dict(overlap_estimate="later", layer_fusion="confidence", intra_edges=False),
     "w/o LSA (Sim(3) only)": dict(overlap_estimate="later", layer_alignment=False),
@@ -90,6 +98,9 @@ def summarise(results: dict) -> dict:
             for name, r in results.items()
         },
         "consistency_ratio_full_vs_sim3": full["consistency"] / max(sim3["consistency"], 1e-12),
+        "consistency_ratio_default_vs_sim3": mean[DEFAULT]["consistency"]
+        / max(mean[DEFAULT_SIM3]["consistency"], 1e-12),
+        "abs_rel_default_vs_sim3": [mean[DEFAULT]["abs_rel"], mean[DEFAULT_SIM3]["abs_rel"]],
         # The same ratio above the floor no per-layer scale can remove (the offline reference's
         # spread: per-frame model noise), reported beside it, not instead of it.
         "consistency_excess_ratio_full_vs_sim3": (full["consistency"] - off["consistency"])
@@ -115,7 +126,7 @@ SWEEP = [
     ("+ depth^gamma +-5%", None, dict(SWEEP_BASE, gamma_max=0.05)),
     ("deep hall, small objects", "deep", SWEEP_BASE),
 ]
-SWEEP_VARIANTS = {k: VARIANTS[k] for k in ("full", "w/o LSA (Sim(3) only)")}
+SWEEP_VARIANTS = {k: VARIANTS[k] for k in (DEFAULT, DEFAULT_SIM3, "full", "w/o LSA (Sim(3) only)")}
 
 
 def _sweep_level(level: tuple) -> dict:
@@ -169,12 +180,16 @@ def run_sweep(sequences: list[str], frames: int, height: int, width: int, jobs: 
             v: {k: float(np.mean([r[v][k] for r in per_seq.values()])) for k in keys}
             for v in SWEEP_VARIANTS
         }
-        full, sim3 = mean["full"], mean["w/o LSA (Sim(3) only)"]
+        # Judged on what a user runs; the ablation convention's ratio is reported beside it.
+        full, sim3 = mean[DEFAULT], mean[DEFAULT_SIM3]
         ratio = full["consistency_objects_0.5pct"] / max(sim3["consistency_objects_0.5pct"], 1e-12)
         ratio_all = full["consistency"] / max(sim3["consistency"], 1e-12)
+        abl, abl_sim3 = mean["full"], mean["w/o LSA (Sim(3) only)"]
         verdict = {
             "consistency_ratio": ratio,
             "consistency_ratio_all_objects": ratio_all,
+            "consistency_ratio_ablation_full": abl["consistency_objects_0.5pct"]
+            / max(abl_sim3["consistency_objects_0.5pct"], 1e-12),
             "consistency_ratio<=0.5": bool(ratio <= 0.5),
             "abs_rel<=sim3": bool(full["abs_rel"] <= sim3["abs_rel"]),
             "ate_within_5%_of_sim3": bool(full["ate"] <= 1.05 * sim3["ate"]),
@@ -188,7 +203,8 @@ def run_sweep(sequences: list[str], frames: int, height: int, width: int, jobs: 
             **verdict,
         }
         print(
-            f"{label:<28} ratio {ratio:.2f} (all objects {ratio_all:.2f})"
+            f"{label:<28} ratio {ratio:.2f} (all objects {ratio_all:.2f}, ablation's full "
+            f"{verdict['consistency_ratio_ablation_full']:.2f})"
             f"  AbsRel {full['abs_rel']:.4f} vs {sim3['abs_rel']:.4f}"
             f"  ATE {full['ate']:.4f} vs {sim3['ate']:.4f}  coverage {full['layer_coverage']:.2f}"
             f"  {'PASS' if verdict['pass'] else 'FAIL'}",
@@ -223,7 +239,7 @@ def plot_sweep(rows: dict, path: Path) -> None:
             ax.plot(r["emulator"]["pixel_noise"] * 100, r["consistency_ratio"], "s", label=k)
     ax.axhline(0.5, color="k", ls="--", lw=1, label="target (<= 0.5)")
     ax.set_xlabel("per-pixel depth noise (%)")
-    ax.set_ylabel("layer consistency, full / Sim(3)")
+    ax.set_ylabel("layer consistency, laser run / Sim(3)")
     top = max(
         max(r["consistency_ratio"], r["consistency_ratio_all_objects"]) for r in rows.values()
     )
