@@ -140,9 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--prepare",
         default="processes",
-        help="--process: which workers prepare their windows (all, processes, none; "
-        "append :concurrent to prepare during the next window's network); a comma list runs "
-        "each mode on the same warm workers",
+        help="--process: which workers prepare their windows (all, processes, none); a comma "
+        "list runs each mode on the same warm workers",
     )
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
@@ -316,8 +315,7 @@ def main_process(args) -> int:
                 pool.result(wid)
             net_s = time.perf_counter() - start
             for mode in modes:
-                engine.prepare, _, how = mode.partition(":")
-                engine.prepare_concurrent = how == "concurrent"
+                engine.prepare = mode
                 for _ in engine.run(warm[: config.window_size + stride * (2 * n + 1)]):
                     pass  # this mode's kernels loaded in every worker
                 pool.stats()

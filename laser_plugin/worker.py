@@ -14,9 +14,9 @@ then, per window:
    frames' encoder tokens without comparing frame contents;
 4. optionally prepares it (:meth:`WorkerPool.set_prepare`: sanitise, rank the confidences,
    segment the depth layers; the half of alignment that needs no earlier window) on a
-   high-priority CUDA stream, before the next window (or, ``concurrent``, on a thread of its own
-   during the next window's network: measured slower, ``benchmarks/DECISIONS.md``, "workers
-   prepare concurrently with the next network");
+   high-priority CUDA stream, before the next window (preparing during the next window's network
+   was measured slower and removed: ``benchmarks/DECISIONS.md``, "workers prepare concurrently
+   with the next network");
 5. hands the result back packed into one buffer: on its GPU through CUDA IPC
    (``transfer="ipc"``: the caller maps the worker's memory, nothing crosses the bus) or through
    host shared memory (``transfer="host"``).
@@ -138,8 +138,8 @@ class _LocalOutbox:
 
     def __init__(self, outbox, store: dict[int, Any]) -> None:
         self.outbox, self.store = outbox, store
-        # The request loop and a concurrent preparing thread may both put: ``next`` on a count
-        # and a dict store are each atomic under the GIL, so no lock is needed.
+        # Only the request loop puts; ``next`` on a count and a dict store are each atomic under
+        # the GIL anyway.
         self._keys = itertools.count()
 
     def put(self, msg: tuple) -> None:
@@ -197,10 +197,8 @@ def _serve(
                 elif kind == "prepare":
                     if post is not None:
                         post.close()
-                    fn, concurrent = msg[2]
-                    post = (
-                        None if fn is None else _Post(rank, dev, fn, outbox, transfer, concurrent)
-                    )
+                    fn = msg[2]
+                    post = None if fn is None else _Post(rank, dev, fn, outbox, transfer)
                     outbox.put(("prepare", rank, wid, None))
                 elif kind == "input_size":
                     h, w = msg[2]
@@ -250,26 +248,15 @@ def _serve(
 
 class _Post:
     """Runs ``prepare(prediction)`` (sanitise, rank, segment: :mod:`laser_plugin.prepare`) on a
-    high-priority CUDA stream, then sends the reply. ``concurrent``: on a thread of its own while
-    the request loop starts the next window's network; otherwise in the request loop, before the
-    next window (the GPU is then idle for it: its many syncs do not wait behind the network's
-    kernels). Replies keep the windows' order either way."""
+    high-priority CUDA stream, then sends the reply, in the request loop before the next window
+    (the GPU is then idle for it: its many syncs do not wait behind the network's kernels)."""
 
-    def __init__(
-        self, rank: int, dev: torch.device, prepare, outbox, transfer: str, concurrent: bool
-    ) -> None:
+    def __init__(self, rank: int, dev: torch.device, prepare, outbox, transfer: str) -> None:
         self.rank, self.prepare, self.outbox, self.transfer = rank, prepare, outbox, transfer
         # High priority, as the aligner's: its many small kernels and syncs would otherwise
         # queue behind the network's long kernels (measured several times slower per window;
         # benchmarks/DECISIONS.md, "workers prepare concurrently with the next network").
         self.stream = torch.cuda.Stream(device=dev, priority=-1) if dev.type == "cuda" else None
-        self.queue: queue.Queue = queue.Queue()
-        self.thread = None
-        if concurrent:
-            self.thread = threading.Thread(
-                target=self._loop, name=f"laser-worker-{rank}-prepare", daemon=True
-            )
-            self.thread.start()
 
     def submit(self, wid: int, pred: WindowPrediction, images, seconds: float) -> None:
         ready = None
@@ -278,19 +265,9 @@ class _Post:
             # for it, and the allocator must not hand its memory to the next window meanwhile.
             ready = torch.cuda.current_stream(self.stream.device).record_event()
             pred.record_stream(self.stream)
-        self.queue.put((wid, pred, images, seconds, ready))
-        if self.thread is None:
-            self._run(self.queue.get())
+        self._run(wid, pred, images, seconds, ready)
 
-    def _loop(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            self._run(item)
-
-    def _run(self, item: tuple) -> None:
-        wid, pred, images, seconds, ready = item
+    def _run(self, wid: int, pred: WindowPrediction, images, seconds: float, ready) -> None:
         try:
             start = time.perf_counter()
             with torch.cuda.stream(self.stream):
@@ -312,9 +289,7 @@ class _Post:
             self.outbox.put(("error", self.rank, wid, _error_payload(exc)))
 
     def close(self) -> None:
-        if self.thread is not None:
-            self.queue.put(None)
-            self.thread.join()
+        pass  # nothing runs beside the request loop
 
 
 def _predict(
@@ -631,18 +606,16 @@ class WorkerPool:
         self,
         prepare: Callable | None,
         ranks: Sequence[int] | None = None,
-        concurrent: bool = False,
     ) -> None:
         """Have workers prepare each window after predicting it: ``prepare(prediction)`` ->
         :class:`~laser_plugin.prepare.PreparedWindow` (picklable, e.g. a ``functools.partial``
-        of :func:`~laser_plugin.prepare.prepare_window`), on a high-priority CUDA stream.
-        ``concurrent``: on a thread of the worker's own while its network goes on with the next
-        window (else between windows). ``ranks``: the workers that prepare (default all); the
+        of :func:`~laser_plugin.prepare.prepare_window`), on a high-priority CUDA stream between
+        windows. ``ranks``: the workers that prepare (default all); the
         others, and every worker after ``set_prepare(None)``, return plain predictions."""
         self.start()
         chosen = set(range(len(self._procs)) if ranks is None else ranks)
         for rank in range(len(self._procs)):
-            self._request(rank, "prepare", (prepare if rank in chosen else None, concurrent))
+            self._request(rank, "prepare", prepare if rank in chosen else None)
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """The model's input size for a (height, width) source frame (asked of worker 0)."""

@@ -68,9 +68,8 @@ class ProcessReconstructor(StreamingReconstructor):
     ``prepare``: which workers also prepare their windows (sanitise, rank, segment:
     :mod:`laser_plugin.prepare`) so this process only registers and layer-aligns them: "all",
     "processes" (the default: every worker but an in-process first one, whose GPU also runs this
-    process's alignment) or "none". ``prepare_concurrent``: workers prepare on a thread of their
-    own, during the next window's network, instead of between windows (measured slower: the
-    preparing syncs wait behind the network's kernels; benchmarks/DECISIONS.md, "workers prepare
+    process's alignment) or "none". Workers prepare between windows (preparing during the next
+    window's network was measured slower and removed: benchmarks/DECISIONS.md, "workers prepare
     concurrently with the next network").
     """
 
@@ -86,7 +85,6 @@ class ProcessReconstructor(StreamingReconstructor):
         align_priority: bool = True,
         switch_interval: float | None = 0.0005,
         prepare: str = "processes",
-        prepare_concurrent: bool = False,
         hooks: Sequence = (),
     ) -> None:
         super().__init__(
@@ -103,7 +101,6 @@ class ProcessReconstructor(StreamingReconstructor):
         if prepare not in ("all", "processes", "none"):
             raise ConfigError(f"prepare must be all, processes or none, got {prepare!r}")
         self.prepare = prepare
-        self.prepare_concurrent = prepare_concurrent
         self.sink_thread = sink_thread
         self.align_priority = align_priority
         self.switch_interval = switch_interval
@@ -128,7 +125,7 @@ class ProcessReconstructor(StreamingReconstructor):
             "none": [],
         }[self.prepare]
         fn = functools.partial(prepare_window, config=self.config) if ranks else None
-        self.pool.set_prepare(fn, ranks, concurrent=self.prepare_concurrent)
+        self.pool.set_prepare(fn, ranks)
 
     def _add(self, name: str, seconds: float) -> None:
         self.timings[name] = self.timings.get(name, 0.0) + seconds

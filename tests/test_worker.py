@@ -56,9 +56,7 @@ def test_workers_give_the_plain_engines_frames(
         if in_process:  # worker 0 is a thread of this process, worker 1 a process
             assert type(pool._procs[0]).__name__ == "Thread"
             assert type(pool._procs[1]).__name__ != "Thread"
-        rec = ProcessReconstructor(
-            pool, cfg, sink_thread=sink_thread, prepare=prepare, prepare_concurrent=in_process
-        )
+        rec = ProcessReconstructor(pool, cfg, sink_thread=sink_thread, prepare=prepare)
         frames = rec.reconstruct(scene.frames(), [sink])
         assert_same_frames(frames, plain)
         assert sink.calls == plain_sink.calls and sink.closed
