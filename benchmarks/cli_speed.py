@@ -26,6 +26,11 @@ its tiny configuration (a CPU smoke test: ``tests/test_cli_speed_smoke.py``).
     python benchmarks/cli_speed.py                                  # on a GPU: 720p and 1080p
     python benchmarks/cli_speed.py --out benchmarks/results/cli_speed_h200.json
     python benchmarks/cli_speed.py --device cpu --size tiny --frames 8 --no-speed   # smoke test
+
+A/B runs of the same video, before the main run: ``--variants first: noenc:LASER_BENCH_NOENCODE=1
+t2:LASER_BENCH_WRITER_THREADS=2`` (an empty variant is a plain run: the first run on a fresh
+machine, cold compile cache). ``--sample-ms 10`` samples every thread's stack in the ``laser``
+process (where each thread spends its wall time, by thread name).
 """
 
 from __future__ import annotations
