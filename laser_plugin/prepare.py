@@ -48,7 +48,9 @@ def non_finite_model_error(exc: BaseException, where: str) -> ModelOutputError |
     rotation SVD raises on the NaN output of broken weights on the CPU), or None for any other
     exception. Used where a window is predicted: the engine, and a worker process (whose other
     errors come back as tracebacks)."""
-    if isinstance(exc, torch.linalg.LinAlgError) and "non-finite" in str(exc):
+    # torch.linalg.LinAlgError is public (torch's documentation) but not in its __all__.
+    linalg_error = torch.linalg.LinAlgError  # pyright: ignore[reportPrivateImportUsage]
+    if isinstance(exc, linalg_error) and "non-finite" in str(exc):
         first = str(exc).strip().splitlines()[0]
         return ModelOutputError(
             f"{where}: the model's computation met non-finite values ({first}): {UNUSABLE_HINT}"

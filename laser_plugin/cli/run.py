@@ -82,7 +82,11 @@ class Viewers:
         if not self.rerun:
             return
         try:
-            from laser_plugin.integrations.rerun import parse_rerun_spec
+            # integrations/ joins the package path at run time (laser_plugin/integrations), which
+            # a static checker cannot follow.
+            from laser_plugin.integrations.rerun import (  # pyright: ignore[reportMissingImports]
+                parse_rerun_spec,
+            )
         except ImportError:
             return  # sinks() says which extra is missing
         target = parse_rerun_spec(self.rerun)
