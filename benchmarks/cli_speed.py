@@ -329,6 +329,22 @@ def run_speed_py(height: int, width: int, args, workdir: Path) -> dict:
     }
 
 
+def _fresh(path: Path) -> Path:
+    """An empty run directory (this benchmark's own, from an earlier call)."""
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    return path
+
+
+def _save(res: dict, out: str | None) -> None:
+    """The results so far (after every run: a call cut off by a time limit keeps them)."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(res, indent=2))
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda")
@@ -404,21 +420,11 @@ def main(argv: list[str] | None = None) -> dict:
             for spec in args.variants:
                 vname, _, kv = spec.partition(":")
                 env = dict(base_env, **dict(p.split("=", 1) for p in kv.split(",") if p))
-                vdir = workdir / f"run_{name}_{vname}"
-                if vdir.exists():
-                    import shutil
-
-                    shutil.rmtree(vdir)
+                vdir = _fresh(workdir / f"run_{name}_{vname}")
                 res["runs"][f"{name}_{vname}"] = run_cli(video, vdir, args, weights, workdir, env)
                 log(f"{name}_{vname}: {json.dumps(res['runs'][f'{name}_{vname}'])}")
-                if args.out:
-                    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                    Path(args.out).write_text(json.dumps(res, indent=2))
-            out_dir = workdir / f"run_{name}"
-            if out_dir.exists():
-                import shutil
-
-                shutil.rmtree(out_dir)
+                _save(res, args.out)
+            out_dir = _fresh(workdir / f"run_{name}")
             run = run_cli(video, out_dir, args, weights, workdir, base_env)
             run["video_mb"] = video.stat().st_size / 2**20
             if args.device.startswith("cuda") and not args.no_speed:
@@ -431,9 +437,7 @@ def main(argv: list[str] | None = None) -> dict:
                     run["ratio_to_speed_py_steady"] = run["frames_per_s"] / steady
             res["runs"][name] = run
             log(f"{name}: {json.dumps(run)}")
-            if args.out:
-                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.out).write_text(json.dumps(res, indent=2))
+            _save(res, args.out)
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -195,8 +195,6 @@ def _serve(
                     pinned = dev.type == "cuda" and pin and _pin(slots, dev)
                     outbox.put(("slots", rank, wid, {"pinned": pinned}))
                 elif kind == "prepare":
-                    if post is not None:
-                        post.close()
                     fn = msg[2]
                     post = None if fn is None else _Post(rank, dev, fn, outbox, transfer)
                     outbox.put(("prepare", rank, wid, None))
@@ -240,8 +238,6 @@ def _serve(
                 exc = non_finite_model_error(exc, f"window {wid}") or exc
                 outbox.put(("error", rank, wid, _error_payload(exc)))
     finally:
-        if post is not None:
-            post.close()
         if pinned:
             _unpin(slots)
 
@@ -287,9 +283,6 @@ class _Post:
             self.outbox.put(("pred", self.rank, wid, out))
         except BaseException as exc:
             self.outbox.put(("error", self.rank, wid, _error_payload(exc)))
-
-    def close(self) -> None:
-        pass  # nothing runs beside the request loop
 
 
 def _predict(

@@ -42,14 +42,10 @@ class RunLaserConfig(LaserConfig):
 
 
 @dataclass
-class AlignLaserConfig(LaserConfig):
+class AlignLaserConfig(RunLaserConfig):
     """Windows, layers and alignment (--window-size, --overlap and --align-device; the rest are
     research knobs). The network's device is --device (above)."""
 
-    window_size: Annotated[int, _TOP] = LaserConfig.window_size
-    """Frames per window (L). The paper's best is 20; smaller needs less GPU memory."""
-    overlap: Annotated[int, _TOP] = LaserConfig.overlap
-    """Frames shared by consecutive windows (O); must be in [1, window_size)."""
     device: Annotated[
         str, tyro.conf.arg(name="align-device", metavar="DEVICE", prefix_name=False)
     ] = "cpu"
@@ -89,13 +85,9 @@ class Viewers:
             )
         except ImportError:
             return  # sinks() says which extra is missing
-        target = parse_rerun_spec(self.rerun)
-        from laser_plugin.cli.view import _require_display, _require_listener
+        from laser_plugin.cli.view import check_rerun_target
 
-        if target.mode == "spawn":
-            _require_display()
-        elif target.mode == "connect":
-            _require_listener(target.path_or_url, "connect")
+        check_rerun_target(parse_rerun_spec(self.rerun))
 
     def sinks(self) -> list:
         out = []

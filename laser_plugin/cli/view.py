@@ -41,10 +41,7 @@ class View:
             from laser_plugin.integrations.rerun.config import RerunConfig
 
             config = RerunConfig()
-            if target.mode == "connect":
-                _require_listener(target.path_or_url, "connect")
-            elif target.mode == "spawn":
-                _require_display()
+            check_rerun_target(target)
             sink = replay(self.run_dir, target, config)
             if target.mode == "spawn":
                 # The viewer may still fail after it started (no GPU, a broken driver).
@@ -62,6 +59,15 @@ class View:
 
 
 PROBE_TIMEOUT_S = 3.0
+
+
+def check_rerun_target(target) -> None:
+    """Refuse, in one line and before any work, a Rerun target that can show nothing: ``spawn``
+    without a display, ``connect`` with nothing listening (``laser view`` and ``laser run``)."""
+    if target.mode == "connect":
+        _require_listener(target.path_or_url, "connect")
+    elif target.mode == "spawn":
+        _require_display()
 
 
 def _require_display() -> None:
