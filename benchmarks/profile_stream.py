@@ -1,5 +1,5 @@
 """Where the aligning thread's time goes next to the network: a torch.profiler run of the
-one-GPU worker pipeline (`ProcessReconstructor` with the network in a thread of this process).
+one-GPU worker pipeline (the `Workers` predictor, the network in a thread of this process).
 
 benchmarks/archive/SPEED_NOTES.md run 8: with VGGT, the aligning thread spends 65-85 ms per window in ``finalise``
 (π³: 3 ms), whose work is a handful of device-to-host copies. This profiles a few windows after a
@@ -44,8 +44,8 @@ def main() -> None:
     args = ap.parse_args()
     import speed  # the benchmark's synthetic source and model factory
 
+    from laser_plugin.predictors import Workers
     from laser_plugin.worker import WorkerPool
-    from laser_plugin.worker_runner import ProcessReconstructor
 
     args.fast_options, args.attention, args.fused_gelu, args.compile_mode = "{}", "auto", True, None
     for name in ("_finalise", "_register", "align"):
@@ -57,7 +57,7 @@ def main() -> None:
     )
     pool.start()
     try:
-        rec = ProcessReconstructor(pool, cfg, input_size=(294, 518))
+        rec = StreamingReconstructor(pool, cfg, input_size=(294, 518), predictor=Workers(pool))
         for _ in rec.run(speed.Stream(canvas, 60, 640)):
             pass  # compiles and captures every window shape
         rec.timings = {}

@@ -40,7 +40,7 @@ import torch
 
 from laser_plugin import LaserConfig, StreamingReconstructor
 from laser_plugin.models.fast import accelerate, no_tf32
-from laser_plugin.pipeline import PipelinedReconstructor
+from laser_plugin.predictors import Pipelined, Workers
 from laser_plugin.windows import schedule_windows
 
 
@@ -380,7 +380,6 @@ def process_variants(
     """The network in a worker process (laser_plugin.worker), alignment in this one: one worker
     per variant (hand-back mode, fast-path options), each checked against fp32 and timed."""
     from laser_plugin.worker import WorkerPool
-    from laser_plugin.worker_runner import ProcessReconstructor
 
     variants = [(f"process_{t}", t, {}) for t in args.process_transfers]
     for k, (name, transfer, opts) in enumerate(variants):
@@ -396,7 +395,9 @@ def process_variants(
         t = time.perf_counter()
         try:
             pool.start()
-            rec = ProcessReconstructor(pool, cfg_dev, input_size=size, prepare=args.prepare)
+            rec = StreamingReconstructor(
+                pool, cfg_dev, input_size=size, predictor=Workers(pool, prepare=args.prepare)
+            )
             for _ in rec.run(Stream(warm_canvas, 3 * args.window, args.src_width)):
                 pass  # compiles and captures every window shape in the worker
             res[f"{name}_warmup_s"] = time.perf_counter() - t
@@ -454,15 +455,16 @@ def process_variants(
             pool.close()
 
 
-class Sequential:
-    """The plain engine behind the same interface as the pipelined runner."""
+class Runner:
+    """``rec.run`` with one predictor (None: the engine's own), and that predictor's own stage
+    times (kept apart from the engine's in the results)."""
 
-    def __init__(self, rec):
-        self.rec = rec
-        self.timings: dict = {}
+    def __init__(self, rec, predictor=None):
+        self.rec, self.predictor = rec, predictor
+        self.timings: dict = {} if predictor is None else predictor.own_timings
 
     def run(self, source, sinks):
-        return self.rec.run(source, sinks)
+        return self.rec.run(source, sinks, predictor=self.predictor)
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -653,7 +655,7 @@ def main() -> None:
     def baseline_e2e():
         def mk():
             rec = StreamingReconstructor(base, cfg_cpu, input_size=size)
-            return Sequential(rec), rec
+            return Runner(rec), rec
 
         r = end_to_end(mk, stream_n(args.baseline_frames or args.frames), device, "baseline")
         model_s = r["stages_s"].get("engine.model", float("nan"))
@@ -776,11 +778,11 @@ def main() -> None:
             fast.reset()
             rec = StreamingReconstructor(fast, cfg, input_size=size)
             if not pipelined:
-                return Sequential(rec), rec
-            runner = PipelinedReconstructor(
-                rec, device=device, align_priority=priority, switch_interval=switch
+                return Runner(rec), rec
+            p = Pipelined(
+                device=device, align_priority=priority, switch_interval=switch, timings={}
             )
-            return runner, rec
+            return Runner(rec, p), rec
 
         return lambda: end_to_end(mk, stream_n(n or args.frames, rate), device, label)
 

@@ -4,9 +4,9 @@ Random weights (speed does not depend on them), the same seed on every replica. 
 panning random texture already at the network's input size (294x518, LASER's window size, as in
 shared/reference/gpu-baseline.md), held in memory, so neither decoding nor resizing is measured. In one process, for each number of GPUs n = 1 .. N:
 
-- network only: the windows predicted on n replicas through the multi-device runner's own
+- network only: the windows predicted on n replicas through the ``Replicas`` predictor's own
   dispatch (a free replica takes the next window), no alignment;
-- end to end: ``MultiDeviceReconstructor`` over n replicas, alignment on ``--align-device``, frames
+- end to end: the run loop with ``Replicas`` over n replicas, alignment on ``--align-device``, frames
   in -> final frames out; its frames are compared with the n=1 run (max abs difference of poses
   and depths: the scale-out must not change the output).
 
@@ -22,17 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import queue
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from laser_plugin import LaserConfig
+from laser_plugin.engine import StreamingReconstructor
 from laser_plugin.models.pi3 import make_model
-from laser_plugin.multi_device import MultiDeviceReconstructor, parse_devices
+from laser_plugin.multi_device import parse_devices
+from laser_plugin.predictors import Replicas, Workers
 from laser_plugin.sources import open_source
 from laser_plugin.windows import schedule_windows
 
@@ -53,18 +53,22 @@ def sync(devices) -> None:
             torch.cuda.synchronize(d)
 
 
-def network_only(engine: MultiDeviceReconstructor, windows, devices) -> float:
-    """Seconds to predict ``windows`` on the engine's replicas (its own dispatch, no alignment)."""
-    free: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for i in range(len(engine.replicas)):
-        free.put(i)
-    with ThreadPoolExecutor(len(engine.replicas)) as pool:
+def network_only(engine: StreamingReconstructor, windows, devices) -> float:
+    """Seconds to predict ``windows`` through the engine's ``Replicas`` predictor (its own
+    dispatch: a free replica takes the next window), no alignment."""
+    p = engine.predictor
+    p.open(engine)
+    try:
         sync(devices)
         start = time.perf_counter()
-        for f in [pool.submit(engine._predict_on_free, w, free) for w in windows]:
-            f.result()
+        for w in windows:
+            p.submit(w)
+        for w in windows:
+            p.result(w)
         sync(devices)
         return time.perf_counter() - start
+    finally:
+        p.close([])
 
 
 def add_row(results: list[dict], row: dict, out: list) -> None:
@@ -180,8 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     config = LaserConfig(window_size=args.window_size, overlap=args.overlap, device=align_device)
     results = []
     for n in range(1, len(devices) + 1):
-        engine = MultiDeviceReconstructor(
-            replicas[:n], config, keep_source_images=False, input_size=(args.height, args.width)
+        engine = StreamingReconstructor(
+            replicas[0],
+            config,
+            keep_source_images=False,
+            input_size=(args.height, args.width),
+            predictor=Replicas(replicas[:n]),
         )
         engine._model_size = None  # _prepared's state, normally set by run()
         engine._sizes_warned = False
@@ -203,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             pass  # warm-up of the alignment kernels
         engine.timings, engine.num_windows, engine.num_frames = {}, 0, 0
-        engine.windows_per_replica, engine.max_buffered = [0] * n, 0
+        engine.predictor.windows_per_replica, engine.predictor.max_buffered = [0] * n, 0
         sync(devices[:n])
         start = time.perf_counter()
         out = [(f.cam_to_world, f.depth) for f in engine.run(frames)]
@@ -216,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             "network_only_ms_per_window": round(1000 * net_s / len(windows), 1),
             "end_to_end_new_fps": round(len(out) / e2e_s, 2),
             "end_to_end_s": round(e2e_s, 3),
-            "windows_per_replica": engine.windows_per_replica,
-            "max_buffered": engine.max_buffered,
+            "windows_per_replica": engine.predictor.windows_per_replica,
+            "max_buffered": engine.predictor.max_buffered,
             "align_ms_per_window": {
                 k: round(1000 * v / max(engine.num_windows, 1), 1)
                 for k, v in engine.timings.items()
@@ -237,7 +245,6 @@ def main_process(args) -> int:
     import functools
 
     from laser_plugin.worker import WorkerPool
-    from laser_plugin.worker_runner import ProcessReconstructor
 
     devices = parse_devices(args.devices)
     align_device = args.align_device or devices[0]
@@ -285,13 +292,16 @@ def main_process(args) -> int:
             t = time.perf_counter()
             pool.start()
             modes = args.prepare.split(",")
-            engine = ProcessReconstructor(
+            engine = StreamingReconstructor(
                 pool,
                 config,
                 keep_source_images=False,
                 input_size=(args.height, args.width),
-                max_pending=args.pending_per_device * n,
-                prepare=modes[0].partition(":")[0],
+                predictor=Workers(
+                    pool,
+                    max_pending=args.pending_per_device * n,
+                    prepare=modes[0].partition(":")[0],
+                ),
             )
             for _ in engine.run(warm[: config.window_size + stride * (2 * n + 1)]):
                 pass  # every worker compiles and captures its window shapes
@@ -315,7 +325,7 @@ def main_process(args) -> int:
                 pool.result(wid)
             net_s = time.perf_counter() - start
             for mode in modes:
-                engine.prepare = mode
+                engine.predictor.prepare = mode
                 for _ in engine.run(warm[: config.window_size + stride * (2 * n + 1)]):
                     pass  # this mode's kernels loaded in every worker
                 pool.stats()
@@ -343,7 +353,7 @@ def main_process(args) -> int:
                     "end_to_end_new_fps": round(len(out) / e2e_s, 2),
                     "end_to_end_s": round(e2e_s, 3),
                     "windows_per_worker": [a - b for a, b in zip(pool.windows_per_worker, before)],
-                    "max_buffered": engine.max_buffered,
+                    "max_buffered": engine.predictor.max_buffered,
                     "ms_per_window": {
                         k: round(1000 * v / max(nw, 1), 1) for k, v in engine.timings.items()
                     },

@@ -8,6 +8,7 @@ overlap.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import warnings
 from collections import deque
@@ -32,6 +33,7 @@ from laser_plugin.geometry.sim3 import (
     register_overlap,
     weighted_procrustes,
 )
+from laser_plugin.predictors import Predictor
 from laser_plugin.prepare import (
     UNUSABLE,
     UNUSABLE_HINT,
@@ -135,9 +137,11 @@ class StreamingReconstructor:
         keep_source_images: bool = True,
         input_size: tuple[int, int] | None = None,
         hooks: Sequence = (),
+        predictor: Predictor | None = None,
     ):
         """``hooks``: called after every aligned window, whatever runs the network (e.g.
-        :class:`~laser_plugin.loop.closure.LoopClosure`); see :meth:`align`."""
+        :class:`~laser_plugin.loop.closure.LoopClosure`); see :meth:`align`. ``predictor``:
+        where the network runs (:mod:`laser_plugin.predictors`; default inline)."""
         if not callable(model):
             raise ConfigError(f"model must be callable, got {type(model).__name__}")
         self.model = model
@@ -153,6 +157,7 @@ class StreamingReconstructor:
         self.hooks = list(hooks)
         self._side_model = None
         self.stream = StreamState()
+        self.predictor = predictor if predictor is not None else Predictor()
 
     # The stream state under the names the stages (and benchmarks) use.
     _cache = property(
@@ -225,35 +230,78 @@ class StreamingReconstructor:
         fps: float = 30.0,
         stride: int = 1,
         resume: EngineState | None = None,
+        predictor: Predictor | None = None,
     ) -> Iterator[ReconstructedFrame]:
         """Reconstruct a stream; yields each frame once it is final and passes it to ``sinks``.
 
+        The one run loop: source -> windows -> predictor -> align -> hooks -> sinks.
         ``source``: a video file, an image folder, or an iterable of HxWx3 uint8 arrays.
         Sinks are closed at the end; if the run stops early they first get ``on_interrupt``.
         A sink whose ``essential`` attribute is true (the run writer) stops the run when it fails;
         any other failing sink is detached with a warning.
         ``resume``: a state saved after some window of the same stream and settings
         (:mod:`laser_plugin.resume`); the windows it covers are skipped without a model call.
+        ``predictor``: where the network runs for this stream (default: the engine's own,
+        :mod:`laser_plugin.predictors`); the frames are the same whichever it is.
         """
-        calls = SinkCaller(self, sinks)
+        p = predictor if predictor is not None else self.predictor
+        cfg = self.config
         done = self.start_stream(resume)
+        calls = SinkCaller(
+            self,
+            sinks,
+            p.sink_thread,
+            (lambda seconds: p.add("sinks", seconds)) if p.timed_stages else None,
+            8 * cfg.window_size if p.sink_thread else 0,
+        )
+        pending: deque[Window] = deque()  # submitted, not yet aligned (stream order)
+        old_interval = sys.getswitchinterval()
         ok = False
         try:
-            frames = self._prepared(
-                open_source(source, fps=fps, stride=stride, max_frames=max_frames)
+            p.open(self)
+            if p.switch_interval:
+                sys.setswitchinterval(p.switch_interval)
+            items = p.frames(
+                lambda: open_source(source, fps=fps, stride=stride, max_frames=max_frames)
             )
-            for window in schedule_windows(frames, self.config.window_size, self.config.overlap):
-                if window.index < done:  # finalised before the interruption
-                    continue
-                finals, stats = self.process_window(window)
+            windows = schedule_windows(items, cfg.window_size, cfg.overlap)
+            exhausted = False
+            while True:
+                # Fill first, so a concurrent predictor has work while this thread aligns.
+                t = time.perf_counter()
+                while not exhausted and len(pending) < p.max_pending:
+                    window = next(windows, None)
+                    if window is None:
+                        exhausted = True
+                    elif window.index >= done:  # else finalised before the interruption
+                        p.submit(window)
+                        pending.append(window)
+                        p.max_buffered = max(p.max_buffered, len(pending))
+                if p.timed_stages:
+                    p.add("dispatch", time.perf_counter() - t)
+                if not pending:
+                    break
+                window = pending.popleft()
+                with torch.cuda.stream(p.align_stream):  # a no-op for None
+                    pred, times = p.result(window)
+                    t = time.perf_counter()
+                    finals, stats = self.align(window, pred, times)
+                    del pred
+                if p.timed_stages:
+                    p.add("align", time.perf_counter() - t)
                 yield from calls.window(finals, stats)
-            yield from calls.held()
+            yield from calls.held()  # "later" mode: the last window's overlap frames
+            calls.finish()  # the last frames' sink calls must succeed too
             ok = True
         except BaseException as exc:
             calls.interrupt(exc)
             raise
         finally:
-            calls.close(ok)
+            sys.setswitchinterval(old_interval)
+            try:
+                p.close(list(pending))
+            finally:
+                calls.close(ok)
 
     def _end_stream(self, live: list, ok: bool, failed: BaseException | None = None) -> None:
         """Close every sink; on a run that finished (``ok``), raise the first failure of an
@@ -274,8 +322,8 @@ class StreamingReconstructor:
     def start_stream(self, resume: EngineState | None = None) -> int:
         """Reset the per-stream state (or restore a saved one); return the windows already done.
 
-        Runners that drive :meth:`predict`/:meth:`align` themselves (pipelined, multi-device)
-        call this first, as :meth:`run` does.
+        :meth:`run` calls it first; so does a benchmark that drives :meth:`predict` and
+        :meth:`align` itself.
         """
         self.stream = StreamState()
         saved = {} if resume is None else dict(resume.hooks)
@@ -344,14 +392,6 @@ class StreamingReconstructor:
             raise TypeError(f"model returned {type(pred).__name__}, expected WindowPrediction")
         pred.validate(len(window.items))
         return pred
-
-    def process_window(self, window: Window[_Item]) -> tuple[list[ReconstructedFrame], WindowStats]:
-        """Predict, register and layer-align one window; return its final frames."""
-        t0 = time.perf_counter()
-        pred = self.predict(window)
-        times: dict[str, float] = {}
-        self._timed("model", t0, times)
-        return self.align(window, pred, times)
 
     def align(
         self,

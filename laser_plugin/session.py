@@ -2,15 +2,15 @@
 
 ``laser run`` (:func:`laser_plugin.cli.run.execute`) and a batch task
 (:func:`laser_plugin.batch.task.run_job`) both open a :class:`Session`: the engine for the chosen
-predictor (``make_engine``: inline by default, or pipelined, per-device replicas, worker
-processes), loop closure attached as a hook whatever the predictor, the run writer, and the saver
+predictor (:mod:`laser_plugin.predictors`: inline by default, or pipelined, per-device replicas,
+worker processes), loop closure attached as a hook whatever the predictor, the run writer, and the saver
 of the state a resumed run continues from, in that order. So the features combine the same way
 whoever drives the run, and a resumed run continues exactly (its state, loop closure's included).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 from laser_plugin.config import LaserConfig
 from laser_plugin.engine import StreamingReconstructor
 from laser_plugin.io.run_dir import RunWriter
+from laser_plugin.predictors import Predictor
 from laser_plugin.resume import EngineState, StateSaver
 from laser_plugin.types import ReconstructedFrame
 
@@ -71,7 +72,7 @@ def open_session(
     settings: dict[str, Any],
     *,
     state: EngineState | None = None,
-    make_engine: Callable[..., StreamingReconstructor] | None = None,
+    predictor: Predictor | None = None,
     loop_closure: bool = False,
     save_source_images: bool | None = None,
     outputs: str | None = None,
@@ -80,8 +81,7 @@ def open_session(
 ) -> Session:
     """Build the session of a run directory ``out`` (already prepared and locked).
 
-    ``make_engine(model, config, keep_source_images=..., hooks=...)``: the predictor (default
-    :class:`StreamingReconstructor`). ``loop_closure``: its records spill to
+    ``predictor``: where the network runs (:mod:`laser_plugin.predictors`; default inline). ``loop_closure``: its records spill to
     ``out/state/loop-*`` beside the resume state, so a resumed run continues the same pose graph.
     ``extra_sinks`` come after the writer and the state saver.
     """
@@ -102,8 +102,12 @@ def open_session(
         from laser_plugin.loop import LoopClosure, LoopConfig
 
         hooks.append(LoopClosure(LoopConfig(spill_dir=str(Path(out) / "state"))))
-    engine = (make_engine or StreamingReconstructor)(
-        model, config, keep_source_images=writer.save_source_images, hooks=hooks
+    engine = StreamingReconstructor(
+        model,
+        config,
+        keep_source_images=writer.save_source_images,
+        hooks=hooks,
+        predictor=predictor,
     )
     writer.engine_timings = engine.timings  # stage timings into summary.json
     sinks = [

@@ -1,10 +1,8 @@
-"""The threads the overlapped runners share: a feeder that decodes ahead into a bounded queue, and
-a sink caller that hands the frames to the sinks in stream order, inline or from its own thread.
-
-Both the pipelined runner (:mod:`laser_plugin.pipeline`) and the worker-process runner
-(:mod:`laser_plugin.worker_runner`) use them, so they stop, report failures and close their sinks
-the same way as the engine's own ``run``: a failure in a thread reaches the caller; an essential
-sink's failure stops the stream at the next window; every sink is closed at the end.
+"""The run loop's threads: a feeder that decodes ahead into a bounded queue (the pipelined and
+worker predictors, :mod:`laser_plugin.predictors`), and a sink caller that hands the frames to the
+sinks in stream order, inline or from its own thread (every run). A failure in a thread reaches
+the caller; an essential sink's failure stops the stream at the next window; every sink is closed
+at the end.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ then, per window:
    (``transfer="ipc"``: the caller maps the worker's memory, nothing crosses the bus) or through
    host shared memory (``transfer="host"``).
 
-The caller (``laser_plugin.worker_runner.ProcessReconstructor``) keeps the stream state and
+The caller (the run loop with the ``laser_plugin.predictors.Workers`` predictor) keeps the stream state and
 aligns the windows in order; the pool is only "predict this window somewhere".
 
 With ``in_process_first`` the first device is served by a thread of the caller's process instead

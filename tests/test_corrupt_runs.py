@@ -489,16 +489,16 @@ def test_headless_view_spawn_says_nothing_was_shown(run, capsys, monkeypatch):
 def test_a_window_prepared_by_a_worker_stops_the_same_way():
     """The fast path prepares windows where they were predicted: the verdict comes back with
     the prepared window and the aligning process stops on it."""
-    from laser_plugin import LaserConfig
+    from laser_plugin import LaserConfig, StreamingReconstructor
+    from laser_plugin.predictors import Workers
     from laser_plugin.prepare import ModelOutputError
     from laser_plugin.worker import WorkerPool
-    from laser_plugin.worker_runner import ProcessReconstructor
 
     cfg = LaserConfig(window_size=8, overlap=3)
     with WorkerPool(
         lambda **kw: NanModel(1, "poses"), ["cpu"], threads=1, in_process_first=True
     ) as pool:
-        rec = ProcessReconstructor(pool, cfg, prepare="all")
+        rec = StreamingReconstructor(pool, cfg, predictor=Workers(pool, prepare="all"))
         with pytest.raises(ModelOutputError, match=r"window 1 .*every camera pose"):
             rec.reconstruct(textured_images(FRAMES))
         assert rec.timings.get("worker_prepare", 0.0) > 0  # prepared in the worker
@@ -519,9 +519,9 @@ class SvdOnNanModel(NanModel):
 def test_a_network_raising_on_nan_stops_in_one_line_on_every_runner(runner):
     """Issue 21: in a worker this came back as a WorkerError carrying a traceback."""
     from laser_plugin import LaserConfig, StreamingReconstructor
+    from laser_plugin.predictors import Workers
     from laser_plugin.prepare import ModelOutputError
     from laser_plugin.worker import WorkerPool
-    from laser_plugin.worker_runner import ProcessReconstructor
 
     cfg = LaserConfig(window_size=8, overlap=3)
     match = r"window 1\b.*non-finite values"
@@ -533,7 +533,8 @@ def test_a_network_raising_on_nan_stops_in_one_line_on_every_runner(runner):
         lambda **kw: SvdOnNanModel(1), ["cpu"], threads=1, in_process_first=True
     ) as pool:
         with pytest.raises(ModelOutputError, match=match) as info:
-            ProcessReconstructor(pool, cfg).reconstruct(textured_images(FRAMES))
+            rec = StreamingReconstructor(pool, cfg, predictor=Workers(pool))
+            rec.reconstruct(textured_images(FRAMES))
         assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
 
 

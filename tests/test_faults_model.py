@@ -200,12 +200,12 @@ def test_hard_motion_without_parallax(scene_name):
 
 
 @pytest.mark.parametrize("sink_thread", [False, True])
-def test_the_pipelined_runner_warns_about_disagreeing_windows_as_the_engine_does(
+def test_the_pipelined_predictor_warns_about_disagreeing_windows_as_the_engine_does(
     scene, sink_thread
 ):
-    """The same disagreement warning from the pipelined runner (inline or threaded sinks), and the
-    sinks' window stats carry it: the overlapped runners share the engine's delivery rules."""
-    from laser_plugin.pipeline import PipelinedReconstructor
+    """The same disagreement warning from the pipelined predictor (inline or threaded sinks), and the
+    sinks' window stats carry it: one run loop delivers for every predictor."""
+    from laser_plugin.predictors import Pipelined
 
     class StatsSink:
         def __init__(self):
@@ -220,8 +220,8 @@ def test_the_pipelined_runner_warns_about_disagreeing_windows_as_the_engine_does
     sink = StatsSink()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        frames = PipelinedReconstructor(rec, sink_thread=sink_thread).reconstruct(
-            scene.frames(), [sink]
+        frames = rec.reconstruct(
+            scene.frames(), [sink], predictor=Pipelined(sink_thread=sink_thread)
         )
     assert_sane(frames)
     assert any(DISAGREE in w for w in rec.warnings), rec.warnings

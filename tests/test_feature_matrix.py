@@ -18,11 +18,9 @@ from laser_plugin import LaserConfig, StreamingReconstructor
 from laser_plugin.errors import ConfigError
 from laser_plugin.loop import LoopClosure, LoopConfig
 from laser_plugin.models.synthetic import make_model
-from laser_plugin.multi_device import MultiDeviceReconstructor
-from laser_plugin.pipeline import PipelinedReconstructor
+from laser_plugin.predictors import Pipelined, Replicas, Workers
 from laser_plugin.resume import StateSaver, load_state
 from laser_plugin.worker import WorkerPool, model_factory
-from laser_plugin.worker_runner import ProcessReconstructor
 
 SCENE = dict(scene="loop", num_frames=50, height=32, width=56, drift_rot_deg=0.15, drift_scale=0.02)
 LAPS = 2
@@ -87,32 +85,28 @@ class StopAfter:
 
 
 def build(predictor: str, loop: bool, spill, pool):
+    """The engine for one way of predicting (every one runs the same loop)."""
     hooks = [LoopClosure(LoopConfig(spill_dir=str(spill)))] if loop else []
-    if predictor == "inline":
-        rec = StreamingReconstructor(make_model(**SCENE), CONFIG, hooks=hooks)
-        return rec, rec
-    if predictor == "pipelined":
-        rec = StreamingReconstructor(make_model(**SCENE), CONFIG, hooks=hooks)
-        return rec, PipelinedReconstructor(rec)
-    if predictor == "replicas":
-        rec = MultiDeviceReconstructor(
-            [make_model(**SCENE), make_model(**SCENE)], CONFIG, hooks=hooks
-        )
-        return rec, rec
-    rec = ProcessReconstructor(pool, CONFIG, hooks=hooks, sink_thread=True)
-    return rec, rec
+    model = pool if predictor == "workers" else make_model(**SCENE)
+    strategy = {
+        "inline": lambda: None,
+        "pipelined": lambda: Pipelined(),
+        "replicas": lambda: Replicas([model, make_model(**SCENE)]),
+        "workers": lambda: Workers(pool, sink_thread=True),
+    }[predictor]()
+    return StreamingReconstructor(model, CONFIG, hooks=hooks, predictor=strategy)
 
 
 def run(predictor, loop, frames, tmp_path, pool, stop_after=None, final=None, resume=None):
     """One run into ``final``; returns the engine."""
-    rec, runner = build(predictor, loop, tmp_path / "spill", pool)
+    rec = build(predictor, loop, tmp_path / "spill", pool)
     final = final if final is not None else Final()
     sinks = [final, StateSaver(rec, tmp_path / "out", {})]
     if stop_after is not None:
         sinks.append(StopAfter(stop_after))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for _ in runner.run(frames, sinks, resume=resume):
+        for _ in rec.run(frames, sinks, resume=resume):
             pass
     return rec
 
@@ -176,14 +170,14 @@ def test_a_state_with_loop_closure_is_not_resumed_without_it(frames, tmp_path, p
     with pytest.raises(KeyboardInterrupt):
         run("inline", True, frames, tmp_path, pool, stop_after=3)
     state = load_state(tmp_path / "out")
-    rec, _ = build("inline", False, tmp_path / "spill", pool)
+    rec = build("inline", False, tmp_path / "spill", pool)
     with pytest.raises(ConfigError, match="cannot resume") as err:
         rec.start_stream(state)
     assert "\n" not in str(err.value)
     # Nor the other way round.
     with pytest.raises(KeyboardInterrupt):
         run("inline", False, frames, tmp_path / "b", pool, stop_after=3)
-    rec, _ = build("inline", True, tmp_path / "spill", pool)
+    rec = build("inline", True, tmp_path / "spill", pool)
     with pytest.raises(ConfigError, match="cannot resume"):
         rec.start_stream(load_state(tmp_path / "b" / "out"))
 

@@ -12,7 +12,8 @@ from laser_plugin.config import LaserConfig
 from laser_plugin.engine import StreamingReconstructor
 from laser_plugin.errors import ConfigError
 from laser_plugin.models.synthetic import make_model, make_scene
-from laser_plugin.multi_device import MultiDeviceReconstructor, load_replicas, parse_devices
+from laser_plugin.multi_device import load_replicas, parse_devices
+from laser_plugin.predictors import Replicas
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +43,13 @@ def assert_same_frames(frames, reference):
 def test_two_cpu_replicas_equal_single_device(scene, single_run):
     replicas = load_replicas("synthetic", parse_devices("cpu,cpu"), scene=scene)
     assert len(replicas) == 2 and replicas[0] is not replicas[1]
-    engine = MultiDeviceReconstructor(replicas, LaserConfig(window_size=8, overlap=3))
+    p = Replicas(replicas)
+    engine = StreamingReconstructor(replicas[0], LaserConfig(window_size=8, overlap=3), predictor=p)
     frames = engine.reconstruct(scene.frames())
     assert len(frames) == scene.num_frames
     assert_same_frames(frames, single_run)
-    assert sum(engine.windows_per_replica) == engine.num_windows == single_run[-1].window + 1
-    assert engine.max_buffered <= engine.max_pending == 4
+    assert sum(p.windows_per_replica) == engine.num_windows == single_run[-1].window + 1
+    assert p.max_buffered <= p.max_pending == 4
 
 
 class _Slow:
@@ -85,16 +87,15 @@ def test_out_of_order_completion_keeps_stream_order(scene, single_run):
             self.closed = True
 
     sink = Order()
-    engine = MultiDeviceReconstructor(
-        replicas, LaserConfig(window_size=8, overlap=3), max_pending=3
-    )
+    p = Replicas(replicas, max_pending=3)
+    engine = StreamingReconstructor(replicas[0], LaserConfig(window_size=8, overlap=3), predictor=p)
     frames = list(engine.run(scene.frames(), [sink]))
     assert_same_frames(frames, single_run)
     assert sink.frames == list(range(scene.num_frames)) and sink.closed
     assert sink.windows == sorted(sink.windows) == list(range(len(sink.windows)))
     # Both replicas worked, and the slow one did not hold the stream back to one window at a time.
     assert log_a and log_b and len(log_a) + len(log_b) == len(sink.windows)
-    assert engine.max_buffered == 3
+    assert p.max_buffered == 3
     assert engine.timings["model"] > 0
 
 
@@ -118,8 +119,9 @@ def test_replica_failure_stops_the_stream_and_interrupts_sinks(scene):
             self.closed = True
 
     sink = Sink()
-    engine = MultiDeviceReconstructor(
-        [make_model(scene=scene), Broken()], LaserConfig(window_size=8, overlap=3)
+    replicas = [make_model(scene=scene), Broken()]
+    engine = StreamingReconstructor(
+        replicas[0], LaserConfig(window_size=8, overlap=3), predictor=Replicas(replicas)
     )
     with pytest.raises(RuntimeError, match="device lost"):
         list(engine.run(scene.frames(), [sink]))
@@ -141,7 +143,7 @@ def test_parse_devices():
     with pytest.raises(ConfigError, match="empty"):
         parse_devices(" , ")
     with pytest.raises(ConfigError):
-        MultiDeviceReconstructor([])
+        Replicas([])
 
 
 def test_resume_from_a_single_device_state(scene, single_run):
@@ -157,7 +159,8 @@ def test_resume_from_a_single_device_state(scene, single_run):
     state = from_bytes(to_bytes(capture(first)))
     assert state.num_windows == 3
     replicas = load_replicas("synthetic", ["cpu", "cpu"], scene=scene)
-    engine = MultiDeviceReconstructor(replicas, LaserConfig(window_size=8, overlap=3))
+    p = Replicas(replicas)
+    engine = StreamingReconstructor(replicas[0], LaserConfig(window_size=8, overlap=3), predictor=p)
     rest = list(engine.run(scene.frames(), resume=state))
     assert_same_frames(done + rest, single_run)
-    assert sum(engine.windows_per_replica) == single_run[-1].window + 1 - 3
+    assert sum(p.windows_per_replica) == single_run[-1].window + 1 - 3

@@ -1,4 +1,4 @@
-"""The pipelined runner gives the same frames as the plain engine (synthetic scene, CPU)."""
+"""The pipelined predictor gives the same frames as the plain engine (synthetic scene, CPU)."""
 
 import numpy as np
 import pytest
@@ -10,7 +10,7 @@ from laser_plugin.models.fast import accelerate
 from laser_plugin.models.pi3 import make_model as make_pi3
 from laser_plugin.models.synthetic import make_model, make_scene
 from laser_plugin.models.synthetic.evaluate import evaluate_frames
-from laser_plugin.pipeline import PipelinedReconstructor
+from laser_plugin.predictors import Pipelined
 
 
 def _assert_same(a, b):
@@ -33,7 +33,7 @@ def test_pipelined_frames_equal_plain_engine(estimate):
     plain = StreamingReconstructor(make_model(scene=scene), cfg).reconstruct(
         scene.frames(), [plain_sink]
     )
-    runner = PipelinedReconstructor(StreamingReconstructor(make_model(scene=scene), cfg))
+    runner = StreamingReconstructor(make_model(scene=scene), cfg, predictor=Pipelined())
     piped = runner.reconstruct(scene.frames(), [piped_sink])
     assert len(piped) == 40
     _assert_same(piped, plain)
@@ -53,7 +53,7 @@ def test_pipelined_fast_pi3_with_token_cache_equals_plain_engine():
     cfg = LaserConfig(window_size=6, overlap=2)
     ref = StreamingReconstructor(make_pi3(size="tiny", random_init=True), cfg).reconstruct(frames)
     fast = accelerate(make_pi3(size="tiny", random_init=True), dtype=torch.float32)
-    piped = PipelinedReconstructor(StreamingReconstructor(fast, cfg)).reconstruct(frames)
+    piped = StreamingReconstructor(fast, cfg, predictor=Pipelined()).reconstruct(frames)
     assert fast.cache.hits > 0
     _assert_same(piped, ref)
 
@@ -74,8 +74,8 @@ def test_failure_in_the_network_thread_reaches_the_caller_and_sinks():
         return model(images)
 
     sink = Recorder()
-    runner = PipelinedReconstructor(
-        StreamingReconstructor(flaky, LaserConfig(window_size=10, overlap=3))
+    runner = StreamingReconstructor(
+        flaky, LaserConfig(window_size=10, overlap=3), predictor=Pipelined()
     )
     got = []
     with pytest.raises(Boom):
@@ -89,8 +89,8 @@ def test_stopping_early_ends_the_worker_threads():
     import threading
 
     scene = make_scene("demo", 40, 64, 112)
-    runner = PipelinedReconstructor(
-        StreamingReconstructor(make_model(scene=scene), LaserConfig(window_size=10, overlap=3))
+    runner = StreamingReconstructor(
+        make_model(scene=scene), LaserConfig(window_size=10, overlap=3), predictor=Pipelined()
     )
     gen = runner.run(scene.frames())
     first = next(gen)
@@ -126,9 +126,10 @@ def test_essential_sink_failure_stops_the_run(sink_thread):
     # A failing essential sink must end the run with its error (not hang the caller on a full
     # sink queue, not finish as if the results were complete).
     scene = make_scene("demo", 60, 64, 112)
-    runner = PipelinedReconstructor(
-        StreamingReconstructor(make_model(scene=scene), LaserConfig(window_size=10, overlap=3)),
-        sink_thread=sink_thread,
+    runner = StreamingReconstructor(
+        make_model(scene=scene),
+        LaserConfig(window_size=10, overlap=3),
+        predictor=Pipelined(sink_thread=sink_thread),
     )
     sink = DiskFull()
     with pytest.raises(OSError, match="No space"):

@@ -9,10 +9,8 @@ from sink_helpers import Recorder
 
 from laser_plugin import LaserConfig, StreamingReconstructor
 from laser_plugin.models.synthetic import make_model, make_scene
-from laser_plugin.multi_device import MultiDeviceReconstructor
-from laser_plugin.pipeline import PipelinedReconstructor
+from laser_plugin.predictors import Pipelined, Replicas, Workers
 from laser_plugin.worker import WorkerPool, model_factory
-from laser_plugin.worker_runner import ProcessReconstructor
 
 SCENE = dict(scene="demo", num_frames=24, height=48, width=80)
 CFG = LaserConfig(window_size=8, overlap=3)
@@ -39,9 +37,11 @@ def _runners(scene, pool):
     model = make_model(scene=scene)
     return {
         "engine": StreamingReconstructor(model, CFG),
-        "pipelined": PipelinedReconstructor(StreamingReconstructor(model, CFG)),
-        "multi_device": MultiDeviceReconstructor([model, make_model(scene=scene)], CFG),
-        "process": ProcessReconstructor(pool, CFG),
+        "pipelined": StreamingReconstructor(model, CFG, predictor=Pipelined()),
+        "multi_device": StreamingReconstructor(
+            model, CFG, predictor=Replicas([model, make_model(scene=scene)])
+        ),
+        "process": StreamingReconstructor(pool, CFG, predictor=Workers(pool)),
     }
 
 

@@ -1,4 +1,4 @@
-"""The network in worker processes (laser_plugin.worker, laser_plugin.worker_runner): same frames
+"""The network in worker processes (laser_plugin.worker, laser_plugin.predictors.Workers): same frames
 as the plain engine, in order, with one or two CPU workers; failures reach the caller in one piece."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from laser_plugin import LaserConfig, StreamingReconstructor
 from laser_plugin.errors import ConfigError
 from laser_plugin.models.pi3 import make_model as make_pi3
 from laser_plugin.models.synthetic import make_model, make_scene
+from laser_plugin.predictors import Workers
 from laser_plugin.worker import WorkerError, WorkerPool, model_factory, preprocess_frames
-from laser_plugin.worker_runner import ProcessReconstructor
 
 SCENE = dict(scene="demo", num_frames=40, height=64, width=112)
 
@@ -56,14 +56,15 @@ def test_workers_give_the_plain_engines_frames(
         if in_process:  # worker 0 is a thread of this process, worker 1 a process
             assert type(pool._procs[0]).__name__ == "Thread"
             assert type(pool._procs[1]).__name__ != "Thread"
-        rec = ProcessReconstructor(pool, cfg, sink_thread=sink_thread, prepare=prepare)
+        p = Workers(pool, sink_thread=sink_thread, prepare=prepare)
+        rec = StreamingReconstructor(pool, cfg, predictor=p)
         frames = rec.reconstruct(scene.frames(), [sink])
         assert_same_frames(frames, plain)
         assert sink.calls == plain_sink.calls and sink.closed
         assert sum(pool.windows_per_worker) == rec.num_windows == plain[-1].window + 1
         if len(devices) == 2:
             assert min(pool.windows_per_worker) > 0  # both workers took windows
-        assert rec.max_buffered <= rec.max_pending == 2 * len(devices)
+        assert p.max_buffered <= p.max_pending == 2 * len(devices)
         # Windows a worker prepared skip the aligning process's own preparing.
         prepared_here = sum("prepare" in s.timings for s in rec.window_stats)
         preparing = {"all": [], "none": [0, 1], "processes": [0]}[prepare]
@@ -86,7 +87,8 @@ def test_fast_pi3_worker_resizes_like_the_engine_and_reuses_overlap_tokens(in_pr
     ).reconstruct(frames)
     factory = functools.partial(make_pi3, size="tiny", random_init=True, fast=True, dtype="fp32")
     with WorkerPool(factory, ["cpu"], threads=1, in_process_first=in_process) as pool:
-        out = ProcessReconstructor(pool, cfg, input_size=(42, 70)).reconstruct(frames)
+        rec = StreamingReconstructor(pool, cfg, input_size=(42, 70), predictor=Workers(pool))
+        out = rec.reconstruct(frames)
         stats = pool.stats()[0]
     assert stats["cache_hits"] > 0
     assert [f.index for f in out] == [f.index for f in ref]
@@ -140,7 +142,9 @@ def test_a_user_error_while_building_the_model_stays_one_line():
 def test_a_worker_failure_stops_the_stream_and_interrupts_the_sinks(scene):
     sink = Recorder()
     with WorkerPool(_failing_factory, ["cpu"], threads=1) as pool:
-        rec = ProcessReconstructor(pool, LaserConfig(window_size=8, overlap=3))
+        rec = StreamingReconstructor(
+            pool, LaserConfig(window_size=8, overlap=3), predictor=Workers(pool)
+        )
         with pytest.raises(WorkerError, match="device lost"):
             rec.reconstruct(scene.frames(), [sink])
     assert sink.calls[-1] == ("interrupt", "WorkerError") and sink.closed
@@ -150,7 +154,9 @@ def test_a_worker_failure_stops_the_stream_and_interrupts_the_sinks(scene):
 def test_an_in_process_worker_failure_reaches_the_caller_and_the_pool_closes(scene):
     sink = Recorder()
     with WorkerPool(_failing_factory, ["cpu"], in_process_first=True) as pool:
-        rec = ProcessReconstructor(pool, LaserConfig(window_size=8, overlap=3))
+        rec = StreamingReconstructor(
+            pool, LaserConfig(window_size=8, overlap=3), predictor=Workers(pool)
+        )
         with pytest.raises(WorkerError, match="device lost"):
             rec.reconstruct(scene.frames(), [sink])
         assert pool._procs[0].is_alive()  # the thread survives a failed window

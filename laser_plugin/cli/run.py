@@ -150,7 +150,7 @@ def execute(
     quiet: bool = False,
     extra_sinks: list | None = None,
     resume: bool = False,
-    make_engine=None,
+    predictor=None,
     checkpoint_interval: float = 0.0,
     outputs: str | None = None,
     loop_closure: bool = False,
@@ -160,7 +160,7 @@ def execute(
     The engine state is saved under ``output_dir/state`` between windows (at most every
     ``checkpoint_interval`` seconds), so an interrupted run can be continued with ``resume=True``
     (same source and settings). ``loop_closure``: attach the loop-closure hook (whatever
-    ``make_engine`` builds); its records spill to ``output_dir/state/loop-*`` so a resumed run
+    the ``predictor``); its records spill to ``output_dir/state/loop-*`` so a resumed run
     continues the same pose graph, and are deleted when the run completes.
     """
     from rich.console import Console
@@ -192,14 +192,13 @@ def execute(
             out = prepare_output_dir(output_dir, overwrite=True)
     else:
         out = prepare_output_dir(output_dir, overwrite=overwrite)
-    # make_engine: e.g. a MultiDeviceReconstructor over several replicas (laser run --devices).
     session = open_session(
         out,
         model,
         config,
         settings,
         state=state,
-        make_engine=make_engine,
+        predictor=predictor,
         loop_closure=loop_closure,
         save_source_images=save_source_images,
         outputs=outputs,
@@ -277,12 +276,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def device_split(engine) -> str | None:
     """Windows each device predicted, e.g. "cuda:0 21, cuda:1 19" (None on one device)."""
-    pool = getattr(engine, "pool", None)
-    if pool is not None and hasattr(pool, "windows_per_worker"):
-        names, counts = pool.devices, pool.windows_per_worker
-    elif hasattr(engine, "windows_per_replica"):
-        names = [str(getattr(m, "device", f"replica {i}")) for i, m in enumerate(engine.replicas)]
-        counts = engine.windows_per_replica
+    from laser_plugin.predictors import Replicas, Workers
+
+    p = engine.predictor
+    if isinstance(p, Workers):
+        names, counts = p.pool.devices, p.pool.windows_per_worker
+    elif isinstance(p, Replicas):
+        names, counts = p.device_names(), p.windows_per_replica
     else:
         return None
     if len(counts) < 2:
@@ -552,12 +552,12 @@ class Run:
                 next(frames, None)
             finally:
                 frames.close()
-        make_engine = None
+        predictor = None
         pool = None
         if fast:  # worker processes, one per device (laser_plugin.worker)
             from laser_plugin.multi_device import parse_devices
+            from laser_plugin.predictors import Workers
             from laser_plugin.worker import WorkerPool, model_factory
-            from laser_plugin.worker_runner import ProcessReconstructor
 
             devices = parse_devices(self.devices) if self.devices is not None else [device]
             device = ",".join(devices)
@@ -583,24 +583,19 @@ class Run:
                     file=sys.stderr,
                 )
 
-            def make_engine(_model, config, **kw):
-                # Sinks in this thread: the resume state saver must see the state of its window.
-                return ProcessReconstructor(pool, config, sink_thread=False, **kw)
+            # Sinks in this thread: the resume state saver must see the state of its window.
+            predictor = Workers(pool, sink_thread=False)
 
             model = pool
         elif self.devices is not None:  # one replica per device (laser_plugin.multi_device)
-            from laser_plugin.multi_device import (
-                MultiDeviceReconstructor,
-                load_replicas,
-                parse_devices,
-            )
+            from laser_plugin.multi_device import load_replicas, parse_devices
+            from laser_plugin.predictors import Replicas
 
             devices = parse_devices(self.devices)
             device = ",".join(devices)
             replicas = load_replicas(self.model, devices, weights=self.weights)
 
-            def make_engine(_model, config, **kw):
-                return MultiDeviceReconstructor(replicas, config, **kw)
+            predictor = Replicas(replicas)
 
             model = replicas[0]
         else:
@@ -658,7 +653,7 @@ class Run:
                 outputs=format_outputs(outputs),
                 quiet=self.quiet,
                 resume=self.resume,
-                make_engine=make_engine,
+                predictor=predictor,
                 checkpoint_interval=self.checkpoint_interval,
                 loop_closure=self.loop_closure,
             )
