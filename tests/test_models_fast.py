@@ -33,7 +33,8 @@ def test_fp32_fast_path_with_token_cache_equals_reference(name, graph_heads):
     for start in (0, 4, 8):  # windows of 6 frames overlapping by 2
         w = frames[start : start + 6]
         a, b = ref(w.clone()), fast(w.clone())
-        for key in ("depth", "conf", "cam_to_world", "intrinsics"):
+        # Place descriptors too: pooled from the cached overlap tokens in the fast path.
+        for key in ("depth", "conf", "cam_to_world", "intrinsics", "descriptors"):
             torch.testing.assert_close(getattr(b, key), getattr(a, key), rtol=1e-5, atol=1e-6)
     assert fast.cache.hits == 4 and fast.cache.misses == 14
 

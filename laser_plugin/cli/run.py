@@ -489,8 +489,8 @@ class Run:
     """No progress bar or summary."""
     loop_closure: bool = True
     """Close loops (place recognition, verification, Sim(3) pose graph; corrected frames are
-    rewritten) when the backend gives descriptors (synthetic does). Works with --fast, --devices
-    and --resume."""
+    rewritten) when the backend gives place descriptors (all do: π³ and VGGT pool them from
+    their own encoder tokens). Works with --fast, --devices and --resume."""
 
     def main(self) -> int:
         import torch

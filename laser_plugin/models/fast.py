@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from laser_plugin.models.blocks.place import place_descriptors
 from laser_plugin.models.blocks.runtime import check_images
 from laser_plugin.models.blocks.transformer import Rope2D, grid_positions
 from laser_plugin.models.convert import (
@@ -423,10 +424,15 @@ class FastPi3(_FastBase):
                 poses = self.net.camera_head.assemble(rot, trans)
                 pred = WindowPrediction(depth=depth, conf=conf, cam_to_world=poses, intrinsics=intr)
                 pred.validate()
-                return pred
-            hidden = self.trunk_runner(tokens)
-            out = self.net.heads(hidden, 1, n, (height, width))
-            return pi3_to_prediction(out["local_points"][0], out["conf"][0], out["camera_poses"][0])
+            else:
+                hidden = self.trunk_runner(tokens)
+                out = self.net.heads(hidden, 1, n, (height, width))
+                pred = pi3_to_prediction(
+                    out["local_points"][0], out["conf"][0], out["camera_poses"][0]
+                )
+            # From the tokens the window used anyway (cached overlap frames included).
+            pred.descriptors = place_descriptors(tokens, (h, w))
+            return pred
 
     def _trunk_and_heads(self, tokens: Tensor):
         """tokens (L, h*w, C) -> depth (L, H, W), conf (L, H, W), intrinsics (L, 3, 3), rotation
@@ -514,8 +520,11 @@ class FastVGGT(_FastBase):
             tokens = self._encode_frames(images, self.net.aggregator.patch_embed, frame_keys)
             if self.options.graph_heads:
                 pose_enc, depth, depth_conf = (t.clone() for t in self.trunk_runner(tokens))
-                return vggt_to_prediction(pose_enc, depth, depth_conf)
-            return vggt_to_prediction(*self._heads(self.trunk_runner(tokens)))
+                pred = vggt_to_prediction(pose_enc, depth, depth_conf)
+            else:
+                pred = vggt_to_prediction(*self._heads(self.trunk_runner(tokens)))
+            pred.descriptors = place_descriptors(tokens, (h, w))
+            return pred
 
     def _heads(self, layers) -> tuple[Tensor, Tensor, Tensor]:
         n = layers[self.net.cfg.depth - 1].shape[1]

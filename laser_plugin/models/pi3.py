@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from laser_plugin.models.blocks import Block, DinoViT, Rope2D, grid_positions
+from laser_plugin.models.blocks.place import place_descriptors
 from laser_plugin.models.blocks.runtime import (
     autocast,
     autocast_off,
@@ -219,7 +220,9 @@ class Pi3Net(nn.Module):
         self.register_buffer("image_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("image_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
+    def forward(self, images: Tensor, descriptors: bool = False) -> dict[str, Tensor]:
+        """``descriptors``: also return (B, N, D) place descriptors pooled from the encoder's
+        tokens (:mod:`laser_plugin.models.blocks.place`; not an upstream output)."""
         b, n, _, height, width = images.shape
         h, w = height // PATCH, width // PATCH
         tokens = self.encoder(self.normalise(images))  # (B*N, h*w, C)
@@ -227,7 +230,10 @@ class Pi3Net(nn.Module):
         rope_frame = Rope2D(pos, self.cfg.rope_freq)
         rope_global = Rope2D(pos.repeat(1, n, 1), self.cfg.rope_freq)
         hidden = self.decode(tokens, b, n, rope_frame, rope_global)
-        return self.heads(hidden, b, n, (height, width))
+        out = self.heads(hidden, b, n, (height, width))
+        if descriptors:
+            out["descriptors"] = place_descriptors(tokens, (h, w)).reshape(b, n, -1)
+        return out
 
     def normalise(self, images: Tensor) -> Tensor:
         """(B, N, 3, H, W) in [0, 1] -> (B*N, 3, H, W) ImageNet-normalised."""
@@ -318,15 +324,18 @@ class Pi3Model:
         :func:`input_size` of this image; upstream uses the first frame's for all frames)."""
         return pil_resize(image, size or input_size(*image.shape[:2]), "lanczos")
 
-    def forward_raw(self, images: Tensor) -> dict[str, Tensor]:
-        """(L, 3, H, W) in [0, 1] -> upstream's output dict with a batch dimension of 1."""
+    def forward_raw(self, images: Tensor, descriptors: bool = False) -> dict[str, Tensor]:
+        """(L, 3, H, W) in [0, 1] -> upstream's output dict with a batch dimension of 1
+        (and ``descriptors``, see :meth:`Pi3Net.forward`)."""
         images = check_images(images, PATCH).to(self.device)
         with torch.inference_mode(), autocast(self.device, self.dtype):
-            return self.net(images[None])
+            return self.net(images[None], descriptors)
 
     def __call__(self, images: Tensor) -> WindowPrediction:
-        out = self.forward_raw(images)
-        return pi3_to_prediction(out["local_points"][0], out["conf"][0], out["camera_poses"][0])
+        out = self.forward_raw(images, descriptors=True)
+        pred = pi3_to_prediction(out["local_points"][0], out["conf"][0], out["camera_poses"][0])
+        pred.descriptors = out["descriptors"][0]
+        return pred
 
 
 def build_net(size: str | Pi3Config = "large", device: str | torch.device = "cpu") -> Pi3Net:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from laser_plugin.models.blocks import Block, DinoViT, DPTHead, Mlp, Rope2D, grid_positions
+from laser_plugin.models.blocks.place import place_descriptors
 from laser_plugin.models.blocks.runtime import (
     autocast,
     autocast_off,
@@ -127,10 +128,16 @@ class Aggregator(nn.Module):
         Upstream returns all 24 layers; we keep only those a head reads, to save memory.
         """
         b, s, _, height, width = images.shape
-        pos = grid_positions(height // PATCH, width // PATCH, self.patch_start, images.device)
+        return self.from_patches(self.embed(images), b, s, (height, width), keep)
+
+    def from_patches(
+        self, patches: Tensor, b: int, s: int, hw: tuple[int, int], keep: set[int]
+    ) -> dict[int, Tensor]:
+        """:meth:`forward` from the patch tokens :meth:`embed` made (B*S, h*w, dim)."""
+        pos = grid_positions(hw[0] // PATCH, hw[1] // PATCH, self.patch_start, patches.device)
         rope_frame = Rope2D(pos, self.cfg.rope_freq)
         rope_global = Rope2D(pos.repeat(1, s, 1), self.cfg.rope_freq)
-        return self.trunk(self.embed(images), b, s, keep, rope_frame, rope_global)
+        return self.trunk(patches, b, s, keep, rope_frame, rope_global)
 
     def embed(self, images: Tensor) -> Tensor:
         """(B, S, 3, H, W) in [0, 1] -> (B*S, h*w, dim) DINOv2 patch tokens (per frame)."""
@@ -221,13 +228,20 @@ class VGGTNet(nn.Module):
         self, images: Tensor, heads: tuple[str, ...] = ("camera", "depth", "point"), chunk: int = 8
     ) -> dict[str, Tensor]:
         """images (B, S, 3, H, W) in [0, 1] -> pose_enc (B, S, 9), depth (B, S, H, W, 1),
-        depth_conf (B, S, H, W), world_points (B, S, H, W, 3), world_points_conf (B, S, H, W).
+        depth_conf (B, S, H, W), world_points (B, S, H, W, 3), world_points_conf (B, S, H, W);
+        with "place" in ``heads``, descriptors (B, S, D) pooled from the encoder's patch tokens
+        (:mod:`laser_plugin.models.blocks.place`; not an upstream output).
 
         The DPT heads run ``chunk`` frames at a time (upstream's default: 8) to bound memory.
         """
         b, s, _, height, width = images.shape
-        layers = self.aggregator(images, self.kept_layers)
-        return self.run_heads(layers, b, s, (height, width), heads, chunk)
+        patches = self.aggregator.embed(images)
+        layers = self.aggregator.from_patches(patches, b, s, (height, width), self.kept_layers)
+        out = self.run_heads(layers, b, s, (height, width), heads, chunk)
+        if "place" in heads:
+            hw = (height // PATCH, width // PATCH)
+            out["descriptors"] = place_descriptors(patches, hw).reshape(b, s, -1)
+        return out
 
     @property
     def kept_layers(self) -> set[int]:
@@ -321,8 +335,10 @@ class VGGTModel:
 
     def __call__(self, images: Tensor) -> WindowPrediction:
         # LASER needs depth and cameras only; the point head would cost ~10% more time.
-        out = self.forward_raw(images, ("camera", "depth"))
-        return vggt_to_prediction(out["pose_enc"][0], out["depth"][0], out["depth_conf"][0])
+        out = self.forward_raw(images, ("camera", "depth", "place"))
+        pred = vggt_to_prediction(out["pose_enc"][0], out["depth"][0], out["depth_conf"][0])
+        pred.descriptors = out["descriptors"][0]
+        return pred
 
 
 def build_net(size: str | VGGTConfig = "large", device: str | torch.device = "cpu") -> VGGTNet:
