@@ -15,7 +15,9 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +35,24 @@ class SpillStore:
         name: str = "records",
         compress: bool = False,
         flat: bool = False,
+        background: bool = False,
+        max_pending: int = 16,
     ):
-        """``compress``: deflate the records (level 1: about half the disk for a millisecond a
-        frame; for stores kept beside a run's own files, e.g. a resumable run's loop closure).
-        ``flat``: files ``root/NAME-KEY.npz`` instead of ``root/NAME/KEY.npz`` (a run
-        directory's ``state/`` holds no sub-folders)."""
+        """``compress``: deflate the records' arrays other than uint8 ones (level 1; for stores
+        kept beside a run's own files, e.g. a resumable run's loop closure). ``flat``: files
+        ``root/NAME-KEY.npz`` instead of ``root/NAME/KEY.npz`` (a run directory's ``state/``
+        holds no sub-folders). ``background``: :meth:`put` hands the record to a writer thread
+        (at most ``max_pending`` records wait, so memory stays bounded) and returns; every read
+        (and :meth:`flush`) first waits for the records put before it, and a failed write raises
+        at the next call."""
         self.compress = compress
+        self._pool = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="laser-spill")
+            if background
+            else None
+        )
+        self._pending: deque[Future] = deque()
+        self._max_pending = max(1, max_pending)
         self._tmp = None
         if root is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="laser-spill-")
@@ -69,9 +83,26 @@ class SpillStore:
     @property
     def keys(self) -> list[int]:
         """Stored keys, sorted (read from the directory: RAM does not grow with the records)."""
+        self.flush()
         return sorted(int(p.stem[len(self._prefix) :]) for p in self._files())
 
     def put(self, key: int, **arrays: np.ndarray) -> None:
+        """Store a record (replacing one of the same key); the arrays must not change after."""
+        if self._pool is None:
+            self._write(key, arrays)
+            return
+        while self._pending and (
+            self._pending[0].done() or len(self._pending) >= self._max_pending
+        ):
+            self._pending.popleft().result()  # raises a failed write's OutputError
+        self._pending.append(self._pool.submit(self._write, key, arrays))
+
+    def flush(self) -> None:
+        """Wait until every record put so far is on disk (raises a failed write's error)."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def _write(self, key: int, arrays: dict[str, np.ndarray]) -> None:
         try:
             path = self._path(key)
             new = not os.path.exists(path)
@@ -85,20 +116,30 @@ class SpillStore:
         self._count += int(new)
 
     def get(self, key: int) -> dict[str, np.ndarray]:
+        self.flush()
         with np.load(self._path(key)) as data:
             return {k: data[k] for k in data.files}
 
     def __contains__(self, key: int) -> bool:
+        self.flush()
         return os.path.exists(self._path(key))
 
     def __len__(self) -> int:
+        self.flush()
         return self._count
 
     def disk_bytes(self) -> int:
+        self.flush()
         return sum(p.stat().st_size for p in self._files())
 
     def cleanup(self) -> None:
         """Delete the records (and the temporary directory if this store made it)."""
+        for future in self._pending:  # a failed write does not matter any more
+            future.exception()
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None  # later puts (if any) write in the caller's thread
         if self._tmp is not None:
             self._tmp.cleanup()
         elif self._prefix:
@@ -110,11 +151,21 @@ class SpillStore:
 
 
 def _savez_fast(f, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez_compressed`` at deflate level 1 (numpy's own uses zlib's slower default)."""
+    """``np.savez_compressed`` at deflate level 1 (numpy's own uses zlib's slower default), with
+    uint8 arrays stored as they are: images and confidences are dominated by noise, deflate
+    saved under 10% of them for most of the time of a record (measured: 762 kB -> 705 kB in
+    27 ms for a 378x672 image), while depth halves and layer labels all but vanish."""
     with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
         for name, arr in arrays.items():
-            with z.open(f"{name}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
+            arr = np.asanyarray(arr)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            stored = arr.dtype == np.uint8
+            info.compress_type = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
+            # The member's level: ``compress_level`` from Python 3.13, ``_compresslevel`` before.
+            level_attr = "compress_level" if hasattr(info, "compress_level") else "_compresslevel"
+            setattr(info, level_attr, None if stored else 1)
+            with z.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, arr, allow_pickle=False)
 
 
 class RecordLog:

@@ -125,10 +125,13 @@ class LoopClosure:
             )
         # Kept beside a run's own files (a resumable run): compressed, as the run's are, and
         # flat ("loop-frames-KEY.npz"): a run directory's state/ holds files only.
+        # Written by a thread of their own: on a GPU the frames of a stream arrive faster than
+        # one thread encodes them (~1.3 MB a frame at 378x672), and alignment must not wait.
         kept = cfg.spill_dir is not None
-        self._frames = SpillStore(cfg.spill_dir, "loop-frames", compress=kept, flat=True)
+        spill = dict(compress=kept, flat=True, background=True)
+        self._frames = SpillStore(cfg.spill_dir, "loop-frames", **spill)
         root = self._frames.dir
-        self._keyframes = SpillStore(root, "loop-keyframes", compress=kept, flat=True)
+        self._keyframes = SpillStore(root, "loop-keyframes", **spill)
         self._stores = [self._frames, self._keyframes]
         # Per frame (index, window, raw pose 3x4) on disk: nothing per frame stays in RAM.
         keep = None if state is None else int(state["meta"]["log_rows"])
@@ -429,6 +432,8 @@ class LoopClosure:
         g = self._graph
         n = len(self._raw)
         self._log.flush()  # the rows this state counts must outlive a kill of the process
+        for store in self._stores:  # and so must the records it refers to
+            store.flush()
         arrays: dict[str, np.ndarray] = {
             "raw": np.array(self._raw).reshape(n, 4, 4),
             "emitted": np.array(self._emitted).reshape(n, 4, 4),
