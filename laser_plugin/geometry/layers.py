@@ -114,6 +114,10 @@ def cut_mask(depth: Tensor, crease: float, max_step: float) -> tuple[Tensor, Ten
 #: (tests/test_layers_robust.py); a (1, 2) scale and wider averaging did not help there.
 CREASE_SCALES: tuple[tuple[int, int], ...] = ((0, 1), (4, 4))
 
+#: A step of at least this many times the coarse crease threshold shadows the coarse test
+#: within its reach (:func:`_step_shadow`): its answer there is the step's, above any crease's.
+BIG_STEP = 2.0
+
 #: Highest noise level (robust level of the relative second difference, about 1.5x the relative
 #: per-pixel noise) the thresholds follow: beyond it, depth is treated as unsegmentable.
 MAX_NOISE = 0.05
@@ -235,6 +239,61 @@ def _robust_level(rel: Tensor, valid: Tensor, step: int = 3, border: int = 2) ->
     return (1.4826 * med).nan_to_num_(0.0)
 
 
+def _link_step(noise: Tensor, noise_k: float, max_noise: float, max_step: float) -> Tensor:
+    """(N,) noise level -> (N, 1, 1) log-depth step between neighbours above which their link is
+    cut: ``max(max_step, 0.75 noise_k noise)`` (see the end of :func:`robust_cut_mask`)."""
+    step = 0.75 * noise_k * noise.clamp(max=max_noise)
+    return step.clamp_min(max_step)[:, None, None]
+
+
+def _step_shadow(qb: Tensor, step: Tensor, big: Tensor, s: int, dim: int) -> Tensor:
+    """(N, h, w) bool: where a second difference at step ``s`` along ``dim`` (1 or 2) of the
+    (N, h, w) inverse depth ``qb`` answers to depth steps rather than to a crease.
+
+    A step is a neighbour log step along ``dim`` of at least ``step`` (N, 1, 1). Marked are
+    pixels whose two arms (the ``s`` pixels on either side) both cross a step or leave the image
+    (an object narrower than 2s between two steps, which the second difference reads as a
+    ridge), and pixels 2 to ``s`` pixels from a step of at least ``big`` (N, 1, 1) (the
+    second difference there is the step's plateau, larger than any crease the test looks for;
+    the step's own pixels and their neighbours stay marked-free, so where a step fades into a
+    crease, the foot of a box's side, the coarse cut there still joins the two). Shifted
+    ORs of boolean maps: O(pixels), no per-pixel loop.
+    """
+    n = qb.shape[dim]
+    # ratio[k]: inverse depth of pixel k+1 over pixel k (a log step, without the logarithm; an
+    # invalid pixel, q = 0, is a step from any neighbour).
+    qc = qb.clamp_min(1e-12)
+    ratio = qc.narrow(dim, 1, n - 1) / qc.narrow(dim, 0, n - 1)
+
+    def steps(size: Tensor) -> Tensor:  # (..., n-1) bool: |log ratio| >= size
+        hi = torch.exp(size)
+        return (ratio >= hi) | (ratio * hi <= 1.0)
+
+    # Beyond the image border counts as a step: an arm leaving the image measures nothing there
+    # (the test copies the answer of a pixel further in, whose arm crosses the other step).
+    shape = list(qb.shape)
+    shape[dim] = n + 2 * s
+    jp = torch.ones(shape, dtype=torch.bool, device=qb.device)  # jp[k + s] = step k..k+1
+    jp.narrow(dim, s, n - 1).copy_(steps(step))
+    # win[i] = any jp[i .. i+s-1] = any step in [i-s, i-1]: the left arm of pixel i, the right
+    # arm (steps x .. x+s-1) of pixel i - s.
+    length = n + s + 1
+    win = jp.narrow(dim, 0, length).clone()
+    for k in range(1, s):
+        win |= jp.narrow(dim, k, length)
+    shadow = win.narrow(dim, 0, n) & win.narrow(dim, s, n)
+    # Pixels beside a big step: both ends of it marked, dilated by s, less the one-pixel rim.
+    big_jump = steps(big)
+    marks = torch.zeros(shape, dtype=torch.bool, device=qb.device)  # marks[x + s]
+    marks.narrow(dim, s + 1, n - 1).copy_(big_jump)
+    marks.narrow(dim, s, n - 1).logical_or_(big_jump)
+    rim = marks.narrow(dim, s - 1, n) | marks.narrow(dim, s, n) | marks.narrow(dim, s + 1, n)
+    near = rim.clone()
+    for k in range(2, s + 1):
+        near |= marks.narrow(dim, s - k, n) | marks.narrow(dim, s + k, n)
+    return shadow | (near & ~rim)
+
+
 class CutMask(NamedTuple):
     member: Tensor
     """(N, h, w) bool: pixels inside a surface (valid, no crease or step at any scale)."""
@@ -260,6 +319,7 @@ def robust_cut_mask(
     noise_k: float = 2.0,
     scales: tuple[tuple[int, int], ...] = CREASE_SCALES,
     max_noise: float = MAX_NOISE,
+    step_free_coarse: bool = True,
 ) -> CutMask:
     """Noise-aware :func:`cut_mask` on (N, h, w) depth (0 = invalid); ``conf`` (N, h, w) >= 0
     optional: the model's confidence (any monotone scale), read on a sparse lattice only.
@@ -272,7 +332,9 @@ def robust_cut_mask(
     frames whose first-scale noise hides a crease of ``crease``, and cut only where their answer
     peaks (widened a pixel across, two along the line). Links between members are cut where
     the log-depth step of the filtered depth exceeds ``max(max_step, 0.75 noise_k sigma_1)``
-    (sigma_1: the first scale's level). Batched; no host sync, no per-frame loop.
+    (sigma_1: the first scale's level). With ``step_free_coarse`` (default), coarse scales do not
+    cut where their arms cross depth steps (:func:`_step_shadow`; False: as before, kept for
+    comparison). Batched; no host sync, no per-frame loop.
     """
     valid = depth > 0
     q = torch.where(valid, torch.reciprocal(depth.clamp_min(1e-12)), torch.zeros_like(depth))
@@ -328,8 +390,26 @@ def robust_cut_mask(
             # peaks within a step's wide answer would slice slivers off surfaces.
             thr = torch.where(noise_k * noise > crease, thr, torch.full_like(thr, float("inf")))
         thr = thr[:, None, None]
+        link_step = None
+        # Frames whose coarse test is off cut nothing there: on the CPU (where asking costs no
+        # sync) the guard is skipped when no frame needs it (clean depth: no cost added).
+        if (
+            s > 1
+            and step_free_coarse
+            and (depth.device.type != "cpu" or bool(torch.isfinite(thr).any()))
+        ):
+            link_step = _link_step(noise, noise_k, max_noise, max_step)
         for d2, qb, dim in zip(d2s, qbs, (2, 1)):
             cut = d2 > qb * thr
+            if link_step is not None:
+                # A coarse test whose arms cross a depth step answers to the step, not to a
+                # crease: an object narrower than 2s between two steps reads as a ridge, and
+                # beside a big step the answer is a plateau whose noise peaks the test below
+                # cuts at random, so objects a few times s across (and the ramps flying pixels
+                # make of silhouettes) were cut to pieces too small to keep (issue 20's flying
+                # pixels and deep hall). The fine test and the links cut those steps; the coarse
+                # test keeps looking for creases away from them.
+                cut &= ~_step_shadow(qb, link_step, BIG_STEP * thr, s, dim)
             if s > 2:
                 # A crease answers over the 2s+1 pixels around it: cut only where the answer
                 # peaks (along the direction it was measured), widened by one pixel so that the
@@ -353,7 +433,7 @@ def robust_cut_mask(
     # 0.75 noise_k sigma is about twice noise_k step deviations.
     step = 0.75 * noise_k * noise.clamp(max=max_noise)
     ld = torch.log(qf.clamp_min(1e-12))  # minus the log depth: steps are the same
-    st = step.clamp_min(max_step)[:, None, None]
+    st = _link_step(noise, noise_k, max_noise, max_step)
     conn_r = member[:, :, :-1] & member[:, :, 1:] & ((ld[:, :, 1:] - ld[:, :, :-1]).abs() < st)
     conn_d = member[:, :-1, :] & member[:, 1:, :] & ((ld[:, 1:, :] - ld[:, :-1, :]).abs() < st)
     df = torch.where(valid, torch.reciprocal(qf.clamp_min(1e-12)), torch.zeros_like(qf))
