@@ -129,7 +129,8 @@ class LoopClosure:
         # one thread encodes them (~1.3 MB a frame at 378x672), and alignment must not wait.
         kept = cfg.spill_dir is not None
         spill = dict(compress=kept, flat=True, background=True)
-        self._frames = SpillStore(cfg.spill_dir, "loop-frames", **spill)
+        # A corrected frame's image is only shown again (sinks rewrite depth and poses): JPEG.
+        self._frames = SpillStore(cfg.spill_dir, "loop-frames", jpeg=("image",), **spill)
         root = self._frames.dir
         self._keyframes = SpillStore(root, "loop-keyframes", **spill)
         self._stores = [self._frames, self._keyframes]
