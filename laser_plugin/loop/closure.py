@@ -128,11 +128,14 @@ class LoopClosure:
         # Written by a thread of their own: on a GPU the frames of a stream arrive faster than
         # one thread encodes them (~1.3 MB a frame at 378x672), and alignment must not wait.
         kept = cfg.spill_dir is not None
-        spill = dict(compress=kept, flat=True, background=True)
         # A corrected frame's image is only shown again (sinks rewrite depth and poses): JPEG.
-        self._frames = SpillStore(cfg.spill_dir, "loop-frames", jpeg=("image",), **spill)
+        self._frames = SpillStore(
+            cfg.spill_dir, "loop-frames", compress=kept, flat=True, background=True, jpeg=("image",)
+        )
         root = self._frames.dir
-        self._keyframes = SpillStore(root, "loop-keyframes", **spill)
+        self._keyframes = SpillStore(
+            root, "loop-keyframes", compress=kept, flat=True, background=True
+        )
         self._stores = [self._frames, self._keyframes]
         # Per frame (index, window, raw pose 3x4) on disk: nothing per frame stays in RAM.
         keep = None if state is None else int(state["meta"]["log_rows"])
