@@ -214,6 +214,10 @@ class StreamingReconstructor:
         """Where :meth:`side_model_call` goes (None: this engine's own model)."""
         self._side_model = call
 
+    def has_corrections(self) -> bool:
+        """Whether a hook has frames to correct (:meth:`take_corrections` would yield some)."""
+        return any(h.has_corrections() for h in self.hooks)
+
     def take_corrections(self) -> Iterator[list[ReconstructedFrame]]:
         """Frames emitted earlier that a hook changed since the last call (e.g. a closed loop),
         in chunks; the run loop sends them to the sinks' ``on_correction`` after each window."""

@@ -81,8 +81,10 @@ def open_session(
 ) -> Session:
     """Build the session of a run directory ``out`` (already prepared and locked).
 
-    ``predictor``: where the network runs (:mod:`laser_plugin.predictors`; default inline). ``loop_closure``: its records spill to
-    ``out/state/loop-*`` beside the resume state, so a resumed run continues the same pose graph.
+    ``predictor``: where the network runs (:mod:`laser_plugin.predictors`; default inline).
+    ``loop_closure``: its keyframes and pose log go to ``out/state/loop-*`` beside the resume
+    state (a resumed run continues the same pose graph); frames a loop moves are read back from
+    the run directory itself (:class:`~laser_plugin.loop.archive.RunDirFrames`).
     ``extra_sinks`` come after the writer and the state saver.
     """
     writer = RunWriter(
@@ -100,8 +102,12 @@ def open_session(
     hooks = []
     if loop_closure:
         from laser_plugin.loop import LoopClosure, LoopConfig
+        from laser_plugin.loop.archive import RunDirFrames
 
-        hooks.append(LoopClosure(LoopConfig(spill_dir=str(Path(out) / "state"))))
+        # Moved frames are read back from the run itself: each frame is written once.
+        hooks.append(
+            LoopClosure(LoopConfig(spill_dir=str(Path(out) / "state")), RunDirFrames(writer))
+        )
     engine = StreamingReconstructor(
         model,
         config,

@@ -127,6 +127,9 @@ class SinkCaller:
             item = self.queue.get()
             if item is END:
                 return
+            if item[0] == "_drained":  # drain()'s marker: every earlier call is made
+                item[1].set()
+                continue
             if self.errors:
                 continue  # keep draining, so the caller never blocks on a full queue
             t = time.perf_counter()
@@ -161,6 +164,10 @@ class SinkCaller:
         when the sinks run in a thread of their own)."""
         self._raise_failure()
         self.rec.check_agreement(stats)
+        if self.rec.has_corrections():
+            # A hook may read the frames it corrects back from a sink's files (loop closure
+            # from the run directory): every frame emitted so far must have reached the sinks.
+            self.drain()
         for chunk in self.rec.take_corrections():
             self._call("on_correction", chunk)
         for frame in finals:
@@ -171,6 +178,17 @@ class SinkCaller:
             from laser_plugin.resume import capture
 
             self._call("on_state", capture(self.rec))
+
+    def drain(self) -> None:
+        """Wait until the sinks' thread has made every call queued so far (inline: at once)."""
+        if self.thread is None or not self.thread.is_alive():
+            return
+        done = threading.Event()
+        self.queue.put(("_drained", done))
+        while not done.wait(0.1):
+            if not self.thread.is_alive():
+                break
+        self._raise_failure()
 
     def held(self) -> Iterator[ReconstructedFrame]:
         """At the end of a stream: the frames "later" mode held back for a next window."""

@@ -188,3 +188,92 @@ def test_run_writer_rewrites_corrected_frames(looped):
     m = frames[i].depth > 0
     np.testing.assert_allclose(f.depth[m], frames[i].depth[m] * s, rtol=2e-3)
     assert data.summary["status"] == "complete"
+
+
+class StopAfter:
+    """Ctrl-C after ``n`` windows (after the sinks before it had the n-th window)."""
+
+    def __init__(self, n: int):
+        self.n, self.seen = n, 0
+
+    def on_window(self, stats):
+        self.seen += 1
+        if self.seen == self.n:
+            raise KeyboardInterrupt
+
+    def close(self):
+        pass
+
+
+def test_a_run_directory_is_the_loop_archive(tmp_path):
+    """``laser run``'s session reads the frames a loop moves back from the run directory (each
+    frame written once) instead of spilling a second copy. Against the spilling hook: the same
+    loops, the same corrected poses (exactly) and depths (float16 storage), also with the sinks
+    on a thread of their own and after an interrupted run was resumed."""
+    from laser_plugin.io.run_dir import prepare_output_dir
+    from laser_plugin.loop import LoopClosure
+    from laser_plugin.models.synthetic import make_model
+    from laser_plugin.predictors import Pipelined
+    from laser_plugin.resume import load_state
+    from laser_plugin.session import open_session
+
+    spec = dict(scene="loop", num_frames=50, height=32, width=56, drift_rot_deg=0.15, drift_scale=0.02)  # fmt: skip
+    stream = [f for _ in range(2) for f in make_model(**spec).scene.frames()]
+    config = LaserConfig(window_size=8, overlap=3)
+
+    def spilled_reference():
+        sink = Recorder()
+        hook = LoopClosure(LoopConfig(spill_dir=str(tmp_path / "spill")))
+        rec = StreamingReconstructor(make_model(**spec), config, hooks=[hook])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rec.reconstruct(stream, [sink, RunWriter(tmp_path / "ref")])
+        return sink, hook
+
+    def session_run(name, stop_after=None, resume=False):
+        sink = Recorder()
+        out = prepare_output_dir(tmp_path / name, resume=resume, overwrite=not resume)
+        extra = [sink] if stop_after is None else [sink, StopAfter(stop_after)]
+        session = open_session(
+            out, make_model(**spec), config, {}, state=load_state(out) if resume else None,
+            predictor=Pipelined(sink_thread=True), loop_closure=True, extra_sinks=extra,
+        )  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                for _ in session.run(stream):
+                    pass
+            except KeyboardInterrupt:
+                pass
+            finally:
+                session.writer.close()
+        return sink, session.engine.loop, out
+
+    ref, ref_hook = spilled_reference()
+    got, hook, out = session_run("straight")
+    assert list(hook.events) == list(ref_hook.events)
+    assert hook.counts == ref_hook.counts
+    assert hook.counts["accepted"] >= 2 and hook.counts["corrected_frames"] > len(stream) // 2
+    assert not list((out / "state").glob("loop-frames*"))  # no second copy of the frames
+    data = load_run(out)
+    assert [f.index for f in data.frames] == list(range(len(stream)))
+    for i in range(len(stream)):
+        a, b = got.frames[i], ref.frames[i]
+        np.testing.assert_allclose(a.cam_to_world, b.cam_to_world, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(a.depth, b.depth, rtol=2e-3)
+        assert a.extras.get("corrected") == b.extras.get("corrected")
+        saved = data.load_frame(i)
+        if a.extras.get("corrected"):  # the image came back from the run's own JPEG
+            np.testing.assert_array_equal(a.image, saved.image)
+        np.testing.assert_allclose(data.frames[i].cam_to_world, b.cam_to_world, atol=1e-9)
+        np.testing.assert_allclose(saved.depth, b.depth, rtol=2e-3)
+
+    # Interrupted after window 11 (loops are closed before and after), then resumed.
+    _, _, cut = session_run("resumed", stop_after=11)
+    assert 0 < len(load_run(cut).frames) < len(stream)
+    _, resumed, _ = session_run("resumed", resume=True)
+    assert resumed.counts == hook.counts
+    again = load_run(cut)
+    for i in range(len(stream)):
+        np.testing.assert_array_equal(again.frames[i].cam_to_world, data.frames[i].cam_to_world)
+        np.testing.assert_array_equal(again.load_frame(i).depth, data.load_frame(i).depth)

@@ -10,7 +10,9 @@ holding the frames finalised so far; ``--outputs`` chooses the optional parts::
     intrinsics.txt   index fx fy cx cy width height
     images/NNNNNN.jpg   model-resolution RGB, JPEG quality 90
     depth/NNNNNN.npz    key "depth": float16 z-depth in scene units, 0 = invalid (float32 for a
-                        frame whose depth exceeds float16's range)
+                        frame whose depth exceeds float16's range); a frame a loop
+                        correction rescaled also holds "depth_scale" ((1,) float64, the factor; readers
+                        ignore it, loop closure divides it out when it corrects the frame again)
     conf/NNNNNN.npz     key "conf": uint8, confidence = value / 255 (conf is in [0, 1])
     layers/NNNNNN.npz   key "layers": int16 depth-layer labels, -1 = none (outputs "layers")
     source/NNNNNN.jpg   original-resolution RGB, JPEG quality 95 (outputs "source"); otherwise
@@ -258,15 +260,24 @@ def depth_as_saved(depth: np.ndarray) -> np.ndarray:
     return d.astype(np.float16)
 
 
-def _npz_bytes(key: str, array: np.ndarray) -> bytes:
-    """A one-array .npz (``np.load(path)[key]``), deflated at :data:`DEFLATE_LEVEL`."""
+def _npz_bytes(key: str, array: np.ndarray, **more: np.ndarray) -> bytes:
+    """A .npz of ``array`` (``np.load(path)[key]``) and any ``more`` arrays, deflated at
+    :data:`DEFLATE_LEVEL`."""
     buf = io.BytesIO()
-    with (
-        zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=DEFLATE_LEVEL) as z,
-        z.open(f"{key}.npy", "w") as fh,
-    ):
-        np.lib.format.write_array(fh, np.ascontiguousarray(array), allow_pickle=False)
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=DEFLATE_LEVEL) as z:
+        for name, arr in {key: array, **more}.items():
+            with z.open(f"{name}.npy", "w") as fh:
+                np.lib.format.write_array(fh, np.ascontiguousarray(arr), allow_pickle=False)
     return buf.getvalue()
+
+
+def _depth_bytes(frame: ReconstructedFrame, depth: np.ndarray) -> bytes:
+    """A frame's depth file. A depth map a loop correction scaled also holds the factor
+    (``depth_scale``, from ``frame.extras``): loop closure reads the frame back from the run
+    to correct it again, and must divide the factor out. Readers of the run ignore it."""
+    scale = float(frame.extras.get("depth_scale", 1.0))
+    more = {} if scale == 1.0 else {"depth_scale": np.array([scale], np.float64)}
+    return _npz_bytes("depth", depth, **more)
 
 
 def _load_array(path: Path, key: str) -> np.ndarray:
@@ -567,6 +578,25 @@ class RunWriter:
         self._committer.wait()
         self._check()
 
+    def read_frame(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
+        """(image (H, W, 3) uint8, depth (H, W) float32 as saved, conf (H, W) float32, the
+        depth's ``depth_scale``) of frame ``index`` of this run, or None if it has none. Call
+        :meth:`wait_durable` first: a frame still being encoded is not there yet. (Loop closure
+        reads moved frames back from here: :class:`laser_plugin.loop.archive.RunDirFrames`.)"""
+        name = f"{index:06d}"
+        depth_path = self.dir / "depth" / f"{name}.npz"
+        if not depth_path.exists():
+            return None
+        try:
+            with np.load(depth_path, allow_pickle=False) as z:
+                depth = z["depth"].astype(np.float32)
+                scale = float(z["depth_scale"].ravel()[0]) if "depth_scale" in z.files else 1.0
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise OutputError(f"cannot read back {depth_path}: {_first_line(exc)}") from None
+        image = _read_image(self.dir / "images" / f"{name}.jpg", f"frame {index}")
+        conf = dequantize_conf(_load_array(self.dir / "conf" / f"{name}.npz", "conf"))
+        return image, depth, conf, scale
+
     def _check(self) -> None:
         err = self._committer.error or self._mapper.error
         if err is not None and not self._raised:
@@ -591,7 +621,7 @@ class RunWriter:
         image_jpg = _jpg_bytes(frame.image, IMAGE_QUALITY)
         put("image", f"images/{name}.jpg", image_jpg)
         depth = depth_as_saved(frame.depth)
-        put("depth", f"depth/{name}.npz", _npz_bytes("depth", depth))
+        put("depth", f"depth/{name}.npz", _depth_bytes(frame, depth))
         conf = quantize_conf(frame.conf)
         put("conf", f"conf/{name}.npz", _npz_bytes("conf", conf))
         if "layers" in self.outputs and frame.layers is not None:
@@ -791,7 +821,7 @@ class RunWriter:
             for f in frames:
                 write_bytes_atomic(
                     self.dir / "depth" / f"{f.index:06d}.npz",
-                    _npz_bytes("depth", depth_as_saved(f.depth)),
+                    _depth_bytes(f, depth_as_saved(f.depth)),
                 )
             self._frames.close()
             self._traj.close()

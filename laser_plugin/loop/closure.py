@@ -8,18 +8,21 @@ After each aligned window:
 1. the window becomes a graph node (the raw pose of its first finalised frame) joined to the
    previous one by the stream's own registration;
 2. its keyframes' global descriptors (``WindowPrediction.descriptors``) go into a
-   :class:`~laser_plugin.loop.index.KeyframeIndex`; images and estimates go to disk;
+   :class:`~laser_plugin.loop.index.KeyframeIndex`; the keyframes' images and estimates go to
+   disk, and so do the frames unless a run directory already keeps them (the frame archive,
+   :mod:`laser_plugin.loop.archive`);
 3. the most similar keyframe of a window at least ``min_gap_windows`` back is verified
    (:mod:`laser_plugin.loop.verify`: one model call on candidate + current keyframes, two
    registrations, co-visibility); an accepted loop becomes a robust loop edge and the graph is
    optimised (:mod:`laser_plugin.loop.posegraph`);
-4. frames emitted earlier whose correction moved them are re-read from disk, corrected and handed
+4. frames emitted earlier whose correction moved them are read back from the archive, corrected and handed
    to the run loop (:meth:`corrections`), which sends them to the sinks' ``on_correction`` before
    the window's own frames; new frames leave already corrected.
 
 The engine keeps working in its own uncorrected ("raw") world, so registration of consecutive
 windows is untouched; corrections are per-window Sim(3)s from raw to corrected. RAM per window:
-a node, an edge and K float16 descriptors (~1 KB); everything else spills. :meth:`capture` and
+a node, an edge and K float16 descriptors (~1 KB); everything else is on disk (per frame, a row
+of the pose log: index, window, raw pose, timestamp, intrinsics). :meth:`capture` and
 :meth:`restore` carry the state through a resume (the spilled records stay on disk, in
 ``LoopConfig.spill_dir``, which a resumable run must therefore keep).
 """
@@ -37,6 +40,7 @@ import torch
 
 from laser_plugin.errors import OutputError
 from laser_plugin.geometry.sanitize import sanitize_prediction
+from laser_plugin.loop.archive import FrameArchive, SpilledFrames
 from laser_plugin.loop.config import LoopConfig
 from laser_plugin.loop.index import KeyframeIndex
 from laser_plugin.loop.posegraph import EdgeNoise, PoseGraph
@@ -65,6 +69,8 @@ class LoopEvent(NamedTuple):
     """Keyframes of the candidate window."""
 
 
+_LOG_WIDTH = 24
+"""A pose-log row: frame index, window, raw camera-to-world (3x4), timestamp, intrinsics (3x3)."""
 _COUNTS = ("candidates", "accepted", "rejected", "pruned", "corrected_frames")
 _TIMINGS = ("spill", "detection", "verification", "optimisation", "correction")
 
@@ -74,8 +80,11 @@ class LoopClosure:
 
     name = "loop"
 
-    def __init__(self, loop: LoopConfig | None = None):
+    def __init__(self, loop: LoopConfig | None = None, archive: FrameArchive | None = None):
+        """``archive``: where emitted frames are found again after a loop moved them (a run
+        directory's, :class:`~laser_plugin.loop.archive.RunDirFrames`); None spills them."""
         self.config = (loop or LoopConfig()).validate()
+        self._archive = archive
         self._stores: list[SpillStore] = []
         self._log: RecordLog | None = None
         self._reset_counters()
@@ -123,23 +132,30 @@ class LoopClosure:
                 "cannot resume loop closure: its records were spilled to a temporary directory "
                 "(set LoopConfig.spill_dir to a kept directory)"
             )
+        if state is not None and state["meta"].get("log_width") != _LOG_WIDTH:
+            raise OutputError(
+                "cannot resume loop closure: its saved state was written by an older version "
+                "(start the run again without --resume)"
+            )
         # Kept beside a run's own files (a resumable run): compressed, as the run's are, and
-        # flat ("loop-frames-KEY.npz"): a run directory's state/ holds files only.
-        # Written by a thread of their own: on a GPU the frames of a stream arrive faster than
-        # one thread encodes them (~1.3 MB a frame at 378x672), and alignment must not wait.
+        # flat ("loop-keyframes-KEY.npz"): a run directory's state/ holds files only.
+        # Written by a thread of their own, so that alignment does not wait for the encoder.
         kept = cfg.spill_dir is not None
-        # A corrected frame's image is only shown again (sinks rewrite depth and poses): JPEG.
-        self._frames = SpillStore(
-            cfg.spill_dir, "loop-frames", compress=kept, flat=True, background=True, jpeg=("image",)
-        )
-        root = self._frames.dir
         self._keyframes = SpillStore(
-            root, "loop-keyframes", compress=kept, flat=True, background=True
+            cfg.spill_dir, "loop-keyframes", compress=kept, flat=True, background=True
         )
-        self._stores = [self._frames, self._keyframes]
-        # Per frame (index, window, raw pose 3x4) on disk: nothing per frame stays in RAM.
+        root = self._keyframes.dir  # (owns the temporary directory when spill_dir is None)
+        self._stores = [self._keyframes]
+        self._frames: FrameArchive
+        if self._archive is not None:
+            self._frames = self._archive
+        else:
+            spilled = SpilledFrames(root, compress=kept)
+            self._frames = spilled
+            self._stores.insert(0, spilled.store)
+        # Per frame, a row of the pose log on disk: nothing per frame stays in RAM.
         keep = None if state is None else int(state["meta"]["log_rows"])
-        self._log = RecordLog(root, "loop-poses", 14, keep=keep)
+        self._log = RecordLog(root, "loop-poses", _LOG_WIDTH, keep=keep)
         if state is not None:
             self._restore(state)
 
@@ -161,7 +177,7 @@ class LoopClosure:
             return np.zeros(0, np.int64), np.zeros((0, 4, 4))
         rows = self._log.read()
         out = np.tile(np.eye(4), (len(rows), 1, 1))
-        out[:, :3, :] = rows[:, 2:].reshape(-1, 3, 4)
+        out[:, :3, :] = rows[:, 2:14].reshape(-1, 3, 4)
         return rows[:, 0].astype(np.int64), out
 
     def corrected_trajectory(self) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +187,7 @@ class LoopClosure:
         rows = self._log.read()
         idx = rows[:, 0].astype(np.int64)
         out = np.tile(np.eye(4), (len(rows), 1, 1))
-        out[:, :3, :] = rows[:, 2:].reshape(-1, 3, 4)
+        out[:, :3, :] = rows[:, 2:14].reshape(-1, 3, 4)
         for win in np.unique(rows[:, 1]).astype(int):
             sel = rows[:, 1] == win
             s, r, t = sim3_split(self.correction(int(win)))
@@ -185,7 +201,7 @@ class LoopClosure:
             self._log.close()
             self._log.path.unlink(missing_ok=True)
             self._log = None
-        for s in reversed(self._stores):  # the frames' store may own the temporary directory
+        for s in self._stores:  # the keyframes' store (last) may own the temporary directory
             s.cleanup()
         self._stores = []
 
@@ -215,17 +231,28 @@ class LoopClosure:
             for f in built:
                 _correct_in_place(f, corr)
 
+    def has_corrections(self) -> bool:
+        """Whether :meth:`corrections` has frames to give (the run loop then first hands the
+        sinks every frame emitted so far: a run directory archive reads them back)."""
+        return bool(self._pending)
+
     def corrections(self) -> Iterator[list[ReconstructedFrame]]:
         """Earlier frames a loop moved, corrected, in chunks of ``correction_chunk`` (read from
         disk lazily, so memory stays bounded); the run loop sends them before the window's frames."""
         pending, self._pending = list(self._pending), {}
+        if not pending or self._log is None:
+            return
+        self._frames.flush()
+        rows = self._log.read()  # (frames so far, 24): transient, ~200 bytes a frame
         chunk: list[ReconstructedFrame] = []
         for node in pending:
             corr = self.correction(self._window_by_node[node])
             first, last = self._node_frames[node]
-            for i in range(first, last + 1):
-                if i in self._frames:
-                    chunk.append(self._load_frame(i, corr))
+            lo, hi = np.searchsorted(rows[:, 0], [first, last + 0.5])
+            for row in rows[lo:hi]:
+                frame = self._load_frame(row, corr)
+                if frame is not None:
+                    chunk.append(frame)
                 if len(chunk) >= self.config.correction_chunk:
                     self.counts["corrected_frames"] += len(chunk)
                     yield chunk
@@ -267,15 +294,12 @@ class LoopClosure:
             self._node_frames[-1] = (first, min(last, built[0].index - 1))
         self._node_frames.append((built[0].index, built[-1].index))
         for f in built:
-            self._spill(
-                self._frames,
-                f.index, image=f.image, depth=f.depth.astype(np.float16),
-                conf=(np.clip(f.conf, 0, 1) * 255 + 0.5).astype(np.uint8),
-                layers=f.layers if f.layers is not None else np.zeros(0, np.int16),
-                layer_scales=f.layer_scales if f.layer_scales is not None else np.zeros(0, np.float32),
-                meta=np.array([f.timestamp, f.window]), cam_to_world=f.cam_to_world, intrinsics=f.intrinsics,
-            )  # fmt: skip
-            self._log.append(np.concatenate([[f.index, k], f.cam_to_world[:3].ravel()]))
+            self._spill(self._frames.put, f.index, f)
+            self._log.append(
+                np.concatenate(
+                    [[f.index, k], f.cam_to_world[:3].ravel(), [f.timestamp], f.intrinsics.ravel()]
+                )
+            )
         t = self._timed("spill", t, times, engine)
 
         # Keyframes: K frames spread over the frames this window finalises.
@@ -293,7 +317,7 @@ class LoopClosure:
         self._index.add(k, np.array([f.index for f in kf]), desc)
         t = self._timed("detection", t, times, engine)
         self._spill(
-            self._keyframes,
+            self._keyframes.put,
             k, images=np.stack([f.image for f in kf]), depth=np.stack([f.depth for f in kf]).astype(np.float16),
             conf=np.stack([(np.clip(f.conf, 0, 1) * 255 + 0.5).astype(np.uint8) for f in kf]),
             cam_to_world=np.stack([f.cam_to_world for f in kf]), intrinsics=np.stack([f.intrinsics for f in kf]),
@@ -343,9 +367,9 @@ class LoopClosure:
         self._plan_reemit(exclude=node)
         self._timed("correction", t, times, engine)
 
-    def _spill(self, store: SpillStore, key: int, **arrays: np.ndarray) -> None:
+    def _spill(self, put: Callable[..., None], *args: Any, **arrays: np.ndarray) -> None:
         try:
-            store.put(key, **arrays)
+            put(*args, **arrays)
         except OutputError as exc:
             if self.config.spill_dir is None:
                 raise
@@ -396,19 +420,24 @@ class LoopClosure:
             self._emitted[node] = corr
             self._pending[node] = None
 
-    def _load_frame(self, index: int, corr: np.ndarray) -> ReconstructedFrame:
-        rec = self._frames.get(index)
+    def _load_frame(self, row: np.ndarray, corr: np.ndarray) -> ReconstructedFrame | None:
+        """The frame of a pose-log row, from the archive, corrected by ``corr`` (None: the
+        archive has no such frame)."""
+        index = int(row[0])
+        got = self._frames.get(index)
+        if got is None:
+            return None
+        pose = np.eye(4)
+        pose[:3] = row[2:14].reshape(3, 4)
         frame = ReconstructedFrame(
             index=index,
-            timestamp=float(rec["meta"][0]),
-            image=rec["image"],
-            cam_to_world=rec["cam_to_world"],
-            intrinsics=rec["intrinsics"],
-            depth=rec["depth"].astype(np.float32),
-            conf=rec["conf"].astype(np.float32) / 255.0,
-            window=int(rec["meta"][1]),
-            layers=rec["layers"] if rec["layers"].size else None,
-            layer_scales=rec["layer_scales"] if rec["layers"].size else None,
+            timestamp=float(row[14]),
+            image=got.image,
+            cam_to_world=pose,
+            intrinsics=row[15:24].reshape(3, 3).copy(),
+            depth=got.depth,
+            conf=got.conf,
+            window=int(row[1]),
             extras={"corrected": True},
         )
         _correct_in_place(frame, corr)
@@ -452,6 +481,7 @@ class LoopClosure:
             "cooldown_until": self._cooldown_until,
             "moved": self._moved,
             "log_rows": len(self._log),
+            "log_width": _LOG_WIDTH,
             "counts": dict(self.counts),
             "rejections": dict(self.rejections),
             "events": [[*e[:6], list(e[6]), list(e[7])] for e in self.events],
@@ -495,10 +525,13 @@ class LoopClosure:
 
 
 def _correct_in_place(frame: ReconstructedFrame, corr: np.ndarray) -> None:
+    """Move a raw frame by ``corr``; a scaled depth map says by how much (``depth_scale``: the
+    run writer saves it, and the frame archive divides it out when a later loop moves it again)."""
     pose, s = correct_pose(corr, frame.cam_to_world)
     frame.cam_to_world = pose
     if s != 1.0:
         frame.depth = (frame.depth * np.float32(s)).astype(np.float32)
+        frame.extras["depth_scale"] = float(s)
 
 
 def _estimates(depth, conf, poses, intr, config: LaserConfig) -> FrameEstimates:
