@@ -2,7 +2,7 @@
 
 A many-lap loop (so loops are closed and past frames re-emitted again and again) at a tiny
 resolution runs through :class:`~laser_plugin.loop.LoopClosingReconstructor` with a sink that
-feeds a :class:`~laser_plugin.spill.SpilledVoxelMap` (the global map, spilled to disk per window).
+feeds a :class:`spilled_map.SpilledVoxelMap` (the global map, spilled to disk per window).
 Resident memory (RSS) is sampled every 50 frames; the peak so far is reported at each
 checkpoint. Per frame nothing stays in RAM (frames, keyframes, pose log and map spill to disk);
 per window a pose-graph node and edge and K float16 descriptors do (a few KB).
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from spilled_map import SpilledVoxelMap  # beside this script
 
 from laser_plugin import LaserConfig, metrics
 from laser_plugin.loop import LoopClosingReconstructor, LoopConfig
 from laser_plugin.models.synthetic import EmulatedModel, EmulatorConfig, SyntheticScene
 from laser_plugin.models.synthetic.trajectories import loop
-from laser_plugin.spill import SpilledVoxelMap
 
 
 class MapSink:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from laser_plugin.loop.index import KeyframeIndex
-from laser_plugin.spill import SpilledVoxelMap, SpillStore
+from laser_plugin.spill import SpillStore
 
 
 def test_index_finds_the_planted_match_and_respects_window_and_threshold():
@@ -42,6 +42,13 @@ def test_spill_store_round_trip_and_cleanup(tmp_path):
 
 
 def test_spilled_voxel_map_applies_per_window_corrections(tmp_path):
+    """The memory benchmark's map (benchmarks/spilled_map.py)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from spilled_map import SpilledVoxelMap
+
     rng = np.random.default_rng(1)
     m = SpilledVoxelMap(tmp_path, voxel_size=0.05)
     pts0 = rng.uniform(0, 1, (2000, 3))
