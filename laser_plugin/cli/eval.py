@@ -60,6 +60,9 @@ class Eval:
     scores are those of what a user runs); with --sweep "later" (each overlap frame re-emitted
     with the next window's layer-aligned estimate), the convention under which the paper's
     "w/o E_intra" row differs from plain Sim(3)."""
+    loop_closure: bool = True
+    """Close loops, as `laser run` does by default (the scores are those of what a user runs);
+    --no-loop-closure scores plain LASER, the method of the paper's tables."""
     depth_align: Literal["scale", "median", "scale_shift", "lstsq", "none"] = "scale"
     """Per-sequence depth alignment before AbsRel/δ (the published numbers use 'scale')."""
     sweep: bool = False
@@ -197,6 +200,7 @@ class Eval:
                 self.dataset,
                 opts,
                 progress=lambda msg: console.print(f"  {msg}", highlight=False),
+                loop_closure=self.loop_closure,
             )
         settings = {
             k: v for k, v in dataclasses.asdict(self).items() if k not in ("output", "json")

@@ -26,6 +26,7 @@ from laser_plugin.errors import InputError
 from laser_plugin.eval.pointmap import backproject, evaluate_pointmaps
 from laser_plugin.eval.protocol import PROTOCOLS, Protocol
 from laser_plugin.metrics import DepthAlign, ate_rmse, depth_metrics, rpe, weighted_mean
+from laser_plugin.types import ReconstructedFrame
 
 
 @dataclass
@@ -121,18 +122,69 @@ def _collect_frame(
         out.pts_pred.append(pts_pred)
 
 
+class _Latest:
+    """A sink keeping each frame as last sent (``on_frame``, then loop corrections), without
+    its image and confidence: what scoring reads (index, depth, pose, intrinsics)."""
+
+    def __init__(self) -> None:
+        self.frames: dict[int, ReconstructedFrame] = {}
+
+    def _keep(self, f: ReconstructedFrame) -> None:
+        self.frames[f.index] = dataclasses.replace(
+            f, image=_EMPTY_IMAGE, conf=_EMPTY, layers=None, source_image=None
+        )
+
+    def on_frame(self, frame: ReconstructedFrame) -> None:
+        self._keep(frame)
+
+    def on_correction(self, frames: list[ReconstructedFrame]) -> None:
+        for f in frames:
+            self._keep(f)
+
+    def close(self) -> None:
+        pass
+
+
+_EMPTY_IMAGE = np.zeros((0, 0, 3), np.uint8)
+_EMPTY = np.zeros((0, 0), np.float32)
+
+
 def evaluate_sequence(
     seq: Sequence,
     model,
     config: LaserConfig,
     protocol: Protocol,
     opts: EvalOptions | None = None,
+    loop_closure: bool = False,
 ) -> dict[str, float]:
-    """Reconstruct one sequence with ``model`` under ``config`` and score it."""
+    """Reconstruct one sequence with ``model`` under ``config`` and score it.
+
+    ``loop_closure``: as ``laser run`` (its default): frames a closed loop moved are scored as
+    corrected, so the stream is scored once it has ended (``fps`` is then the whole stream's)."""
     from laser_plugin.engine import StreamingReconstructor
 
-    rec = StreamingReconstructor(model, config, keep_source_images=False)
-    result = score_frames(seq, rec.run(seq.iter_images()), protocol, opts)
+    hooks = []
+    if loop_closure:
+        from laser_plugin.loop import LoopClosure
+
+        hooks.append(LoopClosure())
+    rec = StreamingReconstructor(model, config, keep_source_images=False, hooks=hooks)
+    if not hooks:
+        result = score_frames(seq, rec.run(seq.iter_images()), protocol, opts)
+    else:
+        latest = _Latest()
+        t0 = time.perf_counter()
+        try:
+            for _ in rec.run(seq.iter_images(), [latest]):
+                pass
+        finally:
+            hooks[0].cleanup()
+        seconds = time.perf_counter() - t0
+        result = score_frames(
+            seq, [latest.frames[i] for i in sorted(latest.frames)], protocol, opts
+        )
+        result["fps"] = len(latest.frames) / max(seconds, 1e-9)
+        result["loops_accepted"] = hooks[0].counts["accepted"]
     result["windows"] = int(rec.num_windows)
     return result
 
@@ -282,6 +334,7 @@ def run_variant(
     dataset: str,
     opts: EvalOptions | None = None,
     progress: Callable[[str], None] | None = None,
+    loop_closure: bool = False,
 ) -> dict:
     """Evaluate every sequence under one configuration: {"sequences": {...}, "mean": {...}}."""
     protocol = PROTOCOLS[dataset]
@@ -289,7 +342,9 @@ def run_variant(
     for seq in sequences:
         if progress:
             progress(f"{dataset}/{seq.name}: {len(seq)} frames")
-        per_seq[seq.name] = evaluate_sequence(seq, make_model(seq), config, protocol, opts)
+        per_seq[seq.name] = evaluate_sequence(
+            seq, make_model(seq), config, protocol, opts, loop_closure
+        )
     return {"sequences": per_seq, "mean": aggregate(per_seq)}
 
 
