@@ -62,12 +62,15 @@ class LaserConfig:
     depth from them, or with none around, keep the Sim(3) scale); 0 = their frame's mean scale."""
     min_layer_pixels: int = 32
     """Shared pixels an inter-window edge needs before its scale is trusted."""
-    layer_fusion: Literal["previous", "confidence", "accumulated"] = "previous"
+    layer_fusion: Literal["previous", "confidence", "accumulated"] = "confidence"
     """How an inter-window edge sets a layer's scale. "previous": the earlier estimate is imposed
-    (the paper). "confidence": the two are blended in log-scale by the model's own mean confidence
-    on the shared pixels, so a layer first seen in an unreliable window is pulled toward a later,
-    more reliable one (an extension; needs a backend whose confidence is comparable across
-    windows, as π³'s probabilities are). "accumulated": the same blend, but the earlier estimate
+    (the paper). "confidence" (the default): the two are blended in log-scale by the model's own
+    mean confidence on the shared pixels, so a layer first seen in an unreliable window is pulled
+    toward a later, more reliable one (an extension). Imposed, an object's scale error in the
+    window that first saw it stays for the object's whole life: on the noise sweep's deep hall
+    that made AbsRel worse than plain Sim(3), and on the turn and lateral sequences too; blended,
+    every sweep level and sequence is at or below Sim(3)'s AbsRel, at a consistency 12% above
+    the imposed rule's (benchmarks/DECISIONS.md, "layer fusion"). "accumulated": the same blend, but the earlier estimate
     weighs with the confidence it has accumulated over every window that fused it (precisions
     add), so a layer seen reliably many times is no longer pulled around by each new window,
     while one first seen only in unreliable windows still follows a better later one."""
