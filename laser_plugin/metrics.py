@@ -21,16 +21,10 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
+from laser_plugin.geometry.similarity import Sim3  # with numpy fields here
+
 AlignMode = Literal["sim3", "se3", "none"]
 DepthAlign = Literal["scale", "median", "scale_shift", "lstsq", "none"]
-
-
-class Sim3(NamedTuple):
-    """A similarity transform x ↦ s R x + t."""
-
-    scale: float
-    rotation: np.ndarray  # (3, 3)
-    translation: np.ndarray  # (3,)
 
 
 class RPE(NamedTuple):
@@ -105,11 +99,7 @@ def apply_sim3_to_poses(sim: Sim3, c2w: np.ndarray) -> np.ndarray:
 
     The camera's own rotation is not scaled, so the result stays in SE(3). (N, 4, 4) → (N, 4, 4).
     """
-    c2w = _as_poses(c2w, "c2w")
-    out = c2w.copy()
-    out[:, :3, :3] = sim.rotation @ c2w[:, :3, :3]
-    out[:, :3, 3] = sim.scale * c2w[:, :3, 3] @ sim.rotation.T + sim.translation
-    return out
+    return sim.apply_poses(_as_poses(c2w, "c2w"))
 
 
 def align_trajectory(

@@ -171,3 +171,45 @@ def test_invert_rigid():
     torch.testing.assert_close(
         invert_rigid(t) @ t, torch.eye(4, dtype=torch.float64).expand(3, 4, 4)
     )
+
+
+def test_one_sim3_type_for_torch_and_numpy():
+    """The engine's (torch) and evaluation's / loop closure's (numpy) Sim(3) are one type: the
+    same transform gives the same points, poses and 4x4 matrix on both, and the matrix form
+    round-trips, inverts and composes as the closed forms say."""
+    import numpy as np
+
+    from laser_plugin import metrics
+    from laser_plugin.loop.sim3np import correct_pose, sim3_inverse
+
+    assert metrics.Sim3 is Sim3
+    gen = torch.Generator().manual_seed(3)
+    rot = random_rotation(gen)
+    t = torch.randn(3, generator=gen, dtype=torch.float64)
+    a_t = Sim3(torch.tensor(1.7, dtype=torch.float64), rot, t)
+    a_n = Sim3(1.7, rot.numpy(), t.numpy())
+    pts = torch.randn(50, 3, generator=gen, dtype=torch.float64)
+    np.testing.assert_allclose(a_t.apply_points(pts).numpy(), a_n.apply_points(pts.numpy()))
+    pose = torch.eye(4, dtype=torch.float64)
+    pose[:3, :3] = random_rotation(gen)
+    pose[:3, 3] = torch.randn(3, generator=gen, dtype=torch.float64)
+    got_t, got_n = a_t.apply_poses(pose).numpy(), a_n.apply_poses(pose.numpy())
+    np.testing.assert_allclose(got_t, got_n, atol=1e-12)
+    m = a_n.matrix()
+    np.testing.assert_allclose(a_t.matrix().numpy(), m, atol=1e-12)
+    # Moving a rigid pose: the rotation is not scaled, the centre moves as a point.
+    np.testing.assert_allclose(got_n[:3, 3], (m @ pose.numpy()[:, 3])[:3], atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(got_n[:3, :3]), 1.0, atol=1e-12)
+    # Matrix form: round trip (torch and numpy), inverse, composition, loop closure's helper.
+    for back in (Sim3.from_matrix(m), Sim3.from_matrix(torch.from_numpy(m))):
+        assert float(back.scale) == pytest.approx(1.7, abs=1e-12)
+        np.testing.assert_allclose(np.asarray(back.rotation), rot.numpy(), atol=1e-12)
+    np.testing.assert_allclose(a_n.inverse().matrix(), np.linalg.inv(m), atol=1e-12)
+    np.testing.assert_allclose(a_n.inverse().matrix(), sim3_inverse(m), atol=1e-12)
+    b = Sim3(0.6, random_rotation(gen).numpy(), np.array([0.5, -1.0, 2.0]))
+    np.testing.assert_allclose(a_n.compose(b).matrix(), m @ b.matrix(), atol=1e-12)
+    corrected, s = correct_pose(m, pose.numpy())
+    np.testing.assert_allclose(corrected, got_n, atol=1e-12)
+    assert s == pytest.approx(1.7)
+    s_, r_, t_ = a_n  # unpacks as (s, R, t), as metrics' callers read it
+    assert s_ == 1.7 and r_ is a_n.rotation and t_ is a_n.translation

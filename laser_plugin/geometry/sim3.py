@@ -1,7 +1,8 @@
-"""Sim(3) transforms and their robust registration from the overlap of two windows.
+"""Robust Sim(3) registration from the overlap of two windows.
 
-A Sim(3) ``(s, R, t)`` maps window coordinates to global ones: ``X_g = s R X_w + t``. Applied to
-a camera-to-world pose it gives ``[R R_c | s R t_c + t]``; camera-frame depths scale by ``s``.
+A Sim(3) ``(s, R, t)`` (:class:`~laser_plugin.geometry.similarity.Sim3`, the one type for torch
+and numpy) maps window coordinates to global ones: ``X_g = s R X_w + t``. Applied to a
+camera-to-world pose it gives ``[R R_c | s R t_c + t]``; camera-frame depths scale by ``s``.
 """
 
 from __future__ import annotations
@@ -14,41 +15,15 @@ from torch import Tensor
 
 from laser_plugin.geometry.camera import transform_points, unproject_depth
 from laser_plugin.geometry.robust import robust_scale
+from laser_plugin.geometry.similarity import Sim3
 
-
-@dataclass(frozen=True)
-class Sim3:
-    """Similarity transform ``X -> s R X + t``; scale () , rotation (3, 3), translation (3,)."""
-
-    scale: Tensor
-    rotation: Tensor
-    translation: Tensor
-
-    @staticmethod
-    def identity(device=None, dtype=torch.float32) -> Sim3:
-        return Sim3(
-            torch.ones((), device=device, dtype=dtype),
-            torch.eye(3, device=device, dtype=dtype),
-            torch.zeros(3, device=device, dtype=dtype),
-        )
-
-    def apply_points(self, points: Tensor) -> Tensor:
-        """(..., 3) -> (..., 3)."""
-        return self.scale * points @ self.rotation.T + self.translation
-
-    def apply_poses(self, cam_to_world: Tensor) -> Tensor:
-        """(..., 4, 4) camera-to-world in the window gauge -> global camera-to-world."""
-        out = cam_to_world.clone()
-        out[..., :3, :3] = self.rotation @ cam_to_world[..., :3, :3]
-        out[..., :3, 3] = self.apply_points(cam_to_world[..., :3, 3])
-        return out
-
-    def matrix(self) -> Tensor:
-        """(4, 4) homogeneous matrix."""
-        m = torch.eye(4, dtype=self.rotation.dtype, device=self.rotation.device)
-        m[:3, :3] = self.scale * self.rotation
-        m[:3, 3] = self.translation
-        return m
+__all__ = [
+    "RegistrationResult",
+    "Sim3",
+    "camera_anchor_points",
+    "register_overlap",
+    "weighted_procrustes",
+]
 
 
 def weighted_procrustes(

@@ -1,13 +1,17 @@
-"""Sim(3) as 4x4 numpy matrices ``[[s R, t], [0, 1]]`` (float64, batched over leading dims).
+"""Sim(3) in its 4x4 matrix form ``[[s R, t], [0, 1]]`` (float64, batched over leading dims).
 
-The pose graph and the corrections use this form: composition is a matrix product, and a
-correction ``C`` maps a point of the uncorrected world to the corrected one (``X' = s R X + t``).
+The matrix form of :class:`~laser_plugin.geometry.similarity.Sim3` (``Sim3.matrix`` and
+``Sim3.from_matrix`` convert one transform): the pose graph composes and differentiates whole
+batches of them, so it keeps them as matrices. A correction ``C`` maps a point of the
+uncorrected world to the corrected one (``X' = s R X + t``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.spatial.transform import Rotation
+
+from laser_plugin.geometry.similarity import Sim3
 
 
 def sim3_from(scale, rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
@@ -57,12 +61,9 @@ def sim3_log(m: np.ndarray, length: float = 1.0) -> np.ndarray:
 
 
 def correct_pose(correction: np.ndarray, cam_to_world: np.ndarray) -> tuple[np.ndarray, float]:
-    """Apply a Sim(3) correction to a rigid camera-to-world pose.
+    """Apply a Sim(3) correction (4, 4) to a rigid camera-to-world pose (4, 4).
 
     Returns the corrected rigid pose (4, 4) and the factor camera-frame depths scale by.
     """
-    s, r, t = sim3_split(correction)
-    out = np.eye(4)
-    out[:3, :3] = r @ cam_to_world[:3, :3]
-    out[:3, 3] = s * r @ cam_to_world[:3, 3] + t
-    return out, float(s)
+    sim = Sim3.from_matrix(np.asarray(correction, dtype=np.float64))
+    return sim.apply_poses(np.asarray(cam_to_world, dtype=np.float64)), float(sim.scale)

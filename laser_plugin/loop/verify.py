@@ -25,7 +25,7 @@ from laser_plugin.geometry.camera import (
 )
 from laser_plugin.geometry.sim3 import RegistrationResult, Sim3, register_overlap
 from laser_plugin.loop.config import LoopConfig
-from laser_plugin.loop.sim3np import sim3_from, sim3_inverse, sim3_split
+from laser_plugin.loop.sim3np import sim3_inverse, sim3_split
 
 
 class FrameEstimates(NamedTuple):
@@ -82,11 +82,8 @@ def covisibility(
 
 
 def _as_np(sim3: Sim3) -> np.ndarray:
-    return sim3_from(
-        float(sim3.scale),
-        sim3.rotation.double().cpu().numpy(),
-        sim3.translation.double().cpu().numpy(),
-    )
+    """The (4, 4) float64 numpy matrix of a registration's (torch) Sim(3)."""
+    return sim3.matrix().double().cpu().numpy()
 
 
 def _register(
