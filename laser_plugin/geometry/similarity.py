@@ -49,11 +49,11 @@ class Sim3:
             torch.zeros(3, device=device, dtype=dtype),
         )
 
-    def apply_points(self, points):
+    def apply_points(self, points: Any) -> Any:
         """(..., 3) -> (..., 3)."""
         return self.scale * points @ self.rotation.T + self.translation
 
-    def apply_poses(self, cam_to_world):
+    def apply_poses(self, cam_to_world: Any) -> Any:
         """(..., 4, 4) rigid camera-to-world poses in this transform's source frame -> the same
         cameras in its target frame: ``[R R_c | s R t_c + t]`` (rotations are not scaled, so the
         poses stay rigid; their depths scale by ``s``)."""
@@ -62,7 +62,7 @@ class Sim3:
         out[..., :3, 3] = self.apply_points(cam_to_world[..., :3, 3])
         return out
 
-    def matrix(self):
+    def matrix(self) -> Any:
         """(4, 4) homogeneous matrix ``[[s R, t], [0, 1]]``."""
         r = self.rotation
         m = r.new_zeros((4, 4)) if _is_torch(r) else np.zeros((4, 4), dtype=r.dtype)
@@ -72,7 +72,7 @@ class Sim3:
         return m
 
     @staticmethod
-    def from_matrix(m) -> Sim3:
+    def from_matrix(m: Any) -> Sim3:
         """The transform of a (4, 4) matrix ``[[s R, t], [0, 1]]`` (s > 0)."""
         a = m[:3, :3]
         if _is_torch(m):
