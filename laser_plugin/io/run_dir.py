@@ -11,8 +11,9 @@ holding the frames finalised so far; ``--outputs`` chooses the optional parts::
     images/NNNNNN.jpg   model-resolution RGB, JPEG quality 90
     depth/NNNNNN.npz    key "depth": float16 z-depth in scene units, 0 = invalid (float32 for a
                         frame whose depth exceeds float16's range); a frame a loop
-                        correction rescaled also holds "depth_scale" ((1,) float64, the factor; readers
-                        ignore it, loop closure divides it out when it corrects the frame again)
+                        correction rescaled also holds "depth_scale" ((1,) float64, the
+                        factor; readers ignore it, loop closure divides it out when it
+                        corrects the frame again)
     conf/NNNNNN.npz     key "conf": uint8, confidence = value / 255 (conf is in [0, 1])
     layers/NNNNNN.npz   key "layers": int16 depth-layer labels, -1 = none (outputs "layers")
     source/NNNNNN.jpg   original-resolution RGB, JPEG quality 95 (outputs "source"); otherwise

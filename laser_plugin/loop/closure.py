@@ -15,9 +15,9 @@ After each aligned window:
    (:mod:`laser_plugin.loop.verify`: one model call on candidate + current keyframes, two
    registrations, co-visibility); an accepted loop becomes a robust loop edge and the graph is
    optimised (:mod:`laser_plugin.loop.posegraph`);
-4. frames emitted earlier whose correction moved them are read back from the archive, corrected and handed
-   to the run loop (:meth:`corrections`), which sends them to the sinks' ``on_correction`` before
-   the window's own frames; new frames leave already corrected.
+4. frames emitted earlier whose correction moved them are read back from the archive, corrected
+   and handed to the run loop (:meth:`corrections`), which sends them to the sinks'
+   ``on_correction`` before the window's own frames; new frames leave already corrected.
 
 The engine keeps working in its own uncorrected ("raw") world, so registration of consecutive
 windows is untouched; corrections are per-window Sim(3)s from raw to corrected. RAM per window:
