@@ -69,8 +69,8 @@ class LaserConfig:
     toward a later, more reliable one (an extension). Imposed, an object's scale error in the
     window that first saw it stays for the object's whole life: on the noise sweep's deep hall
     that made AbsRel worse than plain Sim(3), and on the turn and lateral sequences too; blended,
-    every sweep level and sequence is at or below Sim(3)'s AbsRel, at a consistency 12% above
-    the imposed rule's (benchmarks/DECISIONS.md, "layer fusion"). "accumulated": the same blend,
+    every sweep level and sequence is at or below Sim(3)'s AbsRel, at a somewhat larger layer
+    inconsistency than the imposed rule's (benchmarks/DECISIONS.md, "layer fusion"). "accumulated": the same blend,
     but the earlier estimate weighs with the confidence it has accumulated over every window that
     fused it (precisions add), so a layer seen reliably many times is no longer pulled around by
     each new window, while one first seen only in unreliable windows still follows a better

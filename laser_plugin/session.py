@@ -65,6 +65,31 @@ class Session:
             hook.cleanup()
 
 
+def build_engine(
+    model: Any,
+    config: LaserConfig,
+    *,
+    predictor: Predictor | None = None,
+    loop_closure: bool = False,
+    loop_dir: Path | None = None,
+    loop_archive: Any = None,
+    keep_source_images: bool = False,
+) -> StreamingReconstructor:
+    """The engine every driver runs (``laser run`` and batch through :func:`open_session`,
+    ``laser eval`` directly, as it writes no run directory): the predictor and, with
+    ``loop_closure``, the loop-closure hook with its records in ``loop_dir`` (None: a temporary
+    directory) and moved frames found in ``loop_archive`` (None: loop closure keeps them)."""
+    hooks = []
+    if loop_closure:
+        from laser_plugin.loop import LoopClosure, LoopConfig
+
+        spill = None if loop_dir is None else str(loop_dir)
+        hooks.append(LoopClosure(LoopConfig(spill_dir=spill), loop_archive))
+    return StreamingReconstructor(
+        model, config, keep_source_images=keep_source_images, hooks=hooks, predictor=predictor
+    )
+
+
 def open_session(
     out: Path,
     model: Any,
@@ -99,28 +124,24 @@ def open_session(
         writer.window_stats = [
             w for w in writer.window_stats if w.get("window", 0) < state.num_windows
         ]
-    hooks = []
-    if loop_closure:
-        from laser_plugin.loop import LoopClosure, LoopConfig
-        from laser_plugin.loop.archive import RunDirFrames
+    from laser_plugin.loop.archive import RunDirFrames
 
-        # Moved frames are read back from the run itself: each frame is written once.
-        hooks.append(
-            LoopClosure(LoopConfig(spill_dir=str(Path(out) / "state")), RunDirFrames(writer))
-        )
-    engine = StreamingReconstructor(
+    engine = build_engine(
         model,
         config,
-        keep_source_images=writer.save_source_images,
-        hooks=hooks,
         predictor=predictor,
+        loop_closure=loop_closure,
+        loop_dir=Path(out) / "state",
+        # Moved frames are read back from the run itself: each frame is written once.
+        loop_archive=RunDirFrames(writer),
+        keep_source_images=writer.save_source_images,
     )
     writer.engine_timings = engine.timings  # stage timings into summary.json
     sinks = [
         writer,  # first: it makes the window's frames durable...
         # ...then the state that refers to them, saved only once they are.
         StateSaver(engine, out, settings, checkpoint_interval, before_save=writer.wait_durable),
-        *[LoopNotes(writer, h) for h in hooks],
+        *[LoopNotes(writer, h) for h in engine.hooks],
         *extra_sinks,
     ]
     return Session(engine, writer, sinks, state)

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 
 from tyro.conf import Positional, arg
 
+from laser_plugin.config import LaserConfig  # (no torch): the engine's defaults, shared with `run`
+
 DatasetName = Literal["tum", "bonn", "kitti", "sintel", "scannet", "7scenes", "nrgbd", "synthetic"]
 
 
@@ -45,15 +47,15 @@ class Eval:
     """Frames per synthetic scene (default: the scene's own length)."""
     synthetic_size: tuple[int, int] = (128, 224)
     """Height and width of the synthetic scenes' frames."""
-    window_size: int = 20
+    window_size: int = LaserConfig.window_size
     """Frames per window (L)."""
-    overlap: int = 5
+    overlap: int = LaserConfig.overlap
     """Frames shared by consecutive windows."""
-    iou_threshold: float = 0.3
+    iou_threshold: float = LaserConfig.iou_threshold
     """Mask IoU linking depth layers across windows (tau)."""
-    layer_alignment: bool = True
+    layer_alignment: bool = LaserConfig.layer_alignment
     """Layer-wise scale alignment; --no-layer-alignment is plain Sim(3) stitching."""
-    intra_edges: bool = True
+    intra_edges: bool = LaserConfig.intra_edges
     """Intra-window layer edges; --no-intra-edges is the paper's 'w/o E_intra' ablation."""
     overlap_estimate: Literal["earlier", "later"] | None = None
     """Which window's estimate an overlap frame keeps. Default: "earlier", as `laser run` (the
@@ -83,8 +85,6 @@ class Eval:
     @property
     def resolved_overlap_estimate(self) -> str:
         """--overlap-estimate, else `laser run`'s default, else "later" under --sweep."""
-        from laser_plugin.config import LaserConfig
-
         if self.overlap_estimate is not None:
             return self.overlap_estimate
         return "later" if self.sweep else LaserConfig.overlap_estimate
@@ -103,7 +103,6 @@ class Eval:
         from rich.console import Console
 
         from laser_plugin.cli.run import check_device
-        from laser_plugin.config import LaserConfig
         from laser_plugin.datasets import load_dataset
         from laser_plugin.errors import ConfigError, InputError
         from laser_plugin.eval.protocol import PROTOCOLS

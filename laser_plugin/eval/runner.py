@@ -161,14 +161,10 @@ def evaluate_sequence(
 
     ``loop_closure``: as ``laser run`` (its default): frames a closed loop moved are scored as
     corrected, so the stream is scored once it has ended (``fps`` is then the whole stream's)."""
-    from laser_plugin.engine import StreamingReconstructor
+    from laser_plugin.session import build_engine
 
-    hooks = []
-    if loop_closure:
-        from laser_plugin.loop import LoopClosure
-
-        hooks.append(LoopClosure())
-    rec = StreamingReconstructor(model, config, keep_source_images=False, hooks=hooks)
+    rec = build_engine(model, config, loop_closure=loop_closure)  # as `laser run` builds it
+    hooks = rec.hooks
     if not hooks:
         result = score_frames(seq, rec.run(seq.iter_images()), protocol, opts)
     else:

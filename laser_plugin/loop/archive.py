@@ -7,8 +7,8 @@ depth and confidence must come back from disk (RAM stays flat over hours of vide
   (the Python API with sinks of the caller's choosing: nothing else keeps the frames).
 - :class:`RunDirFrames`: a run directory already holds every emitted frame, written by the run
   writer off the critical path. Reading them back from there (``laser run``, batch) writes each
-  frame once instead of twice: measured on an H200 at 720p, the second copy cost loop closure
-  13% of the frame time (encoding threads competing with alignment for the CPU).
+  frame once instead of twice: on a GPU the second copy's encoding competed with alignment for
+  the CPU (benchmarks/DECISIONS.md, "loop closure without a frame spill of its own").
 
 Layers are not kept: a corrected frame goes to the sinks' ``on_correction``, which move poses
 and rescale depth (the run writer, Rerun, viser), and a layer map is the same after a correction.
