@@ -82,8 +82,10 @@ def covisibility(
 
 
 def _as_np(sim3: Sim3) -> np.ndarray:
-    """The (4, 4) float64 numpy matrix of a registration's (torch) Sim(3)."""
-    return sim3.matrix().double().cpu().numpy()
+    """The (4, 4) float64 numpy matrix of a registration's (torch) Sim(3) (its fields taken to
+    float64 first, so ``s R`` is formed in float64)."""
+    r, t = (x.double().cpu().numpy() for x in (sim3.rotation, sim3.translation))
+    return Sim3(float(sim3.scale), r, t).matrix()
 
 
 def _register(
