@@ -109,7 +109,7 @@ def run(frames: int, laps: int, height: int, width: int, checkpoints: list[int])
         "corrected_frames": rec.counts["corrected_frames"],
         "map_points_on_disk": sink.map.num_points,
         "map_disk_mib": sink.map.store.disk_bytes() / 2**20,
-        "spill_disk_mib": (rec._frames.disk_bytes() + rec._keyframes.disk_bytes()) / 2**20,
+        "spill_disk_mib": rec.loop.disk_bytes() / 2**20,
         "merged_map_points": len(pts),
         "index_kib": rec._index.nbytes() / 1024,
         "ms_per_frame": 1000 * (time.perf_counter() - start) / max(n, 1),

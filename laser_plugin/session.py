@@ -133,7 +133,7 @@ def open_session(
         loop_closure=loop_closure,
         loop_dir=Path(out) / "state",
         # Moved frames are read back from the run itself: each frame is written once.
-        loop_archive=RunDirFrames(writer),
+        loop_archive=RunDirFrames(writer) if loop_closure else None,
         keep_source_images=writer.save_source_images,
     )
     writer.engine_timings = engine.timings  # stage timings into summary.json

@@ -140,6 +140,13 @@ class ReconstructedFrame:
     def width(self) -> int:
         return int(self.depth.shape[1])
 
+    @property
+    def depth_scale(self) -> float:
+        """The factor a loop correction multiplied ``depth`` by (``extras["depth_scale"]``; 1 when
+        none): the run writer saves it with the depth, and loop closure divides it out when a
+        later loop moves the frame again."""
+        return float(self.extras.get("depth_scale", 1.0))
+
     def points_world(self, min_conf: float = 0.0, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """World points and their colours for valid pixels with ``conf >= min_conf``.
 

@@ -1,4 +1,5 @@
-"""Shared by the runner tests: a sink that records the calls it gets, in order."""
+"""Shared by the runner tests: a sink that records the calls it gets, in order, and one that
+stops the stream like a Ctrl-C."""
 
 from __future__ import annotations
 
@@ -21,3 +22,18 @@ class Recorder:
 
     def close(self):
         self.closed = True
+
+
+class StopAfter:
+    """Ctrl-C after ``n`` windows (after the sinks before it had the n-th window)."""
+
+    def __init__(self, n: int):
+        self.n, self.seen = n, 0
+
+    def on_window(self, stats):
+        self.seen += 1
+        if self.seen == self.n:
+            raise KeyboardInterrupt
+
+    def close(self):
+        pass

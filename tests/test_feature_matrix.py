@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from sink_helpers import StopAfter
 
 from laser_plugin import LaserConfig, StreamingReconstructor
 from laser_plugin.errors import ConfigError
@@ -64,21 +65,6 @@ class Final:
         self.corrections += len(frames)
         for f in frames:
             self.frames[f.index] = f
-
-    def close(self):
-        pass
-
-
-class StopAfter:
-    """Ctrl-C after ``n`` windows (after the other sinks had the n-th window)."""
-
-    def __init__(self, n: int):
-        self.n, self.seen = n, 0
-
-    def on_window(self, stats):
-        self.seen += 1
-        if self.seen == self.n:
-            raise KeyboardInterrupt
 
     def close(self):
         pass

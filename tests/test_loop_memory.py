@@ -4,6 +4,7 @@ benchmarks/memory_long.py, which reports 20,000 frames)."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_long.py"
@@ -12,6 +13,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_long.py"
 def load_benchmark():
     spec = importlib.util.spec_from_file_location("memory_long", BENCH)
     module = importlib.util.module_from_spec(spec)
+    if str(BENCH.parent) not in sys.path:  # the benchmark imports spilled_map.py beside it
+        sys.path.insert(0, str(BENCH.parent))
     spec.loader.exec_module(module)
     return module
 

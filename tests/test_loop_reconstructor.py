@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+from sink_helpers import StopAfter
 
 from laser_plugin import LaserConfig, StreamingReconstructor, metrics
 from laser_plugin.io.run_dir import RunWriter, load_run
@@ -188,21 +189,6 @@ def test_run_writer_rewrites_corrected_frames(looped):
     m = frames[i].depth > 0
     np.testing.assert_allclose(f.depth[m], frames[i].depth[m] * s, rtol=2e-3)
     assert data.summary["status"] == "complete"
-
-
-class StopAfter:
-    """Ctrl-C after ``n`` windows (after the sinks before it had the n-th window)."""
-
-    def __init__(self, n: int):
-        self.n, self.seen = n, 0
-
-    def on_window(self, stats):
-        self.seen += 1
-        if self.seen == self.n:
-            raise KeyboardInterrupt
-
-    def close(self):
-        pass
 
 
 def test_a_run_directory_is_the_loop_archive(tmp_path):

@@ -276,7 +276,7 @@ def _depth_bytes(frame: ReconstructedFrame, depth: np.ndarray) -> bytes:
     """A frame's depth file. A depth map a loop correction scaled also holds the factor
     (``depth_scale``, from ``frame.extras``): loop closure reads the frame back from the run
     to correct it again, and must divide the factor out. Readers of the run ignore it."""
-    scale = float(frame.extras.get("depth_scale", 1.0))
+    scale = frame.depth_scale
     more = {} if scale == 1.0 else {"depth_scale": np.array([scale], np.float64)}
     return _npz_bytes("depth", depth, **more)
 

@@ -12,9 +12,9 @@ depth and confidence must come back from disk (RAM stays flat over hours of vide
 
 Layers are not kept: a corrected frame goes to the sinks' ``on_correction``, which move poses
 and rescale depth (the run writer, Rerun, viser), and a layer map is the same after a correction.
-Both give the frame as the engine made it before any loop correction (``raw``): a stored depth
-map that a correction scaled carries its factor (``ReconstructedFrame.extras["depth_scale"]``,
-saved with the depth), which is divided out here. Poses, intrinsics and timestamps are kept by
+Both give the frame as the engine made it before any loop correction (``raw``): loop closure
+spills a frame before correcting it, and a run directory's depth map that a correction scaled
+carries its factor (``ReconstructedFrame.depth_scale``, saved with the depth), divided out here. Poses, intrinsics and timestamps are kept by
 loop closure itself (:class:`~laser_plugin.loop.closure.LoopClosure`'s per-frame log).
 """
 
@@ -43,7 +43,8 @@ class FrameArchive(Protocol):
     """What loop closure needs to find an emitted frame again."""
 
     def put(self, index: int, frame) -> None:
-        """Keep ``frame`` (a ReconstructedFrame, before it is emitted; must not block long)."""
+        """Keep ``frame`` (a ReconstructedFrame as the engine made it, before any loop correction
+        and before it is emitted; must not block long)."""
 
     def get(self, index: int) -> ArchivedFrame | None:
         """The frame kept under ``index``, or None if there is none."""
@@ -53,11 +54,6 @@ class FrameArchive(Protocol):
 
     def cleanup(self) -> None:
         """Delete what this archive wrote (never the run's own files)."""
-
-
-def depth_scale(extras: dict) -> float:
-    """The factor a loop correction applied to a frame's depth (1.0 when none)."""
-    return float(extras.get("depth_scale", 1.0))
 
 
 class SpilledFrames:
@@ -75,7 +71,6 @@ class SpilledFrames:
             image=frame.image,
             depth=frame.depth.astype(np.float16),
             conf=(np.clip(frame.conf, 0, 1) * 255 + 0.5).astype(np.uint8),
-            depth_scale=np.array(depth_scale(frame.extras), np.float64),
         )
 
     def get(self, index: int) -> ArchivedFrame | None:
@@ -84,7 +79,7 @@ class SpilledFrames:
         rec = self.store.get(index)
         return ArchivedFrame(
             rec["image"],
-            rec["depth"].astype(np.float32) / np.float32(rec["depth_scale"]),
+            rec["depth"].astype(np.float32),
             rec["conf"].astype(np.float32) / 255.0,
         )
 
@@ -93,9 +88,6 @@ class SpilledFrames:
 
     def cleanup(self) -> None:
         self.store.cleanup()
-
-    def disk_bytes(self) -> int:
-        return self.store.disk_bytes()
 
 
 class StoredRun(Protocol):
@@ -134,6 +126,3 @@ class RunDirFrames:
 
     def cleanup(self) -> None:
         pass  # the run's files are the run's
-
-    def disk_bytes(self) -> int:
-        return 0

@@ -195,6 +195,10 @@ class LoopClosure:
             out[sel, :3, :3] = r @ out[sel, :3, :3]
         return idx, out
 
+    def disk_bytes(self) -> int:
+        """Bytes this hook has spilled to disk (keyframes, and frames where it keeps them)."""
+        return sum(store.disk_bytes() for store in self._stores)
+
     def cleanup(self) -> None:
         """Delete what this hook spilled to disk."""
         if self._log is not None:
